@@ -1,0 +1,198 @@
+"""Command line: ``detkd distill | train | eval | export | demo``.
+
+Options mirror the Python API (``Distiller(...).train(epochs=..., imgsz=...)``). User errors print one line naming
+the file and the problem and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detkd import __version__
+from detkd._offline import ensure_offline
+from detkd.errors import DetkdError
+
+LOGGER = logging.getLogger("detkd")
+
+
+def _train_args(ns: argparse.Namespace) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "epochs": ns.epochs,
+        "imgsz": ns.imgsz,
+        "batch": ns.batch,
+        "device": ns.device,
+        "seed": ns.seed,
+        "workers": ns.workers,
+    }
+    for item in ns.train_arg or []:
+        if "=" not in item:
+            raise DetkdError(f"--train-arg {item!r}: expected KEY=VALUE, e.g. lr0=0.01")
+        k, v = item.split("=", 1)
+        args[k.strip()] = yaml.safe_load(v)
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--data", required=True, help="Ultralytics data YAML")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, 0, ... (default: a GPU when there is one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="dataloader workers (Ultralytics uses 0 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--project", default="runs/detkd")
+    p.add_argument("--name", default=name)
+    p.add_argument("--exist-ok", action="store_true", help="reuse the run folder instead of numbering a new one")
+    p.add_argument(
+        "--train-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other Ultralytics training argument, e.g. --train-arg lr0=0.01 (repeatable)",
+    )
+
+
+def _cmd_distill(ns: argparse.Namespace) -> int:
+    from detkd.engine.distiller import Distiller
+
+    distiller = Distiller(ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set)
+    result = distiller.train(project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns))
+    print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
+    return 0
+
+
+def _cmd_train(ns: argparse.Namespace) -> int:
+    from detkd.engine.distiller import train_detector
+
+    result = train_detector(
+        ns.model, ns.data, project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns)
+    )
+    print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
+    return 0
+
+
+def _cmd_eval(ns: argparse.Namespace) -> int:
+    from detkd.data.dataset import load_data_spec
+    from detkd.engine.trainer import set_cpu_threads
+    from detkd.eval.coco import evaluate
+    from detkd.eval.predict import TorchPredictor
+    from detkd.eval.report import write_eval_report
+    from detkd.students import ultralytics_yolo as uy
+
+    spec = load_data_spec(ns.data)
+    model = uy.load_detection_model(ns.model)
+    device = ns.device or "cpu"
+    if device == "cpu":
+        set_cpu_threads(ns.threads)
+    elif device.isdigit():
+        device = f"cuda:{device}"
+    result = evaluate(
+        TorchPredictor(model, device), spec, ns.split, imgsz=ns.imgsz, batch=ns.batch, conf=ns.conf, iou=ns.iou
+    )
+    out = Path(ns.out) if ns.out else Path(ns.model).resolve().parent / f"eval_{ns.split}"
+    path = write_eval_report(result, out, f"COCO evaluation of {ns.model}", extra={"model": str(ns.model)})
+    LOGGER.info("wrote %s and %s", path, path.with_name("metrics.md"))
+    print(json.dumps({"model": str(ns.model), "split": ns.split, **result.metrics, "images_per_second": result.images_per_second}))
+    return 0
+
+
+def _cmd_export(ns: argparse.Namespace) -> int:
+    from detkd.export import export_model
+
+    report = export_model(
+        ns.model, ns.format, imgsz=ns.imgsz, data=ns.data, split=ns.split, out_dir=ns.out, threads=ns.threads
+    )
+    print(json.dumps(report.to_dict()))
+    if not report.passed:
+        LOGGER.error("parity check failed: %s", report.parity)
+        return 1
+    return 0
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from detkd.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=Path(ns.out), seed=ns.seed, quick=ns.quick, threads=ns.threads)
+    report = run_demo(cfg)
+    print(json.dumps(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detkd", description="Knowledge distillation for Ultralytics YOLO detectors")
+    parser.add_argument("--version", action="version", version=f"detkd {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors from detkd's logger")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("distill", help="train a student with knowledge distillation from a teacher")
+    p.add_argument("--teacher", required=True, help="teacher weights (.pt, Ultralytics YOLO)")
+    p.add_argument("--student", required=True, help="student model YAML (e.g. yolov8n.yaml) or .pt")
+    p.add_argument("--kd", default=None, help="KD config YAML (default: detkd's recipe)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a KD setting, e.g. kd.logit.weight=2")
+    _add_training_options(p, "distill")
+    p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser("train", help="train a detector without KD (a teacher, or a baseline)")
+    p.add_argument("--model", required=True, help="model YAML or .pt")
+    _add_training_options(p, "train")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="COCO mAP of a model on a dataset split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--conf", type=float, default=0.001)
+    p.add_argument("--iou", type=float, default=0.7)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="report folder (default: <model folder>/eval_<split>)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="export a model, check it against PyTorch, write a deployment bundle")
+    p.add_argument("--model", required=True)
+    p.add_argument("--format", default="onnx")
+    p.add_argument("--imgsz", type=int, default=None, help="default: the training image size")
+    p.add_argument("--data", default=None, help="data YAML: parity on real images and mAP of both runtimes")
+    p.add_argument("--split", default="val")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="bundle folder (default: <model folder>/<stem>_<format>)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("demo", help="end-to-end demo on synthetic data: teacher, baseline, KD student, report")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a tiny run that only proves the pipeline (about a minute)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ensure_offline()
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if ns.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(ns.func(ns))
+    except DetkdError as e:
+        print(f"detkd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("detkd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

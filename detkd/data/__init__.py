@@ -1,0 +1,1 @@
+"""Datasets: the synthetic scene generator, data YAML validation and COCO ground truth."""

@@ -1,0 +1,1 @@
+"""Engine: trainers (Ultralytics DetectionTrainer subclasses), the KD criterion and the Python API."""

@@ -1,0 +1,211 @@
+"""Python API: ``Distiller(teacher, student, data, kd).train(...)`` and ``train_detector(...)``.
+
+Everything that can be checked is checked here, before any training starts: the data YAML and every label row and
+image header, loading the teacher safely, building the student, pairing their levels and classes.
+
+>>> from detkd import Distiller  # doctest: +SKIP
+>>> Distiller("teacher.pt", "yolov8n.yaml", "data.yaml", kd="kd.yaml").train(epochs=50, imgsz=640)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detkd import __version__
+from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
+from detkd.data.dataset import DataSpec, load_data_spec, validate_split
+from detkd.engine.trainer import DetectorTrainer, KDTrainer
+from detkd.losses.composite import KDComposite
+from detkd.students import ultralytics_yolo as uy
+from detkd.teachers import build_teacher
+
+LOGGER = logging.getLogger(__name__)
+
+# detkd's defaults for Ultralytics training arguments (any can be overridden by the caller).
+DEFAULT_TRAIN_ARGS: dict[str, Any] = {"plots": False, "verbose": True}
+
+
+@dataclass
+class TrainResult:
+    """Where a run's outputs are and what it measured."""
+
+    save_dir: Path
+    best: Path
+    last: Path
+    results_csv: Path
+    wall_time_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_environment() -> dict[str, Any]:
+    """Versions and machine facts recorded beside every result."""
+    import ultralytics
+
+    return {
+        "detkd": __version__,
+        "commit": _git_commit(),
+        "ultralytics": ultralytics.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "command": " ".join(sys.argv),
+    }
+
+
+def _prepare_run(project: str | Path, name: str, exist_ok: bool) -> Path:
+    from ultralytics.utils.files import increment_path
+
+    save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return save_dir
+
+
+def _checked_data(data: str | Path | DataSpec, check_images: bool = True) -> DataSpec:
+    spec = data if isinstance(data, DataSpec) else load_data_spec(data)
+    for split in ("train", "val"):
+        rep = validate_split(spec, split, check_images=check_images)
+        LOGGER.info("data %s: %d images, %d boxes, %d background images", split, rep.images, rep.boxes, rep.background)
+    return spec
+
+
+def _run(trainer: DetectorTrainer, save_dir: Path, started: float) -> TrainResult:
+    trainer.train()
+    metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
+    wdir = save_dir / "weights"
+    return TrainResult(
+        save_dir=save_dir,
+        best=wdir / "best.pt",
+        last=wdir / "last.pt",
+        results_csv=save_dir / "results.csv",
+        wall_time_s=time.time() - started,
+        metrics=metrics,
+    )
+
+
+def _overrides(model_spec: str | Path, data_yaml: Path, save_dir: Path, **kw: Any) -> dict[str, Any]:
+    args = {**DEFAULT_TRAIN_ARGS, **{k: v for k, v in kw.items() if v is not None}}
+    args.update(model=str(model_spec), data=str(data_yaml), project=str(save_dir.parent), name=save_dir.name)
+    args["exist_ok"] = True  # detkd chose (and created) the run folder already
+    return args
+
+
+def train_detector(
+    model: str | Path,
+    data: str | Path | DataSpec,
+    *,
+    project: str | Path = "runs/detkd",
+    name: str = "train",
+    exist_ok: bool = False,
+    threads: int | None = None,
+    **train_args: Any,
+) -> TrainResult:
+    """Train a detector without KD (a same-family teacher, or the baseline a distilled student is compared with)."""
+    started = time.time()
+    spec = _checked_data(data)
+    net = uy.build_student(model, spec.nc, spec.names)
+    save_dir = _prepare_run(project, name, exist_ok)
+    data_yaml = spec.write_resolved(save_dir / "data.yaml")
+    (save_dir / "detkd_run.json").write_text(
+        json.dumps({"kind": "train", "model": str(model), "data": str(spec.yaml_path), **run_environment()}, indent=2)
+    )
+    trainer = DetectorTrainer(net, _overrides(model, data_yaml, save_dir, **train_args), threads=threads)
+    return _run(trainer, save_dir, started)
+
+
+class Distiller:
+    """Distil ``teacher`` into ``student`` on ``data``.
+
+    Args:
+        teacher: an Ultralytics detection ``.pt`` (loaded with the restricted unpickler) or a model YAML (random
+            weights; for tests).
+        student: a model YAML (e.g. ``yolov8n.yaml``) or a ``.pt`` to start from.
+        data: an Ultralytics data YAML.
+        kd: a :class:`KDConfig`, a path to a KD YAML, or None for the defaults.
+        overrides: ``section.key=value`` strings applied on top of ``kd`` (e.g. ``["logit.weight=2"]``).
+
+    Raises:
+        DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
+    """
+
+    def __init__(
+        self,
+        teacher: str | Path,
+        student: str | Path,
+        data: str | Path,
+        kd: KDConfig | str | Path | None = None,
+        *,
+        overrides: list[str] | None = None,
+    ) -> None:
+        if isinstance(kd, KDConfig):
+            self.kd = kd_config_from_dict(apply_overrides(kd.to_dict(), overrides or []))
+        else:
+            self.kd = load_kd_config(kd, overrides)
+        self.data = _checked_data(data)
+        self.teacher_spec, self.student_spec = str(teacher), str(student)
+        self.teacher = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
+        self.student = uy.build_student(student, self.data.nc, self.data.names)
+        self.composite = KDComposite(
+            self.kd,
+            student_specs=uy.feature_specs(self.student),
+            teacher_specs=self.teacher.specs,
+            student_classes=self.data.nc,
+            teacher_classes=self.teacher.num_classes,
+            student_reg_max=uy.reg_max(self.student),
+            teacher_reg_max=self.teacher.reg_max,
+        )
+        LOGGER.info("teacher: %s", self.teacher.describe())
+        LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_mode)
+
+    def train(
+        self,
+        *,
+        project: str | Path = "runs/detkd",
+        name: str = "distill",
+        exist_ok: bool = False,
+        threads: int | None = None,
+        **train_args: Any,
+    ) -> TrainResult:
+        """Train the student with KD; any Ultralytics training argument may be passed (epochs, imgsz, batch, ...)."""
+        started = time.time()
+        save_dir = _prepare_run(project, name, exist_ok)
+        data_yaml = self.data.write_resolved(save_dir / "data.yaml")
+        dump_kd_config(self.kd, save_dir / "kd.yaml")
+        meta = {
+            "kind": "distill",
+            "teacher": self.teacher.describe(),
+            "student": self.student_spec,
+            "data": str(self.data.yaml_path),
+            "kd": self.kd.to_dict(),
+            "box_kd_mode": self.composite.box_mode,
+            **run_environment(),
+        }
+        (save_dir / "detkd_run.json").write_text(json.dumps(meta, indent=2))
+        trainer = KDTrainer(
+            self.student,
+            self.teacher,
+            self.composite,
+            _overrides(self.student_spec, data_yaml, save_dir, **train_args),
+            threads=threads,
+        )
+        return _run(trainer, save_dir, started)

@@ -1,0 +1,157 @@
+"""Inference for evaluation and export checks: letterbox preprocessing, predictors, NMS postprocessing.
+
+The same preprocessing and postprocessing serve PyTorch and every exported runtime, so differences in mAP between
+them come from the model conversion, not from the pipeline. Preprocessing matches Ultralytics' validation: RGB,
+letterbox to a square ``imgsz`` without upscaling, pad value 114, scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from detkd.errors import InputFileError
+
+PAD_VALUE = 114
+MAX_NMS_CANDIDATES = 30000
+
+
+@dataclass(frozen=True)
+class LetterboxMeta:
+    """How an image was placed in the network input: ``input = original * ratio + (left, top)``."""
+
+    ratio: float
+    left: int
+    top: int
+    orig_h: int
+    orig_w: int
+
+
+def letterbox(img: np.ndarray, size: int, *, scaleup: bool = False) -> tuple[np.ndarray, LetterboxMeta]:
+    """Resize keeping the aspect ratio and pad to ``size`` x ``size`` (centred).
+
+    >>> out, meta = letterbox(np.zeros((50, 100, 3), np.uint8), 64, scaleup=True)
+    >>> out.shape, meta.ratio, meta.top
+    ((64, 64, 3), 0.64, 16)
+    """
+    h, w = img.shape[:2]
+    r = min(size / h, size / w)
+    if not scaleup:
+        r = min(r, 1.0)
+    nw, nh = round(w * r), round(h * r)
+    if (nw, nh) != (w, h):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    left, top = (size - nw) // 2, (size - nh) // 2
+    out = cv2.copyMakeBorder(
+        img, top, size - nh - top, left, size - nw - left, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
+    )
+    return out, LetterboxMeta(ratio=r, left=left, top=top, orig_h=h, orig_w=w)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """BGR uint8 image (grayscale and 16-bit files are converted); a clear error when it does not decode."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputFileError(path, "image does not decode")
+    return img
+
+
+def preprocess(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, list[LetterboxMeta]]:
+    """BGR images -> float32 (B, 3, size, size) RGB in [0, 1] plus their letterbox metadata."""
+    batch, metas = [], []
+    for img in images:
+        boxed, meta = letterbox(img, size)
+        batch.append(boxed[:, :, ::-1].transpose(2, 0, 1))
+        metas.append(meta)
+    return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, metas
+
+
+def iterate_batches(paths: Sequence[Path], size: int, batch: int) -> Iterator[tuple[np.ndarray, list[LetterboxMeta], list[Path]]]:
+    for i in range(0, len(paths), batch):
+        chunk = list(paths[i : i + batch])
+        x, metas = preprocess([read_image(p) for p in chunk], size)
+        yield x, metas, chunk
+
+
+class Predictor(Protocol):
+    """A model in some runtime: float32 (B, 3, S, S) in, raw predictions out.
+
+    Raw predictions are (B, 4 + nc, A) (xywh in input pixels + class probabilities, before NMS) or, for end-to-end
+    exports, (B, N, 6) (xyxy, score, class).
+    """
+
+    name: str
+    max_batch: int | None
+    end2end: bool
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class TorchPredictor:
+    """An Ultralytics model in PyTorch (eval mode, no grad)."""
+
+    name = "pytorch"
+    max_batch: int | None = None
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+        from detkd.students import ultralytics_yolo as uy
+
+        self._infer = uy.inference_output
+        self.device = torch.device(device)
+        self.model = model.to(self.device).float().eval()
+        self.end2end = bool(getattr(model, "end2end", False))
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = self._infer(self.model, torch.from_numpy(x).to(self.device))
+        return out.float().cpu().numpy()
+
+
+def postprocess(
+    raw: np.ndarray,
+    metas: Sequence[LetterboxMeta],
+    *,
+    end2end: bool = False,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+) -> list[np.ndarray]:
+    """NMS (class-aware, multi-label) and mapping back to original pixels.
+
+    Returns:
+        One (n, 6) array per image: x1, y1, x2, y2, score, class.
+    """
+    t = torch.from_numpy(np.asarray(raw, dtype=np.float32))
+    results = []
+    for b, meta in enumerate(metas):
+        p = t[b]
+        if end2end:  # (N, 6): the one-to-one head already gives one box per object
+            keep = p[:, 4] > conf
+            boxes, scores, classes = p[keep, :4], p[keep, 4], p[keep, 5]
+            order = scores.argsort(descending=True)[:max_det]
+            boxes, scores, classes = boxes[order], scores[order], classes[order]
+        else:
+            p = p.transpose(0, 1)  # (A, 4 + nc)
+            cls_scores = p[:, 4:]
+            a_idx, c_idx = (cls_scores > conf).nonzero(as_tuple=True)
+            scores = cls_scores[a_idx, c_idx]
+            if scores.numel() > MAX_NMS_CANDIDATES:
+                top = scores.topk(MAX_NMS_CANDIDATES).indices
+                a_idx, c_idx, scores = a_idx[top], c_idx[top], scores[top]
+            xywh = p[a_idx, :4]
+            boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), dim=1)
+            keep = batched_nms(boxes, scores, c_idx, iou)[:max_det]
+            boxes, scores, classes = boxes[keep], scores[keep], c_idx[keep].float()
+        boxes = boxes.clone()
+        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - meta.left) / meta.ratio).clamp(0, meta.orig_w)
+        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - meta.top) / meta.ratio).clamp(0, meta.orig_h)
+        results.append(torch.cat((boxes, scores[:, None], classes[:, None]), dim=1).numpy())
+    return results

@@ -1,0 +1,45 @@
+"""Entry checks and reductions shared by the loss functions."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum")
+
+
+def check_same_shape(fn: str, **tensors: Tensor) -> None:
+    """Raise ``ValueError`` naming ``fn`` when the given tensors differ in shape."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        described = ", ".join(f"{k}={v}" for k, v in shapes.items())
+        raise ValueError(f"{fn}: shapes differ: {described}")
+
+
+def check_finite(fn: str, **tensors: Tensor) -> None:
+    """Raise ``ValueError`` when an input holds NaN or Inf.
+
+    This syncs with the device once per call; losses are called a handful of times per step, and training on a
+    silent NaN costs far more.
+    """
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{fn}: {name} contains NaN or Inf")
+
+
+def masked_reduce(values: Tensor, mask: Tensor | None, reduction: str, normalizer: Tensor | float | None = None) -> Tensor:
+    """Weighted sum of ``values`` over all positions, divided by the weight total (or ``normalizer``).
+
+    An empty mask gives zero, still attached to the graph so backward works.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    weighted = values if mask is None else values * mask.to(values.dtype)
+    total = weighted.sum()
+    if reduction == "sum":
+        return total
+    if normalizer is None:
+        normalizer = values.new_tensor(float(values.numel())) if mask is None else mask.to(values.dtype).sum()
+    norm = torch.as_tensor(normalizer, dtype=values.dtype, device=values.device)
+    # An empty mask makes both sums zero: 0 / eps stays 0 and keeps the graph, with no host sync.
+    return total / norm.clamp(min=1e-6)

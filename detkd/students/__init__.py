@@ -1,0 +1,1 @@
+"""Students: the seam to Ultralytics models (the only package that touches Ultralytics internals)."""
