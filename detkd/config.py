@@ -68,8 +68,8 @@ class LogitKDConfig:
     """
 
     weight: float = 1.0
-    alpha: float = 0.5
-    temperature: float = 2.0
+    alpha: float = 0.3
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _check_range("kd.logit", "weight", self.weight, 0.0)

@@ -77,15 +77,19 @@ class KDCriterion:
         det = self.det(branches, batch)
         teacher_out = self.teacher(batch["img"])
         feats = uy.neck_features(preds)
-        terms = self.composite(
-            KDInputs(
-                student_features=feats,
-                student_heads={name: uy.head_outputs(raw, self.head) for name, raw in branches.items()},
-                teacher=teacher_out,
-                feature_masks=self._feature_masks(batch, teacher_out, feats) if self.composite.use_feature else None,
-                box_masks=self._box_masks(teacher_out, det.fg_masks) if self.composite.use_box else {},
-            )
+        kd_inputs = KDInputs(
+            student_features=feats,
+            student_heads={name: uy.head_outputs(raw, self.head) for name, raw in branches.items()},
+            teacher=teacher_out,
+            feature_masks=self._feature_masks(batch, teacher_out, feats) if self.composite.use_feature else None,
+            box_masks=self._box_masks(teacher_out, det.fg_masks) if self.composite.use_box else {},
         )
+        try:
+            terms = self.composite(kd_inputs)
+        except ValueError as e:
+            if "NaN or Inf" in str(e):
+                raise NonFiniteLossError(f"KD stopped on non-finite values: {e}") from e
+            raise
         scale = det.loss.new_tensor([1.0, self.composite.det_cls_scale, 1.0])
         det_loss = det.loss * scale
         kd = torch.stack([terms.weighted.get(k, terms.total.new_zeros(())) for k in KD_ITEM_NAMES])

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,17 +43,31 @@ def set_cpu_threads(threads: int | None) -> int:
     return n
 
 
+def _local_font_only(font: str = "Arial.ttf") -> Path | None:
+    """Ultralytics' ``check_font`` without the download: the font from its settings folder, if one is there."""
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    path = Path(USER_CONFIG_DIR) / Path(font).name
+    return path if path.exists() else None
+
+
 @contextlib.contextmanager
-def _no_amp_download_check() -> Iterator[None]:
-    """Ultralytics' AMP self-test downloads yolo26n.pt; detkd never downloads, so the test is skipped (AMP stays on)."""
+def offline_guards() -> Iterator[None]:
+    """Switch off the two downloads Ultralytics' trainer makes even with ``YOLO_OFFLINE=1``.
+
+    * ``check_det_dataset`` fetches Arial.ttf for plotting on every dataset check: only a local font is used;
+    * the AMP self-test downloads yolo26n.pt on CUDA: skipped, AMP stays on (as when the test passes).
+    """
+    import ultralytics.data.utils as ul_data
     import ultralytics.engine.trainer as ul_trainer
 
-    original = ul_trainer.check_amp
+    saved = (ul_data.check_font, ul_trainer.check_amp)
+    ul_data.check_font = _local_font_only
     ul_trainer.check_amp = lambda model: True
     try:
         yield
     finally:
-        ul_trainer.check_amp = original
+        ul_data.check_font, ul_trainer.check_amp = saved
 
 
 class DetectorTrainer(DetectionTrainer):
@@ -66,7 +81,8 @@ class DetectorTrainer(DetectionTrainer):
 
     def __init__(self, model: nn.Module, overrides: dict[str, Any], threads: int | None = None) -> None:
         self._prebuilt = model
-        super().__init__(overrides=overrides)
+        with offline_guards():
+            super().__init__(overrides=overrides)
         if self.ddp:
             raise DetkdError("multi-GPU training is not supported yet: pass a single --device (e.g. 0 or cpu)")
         self.threads = set_cpu_threads(threads) if self.device.type == "cpu" else None
@@ -75,9 +91,9 @@ class DetectorTrainer(DetectionTrainer):
         self.model = self._prebuilt
         return None
 
-    def _setup_train(self) -> None:
-        with _no_amp_download_check():
-            super()._setup_train()
+    def train(self) -> None:
+        with offline_guards():
+            super().train()
 
 
 class KDTrainer(DetectorTrainer):

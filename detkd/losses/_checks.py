@@ -8,6 +8,11 @@ from torch import Tensor
 REDUCTIONS = ("mean", "sum")
 
 
+def upcast(x: Tensor) -> Tensor:
+    """Compute losses in at least float32 (AMP gives fp16/bf16 inputs) without lowering float64 inputs."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def check_same_shape(fn: str, **tensors: Tensor) -> None:
     """Raise ``ValueError`` naming ``fn`` when the given tensors differ in shape."""
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkd.losses._checks import check_finite, check_same_shape, masked_reduce
+from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
 
 
 def ld_loss(
@@ -50,8 +50,8 @@ def ld_loss(
     check_finite("ld_loss", student=student_dist, teacher=teacher_dist)
     b, _, a = student_dist.shape
     t = temperature
-    log_ps = F.log_softmax(student_dist.float().view(b, 4, reg_max, a) / t, dim=2)
-    log_pt = F.log_softmax(teacher_dist.detach().float().view(b, 4, reg_max, a) / t, dim=2)
+    log_ps = F.log_softmax(upcast(student_dist).view(b, 4, reg_max, a) / t, dim=2)
+    log_pt = F.log_softmax(upcast(teacher_dist.detach()).view(b, 4, reg_max, a) / t, dim=2)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=2).mean(dim=1)  # (B, A)
     if mask is not None:
         check_same_shape("ld_loss", per_anchor=kl, mask=mask)
@@ -109,7 +109,7 @@ def box_iou_l1_loss(
     if student_boxes.dim() != 3 or student_boxes.shape[1] != 4:
         raise ValueError(f"box_iou_l1_loss: expected (B, 4, A) boxes, got {tuple(student_boxes.shape)}")
     check_finite("box_iou_l1_loss", student=student_boxes, teacher=teacher_boxes)
-    s, t = student_boxes.float(), teacher_boxes.detach().float()
+    s, t = upcast(student_boxes), upcast(teacher_boxes.detach())
     per_anchor = 1.0 - generalized_iou(s, t)
     if l1_weight:
         l1 = (s - t).abs().mean(dim=1)

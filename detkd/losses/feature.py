@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from detkd.losses._checks import check_finite, check_same_shape, masked_reduce
+from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
 
 
 def masked_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
@@ -38,7 +38,7 @@ def masked_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, 
     if student.dim() != 4:
         raise ValueError(f"masked_mse: expected (B, C, H, W) maps, got {tuple(student.shape)}")
     check_finite("masked_mse", student=student, teacher=teacher)
-    per_pos = (student.float() - teacher.detach().float()).pow(2).mean(dim=1)  # (B, H, W)
+    per_pos = (upcast(student) - upcast(teacher.detach())).pow(2).mean(dim=1)  # (B, H, W)
     if mask is not None:
         mask = mask.reshape(per_pos.shape) if mask.dim() == 4 else mask
         check_same_shape("masked_mse", per_position=per_pos, mask=mask)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkd.losses._checks import check_finite, check_same_shape, masked_reduce
+from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
 
 
 def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -67,7 +67,7 @@ def sigmoid_kd(
         raise ValueError(f"sigmoid_kd: temperature must be > 0, got {temperature}")
     check_finite("sigmoid_kd", student=student_logits, teacher=teacher_logits)
     t = temperature
-    kl = binary_kl(student_logits.float() / t, teacher_logits.detach().float() / t).sum(dim=1)  # (B, A)
+    kl = binary_kl(upcast(student_logits) / t, upcast(teacher_logits.detach()) / t).sum(dim=1)  # (B, A)
     if mask is not None:
         check_same_shape("sigmoid_kd", per_anchor=kl, mask=mask)
     return masked_reduce(kl, mask, reduction, normalizer) * (t * t)

@@ -1,0 +1,114 @@
+import pytest
+import torch
+from ultralytics.cfg import get_cfg
+
+from detkd.config import load_kd_config
+from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, NonFiniteLossError
+from detkd.errors import PairingError
+from detkd.losses.composite import KDComposite
+from detkd.students import ultralytics_yolo as uy
+from detkd.teachers import build_teacher
+
+NAMES = {i: f"c{i}" for i in range(3)}
+
+
+def _batch(n=2, size=64):
+    return {
+        "img": torch.rand(n, 3, size, size),
+        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
+        "cls": torch.tensor([[0.0], [2.0], [1.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.3, 0.3]]),
+    }
+
+
+def _setup(student_yaml="yolov8n.yaml", teacher_yaml="yolov8s.yaml", overrides=()):
+    teacher = build_teacher(teacher_yaml, nc=3, names=NAMES)
+    student = uy.build_model_from_yaml(student_yaml, 3, NAMES)
+    student.args = get_cfg()
+    cfg = load_kd_config(None, list(overrides))
+    composite = KDComposite(
+        cfg,
+        student_specs=uy.feature_specs(student),
+        teacher_specs=teacher.specs,
+        student_classes=3,
+        teacher_classes=teacher.num_classes,
+        student_reg_max=uy.reg_max(student),
+        teacher_reg_max=teacher.reg_max,
+    )
+    return student, teacher, composite, KDCriterion(student, teacher, composite)
+
+
+def test_loss_items_and_gradients_reach_student_and_adapters_only():
+    student, teacher, composite, crit = _setup()
+    student.train()
+    batch = _batch()
+    loss, items = crit(student(batch["img"]), batch)
+    assert loss.shape == (6,) and torch.isfinite(loss).all()
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", *KD_ITEM_NAMES]
+    assert all(items[k] > 0 for k in KD_ITEM_NAMES)
+    loss.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in composite.adapters.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert set(crit.last_unweighted) >= {"kd/feat/p3", "kd/feat/p4", "kd/feat/p5", "kd/cls", "kd/box"}
+
+
+def test_alpha_scales_the_detectors_class_loss():
+    student, _, _, crit = _setup(overrides=["logit.alpha=0.25", "feature.weight=0", "box.weight=0"])
+    student.train()
+    batch = _batch()
+    torch.manual_seed(0)
+    preds = student(batch["img"])
+    loss, items = crit(preds, batch)
+    assert loss[1].item() == pytest.approx(0.25 * items["cls_loss"].item() * 2, rel=1e-5)  # x batch size
+    assert loss[0].item() == pytest.approx(items["box_loss"].item() * 2, rel=1e-5)
+    assert items["kd/feat"] == 0 and items["kd/box"] == 0
+
+
+@pytest.mark.parametrize("mask", ["none", "gt", "teacher"])
+def test_feature_mask_modes(mask):
+    student, _, _, crit = _setup(overrides=[f"feature.mask={mask}", "logit.weight=0", "box.weight=0"])
+    student.train()
+    batch = _batch()
+    _, items = crit(student(batch["img"]), batch)
+    assert items["kd/feat"] > 0
+
+
+def test_box_positions_from_teacher_confidence():
+    student, _, _, crit = _setup(overrides=["box.positions=teacher", "box.teacher_conf=0.0"])
+    student.train()
+    batch = _batch()
+    _, items = crit(student(batch["img"]), batch)
+    assert items["kd/box"] > 0
+
+
+def test_end2end_student_with_dense_teacher_uses_iou_box_kd():
+    student, _, composite, crit = _setup(student_yaml="yolo26n.yaml")
+    assert composite.box_mode == "iou"
+    student.train()
+    batch = _batch()
+    loss, items = crit(student(batch["img"]), batch)
+    assert torch.isfinite(loss).all() and items["kd/box"] > 0
+    crit.update()  # the end-to-end schedule advances without error
+
+
+def test_non_finite_loss_stops_training():
+    student, _, _, crit = _setup()
+    student.train()
+    batch = _batch()
+    preds = student(batch["img"])
+    preds["scores"] = preds["scores"] * float("nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        crit(preds, batch)
+
+
+def test_logit_kd_needs_matching_classes():
+    teacher = build_teacher("yolov8n.yaml", nc=5, names={i: str(i) for i in range(5)})
+    student = uy.build_model_from_yaml("yolov8n.yaml", 3, NAMES)
+    kwargs = dict(
+        student_specs=uy.feature_specs(student), teacher_specs=teacher.specs, student_classes=3, teacher_classes=5,
+        student_reg_max=16, teacher_reg_max=16,
+    )  # fmt: skip
+    with pytest.raises(PairingError, match="logit KD needs the same classes.*kd.logit.weight=0"):
+        KDComposite(load_kd_config(), **kwargs)
+    assert KDComposite(load_kd_config(None, ["logit.weight=0"]), **kwargs).det_cls_scale == 1.0

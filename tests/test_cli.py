@@ -1,0 +1,79 @@
+"""Bad input: one clear line naming the file and the problem, then a non-zero exit (never a traceback)."""
+
+import shutil
+
+import pytest
+
+from detkd.cli import main
+
+
+def _run(capsys, *args):
+    rc = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def _distill(tiny_data, tmp_path, *extra, teacher="yolov8n.yaml"):
+    return ["distill", "--teacher", teacher, "--student", "yolov8n.yaml", "--data", str(tiny_data),
+            "--epochs", "1", "--imgsz", "64", "--device", "cpu", "--project", str(tmp_path), *extra]  # fmt: skip
+
+
+def test_missing_teacher_weights(capsys, tiny_data, tmp_path):
+    rc, err = _run(capsys, *_distill(tiny_data, tmp_path, teacher=str(tmp_path / "missing.pt")))
+    assert rc == 2 and err[-1] == f"detkd: error: {tmp_path / 'missing.pt'}: weights file not found"
+
+
+def test_data_yaml_pointing_nowhere(capsys, tmp_path):
+    data = tmp_path / "d.yaml"
+    data.write_text("train: nowhere/images\nval: nowhere/images\nnames: [a]\n")
+    rc, err = _run(capsys, "eval", "--model", "x.pt", "--data", str(data))
+    assert rc == 2 and "d.yaml: 'train: nowhere/images' points nowhere" in err[-1]
+
+
+def test_label_row_out_of_range(capsys, tiny_data, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_data.parent, root)
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n")
+    label = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    label.write_text("9 0.5 0.5 0.1 0.1\n")
+    rc, err = _run(capsys, *_distill(root / "data.yaml", tmp_path))
+    assert rc == 2 and err[-1].endswith(f"{label}:1: class id 9 is outside 0..5")
+
+
+def test_image_that_does_not_decode(capsys, tiny_data, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_data.parent, root)
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n")
+    img = sorted((root / "images" / "val").glob("*.png"))[0]
+    img.write_bytes(b"\x89PNG broken")
+    rc, err = _run(capsys, *_distill(root / "data.yaml", tmp_path))
+    assert rc == 2 and str(img) in err[-1] and "does not decode" in err[-1]
+
+
+def test_unpairable_teacher(capsys, tiny_data, tmp_path):
+    rc, err = _run(capsys, *_distill(tiny_data, tmp_path, teacher="yolov8n-p2.yaml"))
+    assert rc == 2 and "student has 3 feature levels" in err[-1] and "teacher has 4" in err[-1]
+
+
+def test_bad_kd_override(capsys, tiny_data, tmp_path):
+    rc, err = _run(capsys, *_distill(tiny_data, tmp_path, "--set", "kd.logit.wieght=2"))
+    assert rc == 2 and "did you mean 'weight'" in err[-1]
+
+
+def test_non_detection_student(capsys, tiny_data, tmp_path):
+    rc, err = _run(capsys, "distill", "--teacher", "yolov8n.yaml", "--student", "yolov8n-seg.yaml",
+                   "--data", str(tiny_data), "--project", str(tmp_path))  # fmt: skip
+    assert rc == 2 and "yolov8n-seg.yaml: expected an Ultralytics detection model" in err[-1]
+
+
+def test_unknown_export_format(capsys, distilled_run):
+    rc, err = _run(capsys, "export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "tflite9")
+    assert rc == 2 and "export format 'tflite9' is not available yet; available: onnx" in err[-1]
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("distill", "train", "eval", "export", "demo"))

@@ -1,0 +1,56 @@
+"""Nothing downloads at run time: a full distill -> eval -> export runs with networking blocked.
+
+The subprocess gets a ``sitecustomize`` that makes every DNS lookup and socket connection fail *and records it*,
+and an environment without ``YOLO_OFFLINE``, so the test also proves that detkd switches Ultralytics offline itself.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BLOCKER = textwrap.dedent(
+    """
+    import os, socket
+
+    _LOG = os.environ["DETKD_NET_LOG"]
+
+    def _blocked(*args, **kwargs):
+        with open(_LOG, "a") as f:
+            f.write(repr(args[:2]) + "\\n")
+        raise OSError("network blocked by the detkd offline test")
+
+    socket.getaddrinfo = _blocked
+    socket.create_connection = _blocked
+    socket.socket.connect = _blocked
+    socket.socket.connect_ex = _blocked
+    """
+)
+
+
+def test_distill_eval_export_with_network_blocked(tiny_data, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    log = tmp_path / "net.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    env.update(PYTHONPATH=os.pathsep.join([str(site), env.get("PYTHONPATH", "")]), DETKD_NET_LOG=str(log))
+    env["HOME"] = str(tmp_path / "home")  # a fresh Ultralytics settings folder, as on a new machine
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "detkd", *args], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    run("distill", "--teacher", "yolov8n.yaml", "--student", "yolov8n.yaml", "--data", str(tiny_data),
+        "--epochs", "1", "--imgsz", "64", "--batch", "4", "--device", "cpu", "--project", str(tmp_path / "runs"),
+        "--name", "kd")  # fmt: skip
+    best = tmp_path / "runs" / "kd" / "weights" / "best.pt"
+    run("eval", "--model", str(best), "--data", str(tiny_data), "--imgsz", "64")
+    run("export", "--model", str(best), "--data", str(tiny_data))
+    attempts = log.read_text() if log.exists() else ""
+    assert attempts == "", f"network access attempted:\n{attempts}"
