@@ -45,9 +45,30 @@ def run_job(args: argparse.Namespace, kind: str, seed: int, recipe: str | None =
     result_file = Path(args.out) / "jobs" / f"{name}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    cmd = [sys.executable, __file__, "--job", kind, "--seed", str(seed), "--out", args.out, "--device", args.device,
-           "--epochs", str(args.epochs), "--imgsz", str(args.imgsz), "--batch", str(args.batch),
-           "--n-train", str(args.n_train), "--n-val", str(args.n_val), "--workers", str(args.workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--job",
+        kind,
+        "--seed",
+        str(seed),
+        "--out",
+        args.out,
+        "--device",
+        args.device,
+        "--epochs",
+        str(args.epochs),
+        "--imgsz",
+        str(args.imgsz),
+        "--batch",
+        str(args.batch),
+        "--n-train",
+        str(args.n_train),
+        "--n-val",
+        str(args.n_val),
+        "--workers",
+        str(args.workers),
+    ]
     if recipe:
         cmd += ["--recipe", recipe]
     for item in args.train_arg or []:
@@ -80,8 +101,16 @@ def job_main(args: argparse.Namespace) -> None:
     out = Path(args.out)
     data_root = generate_dataset(out / f"data_s{args.seed}", scenes, seed=args.seed)
     spec = load_data_spec(data_root / "data.yaml")
-    train = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "seed": args.seed, "device": args.device,
-             "workers": args.workers, "verbose": False, **_kv(args.train_arg)}
+    train = {
+        "epochs": args.epochs,
+        "imgsz": args.imgsz,
+        "batch": args.batch,
+        "seed": args.seed,
+        "device": args.device,
+        "workers": args.workers,
+        "verbose": False,
+        **_kv(args.train_arg),
+    }
     runs = out / "runs"
     t0 = time.time()
     if args.job == "teacher":
@@ -98,8 +127,16 @@ def job_main(args: argparse.Namespace) -> None:
         )
     device = "cpu" if args.device == "cpu" else f"cuda:{args.device}"
     ev = evaluate(TorchPredictor(uy.load_detection_model(res.best), device), spec, "val", imgsz=args.imgsz)
-    payload = {"name": name, "kind": args.job, "seed": args.seed, "recipe": args.recipe, "mAP50-95": ev.map50_95,
-               "mAP50": ev.map50, "APs": ev.metrics["APs"], "seconds": time.time() - t0}
+    payload = {
+        "name": name,
+        "kind": args.job,
+        "seed": args.seed,
+        "recipe": args.recipe,
+        "mAP50-95": ev.map50_95,
+        "mAP50": ev.map50,
+        "APs": ev.metrics["APs"],
+        "seconds": time.time() - t0,
+    }
     (out / "jobs").mkdir(parents=True, exist_ok=True)
     (out / "jobs" / f"{name}.json").write_text(json.dumps(payload))
 
@@ -125,7 +162,10 @@ def summarize(results: list[dict], seeds: list[int]) -> tuple[dict, str]:
                 "n": len(vals),
                 "values": vals,
             }
-    md = ["| run | mAP50-95 mean | std | delta vs baseline (mean) | delta (worst seed) | seeds |", "|---|---|---|---|---|---|"]
+    md = [
+        "| run | mAP50-95 mean | std | delta vs baseline (mean) | delta (worst seed) | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
     for k, r in rows.items():
         d = "" if r["delta_mean"] is None else f"{r['delta_mean']:+.4f}"
         dm = "" if r["delta_min"] is None else f"{r['delta_min']:+.4f}"
@@ -166,7 +206,9 @@ def main() -> None:
     for s in args.seeds:  # once, before the parallel jobs read it
         generate_dataset(Path(args.out) / f"data_s{s}", scenes, seed=s)
     with ThreadPoolExecutor(args.parallel) as pool:
-        first = list(pool.map(lambda j: run_job(args, *j), [(k, s) for s in args.seeds for k in ("teacher", "baseline")]))
+        first = list(
+            pool.map(lambda j: run_job(args, *j), [(k, s) for s in args.seeds for k in ("teacher", "baseline")])
+        )
         kd = list(pool.map(lambda j: run_job(args, "kd", *j), [(s, r) for s in args.seeds for r in args.recipes]))
     results = first + kd
     rows, md = summarize(results, args.seeds)

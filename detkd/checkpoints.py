@@ -90,7 +90,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(p)
     except Exception as e:  # torch raises several types for damaged archives
         raise InputFileError(p, f"checkpoint is damaged ({type(e).__name__}: {e})") from e
-    allowed, refused = [], []
+    allowed: list[Any] = []
+    refused: list[str] = []
     for name in needed:
         obj = _allowed(name)
         (allowed.append((obj, name)) if obj is not None else refused.append(name))

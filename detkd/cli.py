@@ -63,7 +63,9 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
     from detkd.engine.distiller import Distiller
 
     distiller = Distiller(ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set)
-    result = distiller.train(project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns))
+    result = distiller.train(
+        project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns)
+    )
     print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
     return 0
 
@@ -99,7 +101,11 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     out = Path(ns.out) if ns.out else Path(ns.model).resolve().parent / f"eval_{ns.split}"
     path = write_eval_report(result, out, f"COCO evaluation of {ns.model}", extra={"model": str(ns.model)})
     LOGGER.info("wrote %s and %s", path, path.with_name("metrics.md"))
-    print(json.dumps({"model": str(ns.model), "split": ns.split, **result.metrics, "images_per_second": result.images_per_second}))
+    print(
+        json.dumps(
+            {"model": str(ns.model), "split": ns.split, **result.metrics, "images_per_second": result.images_per_second}
+        )
+    )
     return 0
 
 

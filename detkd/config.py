@@ -8,7 +8,7 @@ Unknown keys, wrong types and out-of-range values are errors that name the key a
 >>> load_kd_config(None, ["kd.logit.wieght=2"])
 Traceback (most recent call last):
 ...
-detkd.errors.ConfigError: kd.logit: unknown key 'wieght' (did you mean 'weight'?); valid keys: weight, alpha, temperature
+detkd.errors.ConfigError: kd.logit: unknown key 'wieght' (did you mean 'weight'?); ...
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _build(cls: type, data: Any, section: str) -> Any:
                 f"{section}: unknown key '{key}'{_suggest(str(key), names)}; valid keys: {', '.join(names)}"
             )
         kind = hints[key]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, f"{section}.{key}")
         else:
             kwargs[key] = _coerce(section, key, value, kind)
@@ -235,4 +235,3 @@ def load_kd_config(path: str | Path | None = None, overrides: list[str] | None =
 
 def dump_kd_config(cfg: KDConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump({"kd": cfg.to_dict()}, sort_keys=False), encoding="utf-8")
-

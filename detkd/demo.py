@@ -147,7 +147,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"- parity vs PyTorch on {onnx['parity']['images']} val images: max |diff| boxes "
         f"{onnx['parity']['max_abs_diff_boxes']:.2e} px, scores {onnx['parity']['max_abs_diff_scores']:.2e} "
         f"({'pass' if onnx['parity']['passed'] else 'FAIL'})",
-        f"- mAP50-95 PyTorch {onnx['map']['pytorch']['mAP50-95']:.3f} vs ONNX Runtime {onnx['map']['onnx']['mAP50-95']:.3f}",
+        f"- mAP50-95 PyTorch {onnx['map']['pytorch']['mAP50-95']:.3f} vs ONNX Runtime "
+        f"{onnx['map']['onnx']['mAP50-95']:.3f}",
         f"- CPU latency (batch 1, median): ONNX Runtime {onnx['latency']['onnx']['median_ms']:.1f} ms, "
         f"PyTorch {onnx['latency']['pytorch']['median_ms']:.1f} ms",
         f"- bundle: `{onnx['bundle']}`",
@@ -198,7 +199,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     kd_cfg: KDConfig = load_kd_config(None, list(cfg.kd_overrides))
     # val=False: Ultralytics validates only after the last epoch, so the reported model is the final one (not the
     # epoch that scored best on the very split it is reported on) and no time goes to per-epoch validation.
-    train = {"epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch, "seed": cfg.seed, "device": "cpu", "val": False}
+    train = {
+        "epochs": cfg.epochs,
+        "imgsz": cfg.imgsz,
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "device": "cpu",
+        "val": False,
+    }
     runs = out / "runs"
 
     stages.start("data", "Generating synthetic scenes")
@@ -207,10 +215,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     spec = load_data_spec(data_yaml)
 
     stages.start("teacher", f"Training the teacher ({cfg.teacher})")
-    teacher = train_detector(cfg.teacher, spec, project=runs, name="teacher", exist_ok=True, threads=cfg.threads, **train)
+    teacher = train_detector(
+        cfg.teacher, spec, project=runs, name="teacher", exist_ok=True, threads=cfg.threads, **train
+    )
 
     stages.start("baseline", f"Training the baseline student ({cfg.student}, no KD)")
-    baseline = train_detector(cfg.student, spec, project=runs, name="baseline", exist_ok=True, threads=cfg.threads, **train)
+    baseline = train_detector(
+        cfg.student, spec, project=runs, name="baseline", exist_ok=True, threads=cfg.threads, **train
+    )
 
     stages.start("kd", f"Distilling the teacher into the student ({cfg.student}, KD: {kd_cfg.describe()})")
     kd_run = Distiller(teacher.best, cfg.student, data_yaml, kd_cfg).train(
@@ -219,8 +231,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     stages.start("eval", "Evaluating all three with pycocotools (COCO mAP) and timing them on CPU")
     threads = set_cpu_threads(cfg.threads)
-    rows = []
-    for role, run, arch in (("teacher", teacher, cfg.teacher), ("baseline", baseline, cfg.student), ("KD student", kd_run, cfg.student)):
+    rows: list[dict[str, Any]] = []
+    for role, run, arch in (
+        ("teacher", teacher, cfg.teacher),
+        ("baseline", baseline, cfg.student),
+        ("KD student", kd_run, cfg.student),
+    ):
         model = uy.load_detection_model(run.best)
         pred = TorchPredictor(model, "cpu")
         res = evaluate(pred, spec, "val", imgsz=cfg.imgsz)
@@ -240,10 +256,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         )
 
     stages.start("export", "Exporting the KD student to ONNX and checking it against PyTorch")
-    exp = export_model(kd_run.best, "onnx", imgsz=cfg.imgsz, data=data_yaml, out_dir=out / "kd_student_onnx", threads=cfg.threads)
+    exp = export_model(
+        kd_run.best, "onnx", imgsz=cfg.imgsz, data=data_yaml, out_dir=out / "kd_student_onnx", threads=cfg.threads
+    )
 
     wall = stages.finish()
-    t, b, k = (r["mAP50-95"] for r in rows)
+    t, b, k = (float(r["mAP50-95"]) for r in rows)
     teacher_gap = t - b
     report = {
         "seed": cfg.seed,
@@ -264,7 +282,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "kd_config": kd_cfg.to_dict(),
         "kd_effect": {
             "delta_map50_95": k - b,
-            "delta_map50": rows[2]["mAP50"] - rows[1]["mAP50"],
+            "delta_map50": float(rows[2]["mAP50"]) - float(rows[1]["mAP50"]),
             "teacher_gap": teacher_gap,
             "gap_closed": (k - b) / teacher_gap if teacher_gap > 0.005 else None,
             "verdict": _verdict(k - b),

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.assets
 
 def test_coco_tiny_official_json_maps_all_80_classes():
     spec = load_data_spec(assets_path("coco_tiny", "coco_tiny.yaml"))
-    gt, cmap, images, source = ground_truth_for_split(spec, "val")
+    _, cmap, images, source = ground_truth_for_split(spec, "val")
     assert "instances_val2017.json" in source and len(images) == 80
     assert cmap[0] == 1 and cmap[79] == 90  # COCO's non-contiguous category ids, matched by name
     assert len(set(cmap.values())) == 80

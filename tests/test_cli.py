@@ -33,7 +33,9 @@ def test_data_yaml_pointing_nowhere(capsys, tmp_path):
 def test_label_row_out_of_range(capsys, tiny_data, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(tiny_data.parent, root)
-    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n")
+    (root / "data.yaml").write_text(
+        "train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n"
+    )
     label = sorted((root / "labels" / "train").glob("*.txt"))[0]
     label.write_text("9 0.5 0.5 0.1 0.1\n")
     rc, err = _run(capsys, *_distill(root / "data.yaml", tmp_path))
@@ -43,7 +45,9 @@ def test_label_row_out_of_range(capsys, tiny_data, tmp_path):
 def test_image_that_does_not_decode(capsys, tiny_data, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(tiny_data.parent, root)
-    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n")
+    (root / "data.yaml").write_text(
+        "train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n"
+    )
     img = sorted((root / "images" / "val").glob("*.png"))[0]
     img.write_bytes(b"\x89PNG broken")
     rc, err = _run(capsys, *_distill(root / "data.yaml", tmp_path))
@@ -77,3 +81,13 @@ def test_help_lists_commands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("distill", "train", "eval", "export", "demo"))
+
+
+def test_train_kd_tool_is_the_distill_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "train_kd.py"
+    out = subprocess.run([sys.executable, str(tool), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--teacher" in out.stdout and "--set KEY=VALUE" in out.stdout

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_results_csv_logs_every_loss_term(distilled_run):
-    rows = list(csv.DictReader(open(distilled_run / "results.csv")))
+    with open(distilled_run / "results.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 1
     row = {k.strip(): v for k, v in rows[0].items()}
     for key in ("train/box_loss", "train/cls_loss", "train/dfl_loss", "train/kd/feat", "train/kd/cls", "train/kd/box"):
@@ -53,7 +54,14 @@ def test_eval_cli_prints_metrics_json_last(distilled_run, tiny_data, capsys):
     metrics = json.loads(last)
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_second"} <= set(metrics)
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["metrics"]["AP"] == metrics["AP"] and set(saved["per_class"]) == {"disk", "ring", "square", "window", "triangle", "star"}
+    assert saved["metrics"]["AP"] == metrics["AP"] and set(saved["per_class"]) == {
+        "disk",
+        "ring",
+        "square",
+        "window",
+        "triangle",
+        "star",
+    }
     assert (out / "metrics.md").read_text().startswith("# COCO evaluation")
 
 

@@ -42,7 +42,9 @@ def test_distill_eval_export_with_network_blocked(tiny_data, tmp_path):
     env["HOME"] = str(tmp_path / "home")  # a fresh Ultralytics settings folder, as on a new machine
 
     def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "detkd", *args], env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "detkd", *args], env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 

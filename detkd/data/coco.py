@@ -34,7 +34,8 @@ def yolo_to_coco(image_files: Sequence[Path], names: Mapping[int, str]) -> tuple
     """
     category_map = {int(i): int(i) + 1 for i in names}
     categories = [{"id": category_map[i], "name": str(n)} for i, n in sorted(names.items())]
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, img_path in enumerate(image_files, start=1):
         try:
             with Image.open(img_path) as im:

@@ -84,12 +84,14 @@ def _poly_mask(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
 
 def _circle_mask(shape: tuple[int, int], center: tuple[float, float], r: float) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
-    cx, cy = (int(round(v * 16)) for v in center)
-    cv2.circle(mask, (cx, cy), max(1, int(round(r * 16))), 1, thickness=-1, lineType=cv2.LINE_8, shift=4)
+    cx, cy = (round(v * 16) for v in center)
+    cv2.circle(mask, (cx, cy), max(1, round(r * 16)), 1, thickness=-1, lineType=cv2.LINE_8, shift=4)
     return mask
 
 
-def shape_mask(cls: int, shape: tuple[int, int], center: tuple[float, float], diameter: float, angle: float) -> np.ndarray:
+def shape_mask(
+    cls: int, shape: tuple[int, int], center: tuple[float, float], diameter: float, angle: float
+) -> np.ndarray:
     """Binary mask (H, W) of one object of class ``cls``."""
     r = diameter / 2
     name = CLASS_NAMES[cls]
@@ -108,7 +110,9 @@ def shape_mask(cls: int, shape: tuple[int, int], center: tuple[float, float], di
                 mask &= 1 - _poly_mask(shape, _rotated(bar * 0.999, angle, center))
         return mask
     if name == "triangle":
-        pts = np.array([[r * math.cos(a), r * math.sin(a)] for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))])
+        pts = np.array(
+            [[r * math.cos(a), r * math.sin(a)] for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
+        )
         return _poly_mask(shape, _rotated(pts, angle, center))
     # star: five points, inner radius 0.45 r
     pts = np.array(
@@ -123,7 +127,7 @@ def shape_mask(cls: int, shape: tuple[int, int], center: tuple[float, float], di
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth colour field + mid-frequency texture, sometimes stripes or a checkerboard."""
     coarse = rng.uniform(20, 235, size=(rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
-    img = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    img: np.ndarray = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     tex_n = int(rng.integers(8, 40))
     tex = rng.normal(0, rng.uniform(4, 22), size=(tex_n, tex_n, 1)).astype(np.float32)
     img += cv2.resize(tex, (size, size), interpolation=cv2.INTER_LINEAR)[..., None]
@@ -245,9 +249,8 @@ def _yolo_lines(objects: list[SceneObject], size: int) -> str:
     lines = []
     for o in objects:
         x1, y1, x2, y2 = o.box
-        lines.append(
-            f"{o.cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
-        )
+        cx, cy, w, h = (x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size
+        lines.append(f"{o.cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -47,7 +47,9 @@ class KDCriterion:
         """Called by Ultralytics once per epoch (end-to-end loss schedule)."""
         self.det.update()
 
-    def _feature_masks(self, batch: dict[str, Any], teacher: TeacherOutputs, feats: list[Tensor]) -> list[Tensor] | None:
+    def _feature_masks(
+        self, batch: dict[str, Any], teacher: TeacherOutputs, feats: list[Tensor]
+    ) -> list[Tensor] | None:
         mode = self.composite.cfg.feature.mask
         grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
         if mode == "none":

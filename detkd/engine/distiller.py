@@ -50,7 +50,11 @@ class TrainResult:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -91,7 +95,8 @@ def _checked_data(data: str | Path | DataSpec, check_images: bool = True) -> Dat
 
 def _run(trainer: DetectorTrainer, save_dir: Path, started: float) -> TrainResult:
     trainer.train()
-    metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
+    raw: dict[str, Any] = dict(trainer.metrics or {})
+    metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
     wdir = save_dir / "weights"
     return TrainResult(
         save_dir=save_dir,

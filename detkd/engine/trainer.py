@@ -88,7 +88,7 @@ class DetectorTrainer(DetectionTrainer):
         self.threads = set_cpu_threads(threads) if self.device.type == "cpu" else None
 
     def setup_model(self) -> None:
-        self.model = self._prebuilt
+        self.model: Any = self._prebuilt
         return None
 
     def train(self) -> None:
@@ -124,8 +124,15 @@ class KDTrainer(DetectorTrainer):
         self.composite.to(self.device)
         return None
 
-    def build_optimizer(self, model: nn.Module, name: str = "auto", lr: float = 0.001, momentum: float = 0.9,
-                        decay: float = 1e-5, iterations: float = 1e5) -> torch.optim.Optimizer:
+    def build_optimizer(
+        self,
+        model: nn.Module,
+        name: str = "auto",
+        lr: float = 0.001,
+        momentum: float = 0.9,
+        decay: float = 1e-5,
+        iterations: float = 1e5,
+    ) -> torch.optim.Optimizer:
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         weights = [p for n, p in self.composite.adapters.named_parameters() if not n.endswith("bias")]
         biases = [p for n, p in self.composite.adapters.named_parameters() if n.endswith("bias")]
@@ -136,7 +143,7 @@ class KDTrainer(DetectorTrainer):
 
     def _setup_train(self) -> None:
         super()._setup_train()  # builds the EMA from the bare student: the teacher never enters a checkpoint
-        student = unwrap_model(self.model)
+        student: Any = unwrap_model(self.model)
         student.criterion = KDCriterion(student, self.teacher, self.composite)
 
     def label_loss_items(self, loss_items: dict | None = None, prefix: str = "train") -> Any:

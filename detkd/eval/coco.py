@@ -106,7 +106,9 @@ def evaluate(
     detections: list[dict[str, Any]] = []
     started = time.perf_counter()
     for x, metas, paths in iterate_batches(images, imgsz, bs):
-        for path, det in zip(paths, postprocess(predictor(x), metas, end2end=predictor.end2end, conf=conf, iou=iou, max_det=max_det)):
+        for path, det in zip(
+            paths, postprocess(predictor(x), metas, end2end=predictor.end2end, conf=conf, iou=iou, max_det=max_det)
+        ):
             image_id = image_ids[path.name]
             for x1, y1, x2, y2, score, cls in det.tolist():
                 detections.append(
@@ -128,5 +130,13 @@ def evaluate(
         detections=len(detections),
         images_per_second=len(images) / max(elapsed, 1e-9),
         ground_truth=gt_source,
-        settings={"split": split, "imgsz": imgsz, "batch": bs, "conf": conf, "iou": iou, "max_det": max_det, "runtime": predictor.name},
+        settings={
+            "split": split,
+            "imgsz": imgsz,
+            "batch": bs,
+            "conf": conf,
+            "iou": iou,
+            "max_det": max_det,
+            "runtime": predictor.name,
+        },
     )

@@ -74,7 +74,9 @@ def preprocess(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, lis
     return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, metas
 
 
-def iterate_batches(paths: Sequence[Path], size: int, batch: int) -> Iterator[tuple[np.ndarray, list[LetterboxMeta], list[Path]]]:
+def iterate_batches(
+    paths: Sequence[Path], size: int, batch: int
+) -> Iterator[tuple[np.ndarray, list[LetterboxMeta], list[Path]]]:
     for i in range(0, len(paths), batch):
         chunk = list(paths[i : i + batch])
         x, metas = preprocess([read_image(p) for p in chunk], size)

@@ -18,13 +18,16 @@ ensure_offline()
 LOGGER = logging.getLogger(__name__)
 
 
-def export_onnx(model: nn.Module, out_file: Path, imgsz: int, *, simplify: bool = True, opset: int | None = None) -> Path:
+def export_onnx(
+    model: nn.Module, out_file: Path, imgsz: int, *, simplify: bool = True, opset: int | None = None
+) -> Path:
     """Export a bare Ultralytics detection model to ``out_file`` (static batch 1, FP32, NMS outside the graph)."""
     from ultralytics.engine.exporter import Exporter
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).float().eval()
-    model.pt_path = str(out_file.with_suffix(".pt"))  # the exporter names its output after this path
+    copy_: Any = model
+    copy_.pt_path = str(out_file.with_suffix(".pt"))  # the exporter names its output after this path
     overrides: dict[str, Any] = {
         "format": "onnx",
         "imgsz": imgsz,

@@ -32,7 +32,9 @@ def check_finite(fn: str, **tensors: Tensor) -> None:
             raise ValueError(f"{fn}: {name} contains NaN or Inf")
 
 
-def masked_reduce(values: Tensor, mask: Tensor | None, reduction: str, normalizer: Tensor | float | None = None) -> Tensor:
+def masked_reduce(
+    values: Tensor, mask: Tensor | None, reduction: str, normalizer: Tensor | float | None = None
+) -> Tensor:
     """Weighted sum of ``values`` over all positions, divided by the weight total (or ``normalizer``).
 
     An empty mask gives zero, still attached to the graph so backward works.

@@ -71,9 +71,9 @@ def generalized_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     """
     ax1, ay1, ax2, ay2 = a.unbind(dim=1)
     bx1, by1, bx2, by2 = b.unbind(dim=1)
-    inter = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp(min=0) * (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp(
-        min=0
-    )
+    inter = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp(min=0) * (
+        torch.min(ay2, by2) - torch.max(ay1, by1)
+    ).clamp(min=0)
     area_a = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)
     area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
     union = area_a + area_b - inter + eps

@@ -125,32 +125,36 @@ class KDComposite(nn.Module):
             unweighted["kd/feat"] = feat
             weighted["kd/feat"] = self.cfg.feature.weight * feat
 
-        branches = [(name, s, inp.teacher.heads[name]) for name, s in inp.student_heads.items() if name in inp.teacher.heads]
+        branches: list[tuple[str, HeadOutputs, HeadOutputs]] = [
+            (name, s, inp.teacher.heads[name]) for name, s in inp.student_heads.items() if name in inp.teacher.heads
+        ]
         if self.use_logit and branches:
             t_kd = self.cfg.logit.temperature
             cls_losses = []
-            for _, s, t in branches:
+            for _, sh, th in branches:
                 # Normalise like YOLO's class loss (by total target mass): the teacher's confidence mass.
-                mass = t.cls_logits.detach().float().sigmoid().amax(dim=1).sum().clamp(min=1.0)
-                cls_losses.append(sigmoid_kd(s.cls_logits, t.cls_logits, temperature=t_kd, normalizer=mass))
+                mass = th.cls_logits.detach().float().sigmoid().amax(dim=1).sum().clamp(min=1.0)
+                cls_losses.append(sigmoid_kd(sh.cls_logits, th.cls_logits, temperature=t_kd, normalizer=mass))
             cls = torch.stack(cls_losses).mean()
             unweighted["kd/cls"] = cls
             weighted["kd/cls"] = self.cfg.logit.weight * (1.0 - self.cfg.logit.alpha) * cls
 
         if self.use_box and branches:
             box_losses = []
-            for name, s, t in branches:
+            for name, sh, th in branches:
                 mask = inp.box_masks.get(name)
                 if mask is None:
                     raise ValueError(f"box KD needs positions for branch '{name}'")
                 if self.box_mode == "ld":
-                    loss = ld_loss(s.box_raw, t.box_raw, reg_max=s.reg_max, temperature=self.cfg.box.temperature, mask=mask)
+                    loss = ld_loss(
+                        sh.box_raw, th.box_raw, reg_max=sh.reg_max, temperature=self.cfg.box.temperature, mask=mask
+                    )
                 else:
                     loss = box_iou_l1_loss(
-                        s.boxes_xyxy(),
-                        t.boxes_xyxy(),
+                        sh.boxes_xyxy(),
+                        th.boxes_xyxy(),
                         mask=mask,
-                        scale=s.stride_tensor.view(-1),
+                        scale=sh.stride_tensor.view(-1),
                         l1_weight=self.cfg.box.l1_weight,
                     )
                 box_losses.append(loss)

@@ -38,7 +38,7 @@ def gt_box_masks(
             inside_x = (cx[None] >= x1) & (cx[None] <= x2)  # (N, W)
             inside_y = (cy[None] >= y1) & (cy[None] <= y2)  # (N, H)
             inside = (inside_y[:, :, None] & inside_x[:, None, :]).reshape(len(idx), h * w)
-            centre = ((((y1 + y2) / 2 / s).floor().clamp(0, h - 1)) * w + ((x1 + x2) / 2 / s).floor().clamp(0, w - 1))
+            centre = (((y1 + y2) / 2 / s).floor().clamp(0, h - 1)) * w + ((x1 + x2) / 2 / s).floor().clamp(0, w - 1)
             inside[torch.arange(len(idx), device=idx.device), centre.view(-1).long()] = True
             box, pos = inside.nonzero(as_tuple=True)
             mask[idx[box], pos] = 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -41,7 +41,7 @@ def detect_head(model: nn.Module, source: str = "model") -> Detect:
     if head is None or type(head) not in _DETECT_TYPES:
         kind = type(head).__name__ if head is not None else type(model).__name__
         raise DetkdError(f"{source}: expected an Ultralytics detection model with a Detect head, got {kind}")
-    return head
+    return cast(Detect, head)
 
 
 def is_end2end(model: nn.Module) -> bool:
@@ -52,7 +52,7 @@ def is_end2end(model: nn.Module) -> bool:
 def feature_specs(model: nn.Module) -> list[FeatureSpec]:
     """Channels and strides of the neck maps that feed the Detect head (P3-P5 for standard YOLO)."""
     head = detect_head(model)
-    branch = head.cv2 if head.cv2 is not None else head.one2one_cv2
+    branch: Any = head.cv2 if head.cv2 is not None else head.one2one_cv2
     channels = [int(seq[0].conv.in_channels) for seq in branch]
     strides = [int(s) for s in head.stride.tolist()]
     if any(s <= 0 for s in strides):
@@ -129,8 +129,9 @@ def load_detection_model(path: str | Path) -> DetectionModel:
     model = model.float()
     if not hasattr(model, "yaml"):
         raise InputFileError(path, "checkpoint model has no architecture YAML (not an Ultralytics model)")
-    model.task = "detect"  # set by Ultralytics' YOLO wrapper, which detkd does not use (it unpickles unsafely)
-    return model
+    loaded: Any = model
+    loaded.task = "detect"  # normally set by Ultralytics' YOLO wrapper, which detkd skips (it unpickles unsafely)
+    return cast(DetectionModel, loaded)
 
 
 def build_student(spec: str | Path, nc: int, names: dict[int, str]) -> DetectionModel:

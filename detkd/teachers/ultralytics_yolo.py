@@ -56,7 +56,9 @@ class UltralyticsTeacher(nn.Module):
         )
 
 
-def load_ultralytics_teacher(spec: str | Path, *, nc: int | None = None, names: dict[int, str] | None = None) -> UltralyticsTeacher:
+def load_ultralytics_teacher(
+    spec: str | Path, *, nc: int | None = None, names: dict[int, str] | None = None
+) -> UltralyticsTeacher:
     """A teacher from a ``.pt`` checkpoint (loaded safely) or, for tests and smoke runs, a model YAML.
 
     A teacher built from YAML is randomly initialised: useful only to exercise the pipeline.

@@ -35,8 +35,8 @@ def test_labels_are_valid_and_consistent_with_coco(tmp_path):
     assert rep.images == len(coco["images"]) == CFG.n_val
     assert rep.boxes == len(coco["annotations"]) > 0
     for ann in coco["annotations"]:
-        x, y, w, h = ann["bbox"]
-        assert w >= 3 and h >= 3 and 0 <= x and x + w <= CFG.size and 1 <= ann["category_id"] <= len(CLASS_NAMES)
+        x, _, w, h = ann["bbox"]
+        assert w >= 3 and h >= 3 and x >= 0 and x + w <= CFG.size and 1 <= ann["category_id"] <= len(CLASS_NAMES)
 
 
 def test_scenes_have_many_sizes_including_small_ones():

@@ -109,8 +109,10 @@ def test_yolo_conversion_uses_explicit_category_map(tiny_data):
     assert cmap == {i: i + 1 for i in range(6)}
     official = json.loads((tiny_data.parent / "annotations" / "instances_val.json").read_text())
     assert len(gt["annotations"]) == len(official["annotations"])
-    for a, b in zip(sorted(gt["annotations"], key=lambda a: (a["image_id"], a["bbox"])),
-                    sorted(official["annotations"], key=lambda a: (a["image_id"], a["bbox"]))):
+    for a, b in zip(
+        sorted(gt["annotations"], key=lambda a: (a["image_id"], a["bbox"])),
+        sorted(official["annotations"], key=lambda a: (a["image_id"], a["bbox"])),
+    ):
         assert a["category_id"] == b["category_id"]
         assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
 
