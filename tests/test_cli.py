@@ -30,12 +30,18 @@ def test_data_yaml_pointing_nowhere(capsys, tmp_path):
     assert rc == 2 and "d.yaml: 'train: nowhere/images' points nowhere" in err[-1]
 
 
-def test_label_row_out_of_range(capsys, tiny_data, tmp_path):
+def _copy_data(tiny_data, tmp_path):
+    """A private copy of the tiny dataset (with a data YAML relative to it) that a test may break."""
     root = tmp_path / "ds"
     shutil.copytree(tiny_data.parent, root)
     (root / "data.yaml").write_text(
         "train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n"
     )
+    return root
+
+
+def test_label_row_out_of_range(capsys, tiny_data, tmp_path):
+    root = _copy_data(tiny_data, tmp_path)
     label = sorted((root / "labels" / "train").glob("*.txt"))[0]
     label.write_text("9 0.5 0.5 0.1 0.1\n")
     rc, err = _run(capsys, *_distill(root / "data.yaml", tmp_path))
@@ -43,11 +49,7 @@ def test_label_row_out_of_range(capsys, tiny_data, tmp_path):
 
 
 def test_image_that_does_not_decode(capsys, tiny_data, tmp_path):
-    root = tmp_path / "ds"
-    shutil.copytree(tiny_data.parent, root)
-    (root / "data.yaml").write_text(
-        "train: images/train\nval: images/val\nnames: [disk, ring, square, window, triangle, star]\n"
-    )
+    root = _copy_data(tiny_data, tmp_path)
     img = sorted((root / "images" / "val").glob("*.png"))[0]
     img.write_bytes(b"\x89PNG broken")
     rc, err = _run(capsys, *_distill(root / "data.yaml", tmp_path))

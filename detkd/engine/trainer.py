@@ -134,6 +134,8 @@ class KDTrainer(DetectorTrainer):
         iterations: float = 1e5,
     ) -> torch.optim.Optimizer:
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if not self.composite.use_feature:  # the adapters only serve feature imitation
+            return optimizer
         weights = [p for n, p in self.composite.adapters.named_parameters() if not n.endswith("bias")]
         biases = [p for n, p in self.composite.adapters.named_parameters() if n.endswith("bias")]
         optimizer.add_param_group({"params": weights, "weight_decay": decay, "param_group": "weight"})

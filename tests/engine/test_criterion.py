@@ -112,3 +112,24 @@ def test_logit_kd_needs_matching_classes():
     with pytest.raises(PairingError, match="logit KD needs the same classes.*kd.logit.weight=0"):
         KDComposite(load_kd_config(), **kwargs)
     assert KDComposite(load_kd_config(None, ["logit.weight=0"]), **kwargs).det_cls_scale == 1.0
+
+
+@pytest.mark.parametrize(
+    ("student_yaml", "teacher_yaml", "box_mode", "branches"),
+    [
+        ("yolo11n.yaml", "yolo11s.yaml", "ld", {"one2many"}),
+        ("yolo26n.yaml", "yolo26s.yaml", "iou", {"one2many", "one2one"}),
+        ("yolov8n.yaml", "yolo26s.yaml", "iou", {"one2many"}),
+    ],
+)
+def test_all_families_work_across_yolo_generations(student_yaml, teacher_yaml, box_mode, branches):
+    student, teacher, composite, crit = _setup(student_yaml=student_yaml, teacher_yaml=teacher_yaml)
+    assert composite.box_mode == box_mode
+    student.train()
+    batch = _batch()
+    preds = student(batch["img"])
+    assert set(uy.split_branches(preds)) == (branches if "26" in student_yaml else {"one2many"})
+    loss, items = crit(preds, batch)
+    assert torch.isfinite(loss).all() and all(items[k] > 0 for k in KD_ITEM_NAMES)
+    loss.sum().backward()
+    assert all(p.grad is None for p in teacher.parameters())

@@ -1,0 +1,20 @@
+import pytest
+
+from detkd.engine.distiller import Distiller
+from detkd.engine.trainer import KDTrainer
+
+
+@pytest.mark.parametrize(("feature_weight", "expect_adapters"), [(1.0, True), (0.0, False)])
+def test_adapters_join_the_optimizer_only_for_feature_kd(tiny_data, tmp_path, feature_weight, expect_adapters):
+    d = Distiller("yolov8s.yaml", "yolov8n.yaml", tiny_data, overrides=[f"feature.weight={feature_weight}"])
+    overrides = {"model": "yolov8n.yaml", "data": str(d.data.write_resolved(tmp_path / "data.yaml")),
+                 "project": str(tmp_path), "name": "t", "device": "cpu", "plots": False}  # fmt: skip
+    trainer = KDTrainer(d.student, d.teacher, d.composite, overrides)
+    opt = trainer.build_optimizer(d.student)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    adapter_ids = {id(p) for p in d.composite.adapters.parameters()}
+    assert (adapter_ids <= in_opt) is expect_adapters and (adapter_ids & in_opt == set()) is not expect_adapters
+    assert {id(p) for p in d.student.parameters()} <= in_opt
+    assert not {id(p) for p in d.teacher.parameters()} & in_opt
+    groups = [g for g in opt.param_groups if any(id(p) in adapter_ids for p in g["params"])]
+    assert all(g["param_group"] in {"weight", "bias"} for g in groups)
