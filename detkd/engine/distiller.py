@@ -9,12 +9,14 @@ image header, loading the teacher safely, building the student, pairing their le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,19 @@ def _run(trainer: DetectorTrainer, save_dir: Path, started: float) -> TrainResul
     )
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch for what runs inside (model and adapter initialisation) without touching the caller's RNG.
+
+    Models are built before Ultralytics seeds its trainer, so without this their initial weights would depend on
+    whatever used the global RNG before. With it, a baseline and a KD student of the same seed start from the same
+    weights, and every run of a seed starts from the same weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _overrides(model_spec: str | Path, data_yaml: Path, save_dir: Path, **kw: Any) -> dict[str, Any]:
     args = {**DEFAULT_TRAIN_ARGS, **{k: v for k, v in kw.items() if v is not None}}
     args.update(model=str(model_spec), data=str(data_yaml), project=str(save_dir.parent), name=save_dir.name)
@@ -128,7 +143,8 @@ def train_detector(
     """Train a detector without KD (a same-family teacher, or the baseline a distilled student is compared with)."""
     started = time.time()
     spec = _checked_data(data)
-    net = uy.build_student(model, spec.nc, spec.names)
+    with seeded(int(train_args.get("seed") or 0)):
+        net = uy.build_student(model, spec.nc, spec.names)
     save_dir = _prepare_run(project, name, exist_ok)
     data_yaml = spec.write_resolved(save_dir / "data.yaml")
     (save_dir / "detkd_run.json").write_text(
@@ -169,18 +185,24 @@ class Distiller:
         self.data = _checked_data(data)
         self.teacher_spec, self.student_spec = str(teacher), str(student)
         self.teacher = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
-        self.student = uy.build_student(student, self.data.nc, self.data.names)
-        self.composite = KDComposite(
-            self.kd,
-            student_specs=uy.feature_specs(self.student),
-            teacher_specs=self.teacher.specs,
-            student_classes=self.data.nc,
-            teacher_classes=self.teacher.num_classes,
-            student_reg_max=uy.reg_max(self.student),
-            teacher_reg_max=self.teacher.reg_max,
-        )
+        self.student, self.composite = self._build_student(seed=0)  # validates the pairing now, not mid-epoch
         LOGGER.info("teacher: %s", self.teacher.describe())
         LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_mode)
+
+    def _build_student(self, seed: int) -> tuple[Any, KDComposite]:
+        """The student and the KD objective (adapters) for this pair, initialised from ``seed``."""
+        with seeded(seed):
+            student = uy.build_student(self.student_spec, self.data.nc, self.data.names)
+            composite = KDComposite(
+                self.kd,
+                student_specs=uy.feature_specs(student),
+                teacher_specs=self.teacher.specs,
+                student_classes=self.data.nc,
+                teacher_classes=self.teacher.num_classes,
+                student_reg_max=uy.reg_max(student),
+                teacher_reg_max=self.teacher.reg_max,
+            )
+        return student, composite
 
     def train(
         self,
@@ -191,8 +213,12 @@ class Distiller:
         threads: int | None = None,
         **train_args: Any,
     ) -> TrainResult:
-        """Train the student with KD; any Ultralytics training argument may be passed (epochs, imgsz, batch, ...)."""
+        """Train the student with KD; any Ultralytics training argument may be passed (epochs, imgsz, batch, ...).
+
+        Each call starts from a freshly initialised student (from ``seed``, as ``train_detector`` does).
+        """
         started = time.time()
+        self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
         save_dir = _prepare_run(project, name, exist_ok)
         data_yaml = self.data.write_resolved(save_dir / "data.yaml")
         dump_kd_config(self.kd, save_dir / "kd.yaml")

@@ -18,3 +18,26 @@ def test_adapters_join_the_optimizer_only_for_feature_kd(tiny_data, tmp_path, fe
     assert not {id(p) for p in d.teacher.parameters()} & in_opt
     groups = [g for g in opt.param_groups if any(id(p) in adapter_ids for p in g["params"])]
     assert all(g["param_group"] in {"weight", "bias"} for g in groups)
+
+
+def test_students_start_from_the_seed_not_from_the_rng_history(tiny_data):
+    import torch
+
+    from detkd.engine.distiller import seeded
+    from detkd.students import ultralytics_yolo as uy
+
+    d = Distiller("yolov8s.yaml", "yolov8n.yaml", tiny_data)
+    torch.rand(1000)  # whatever ran before must not change the initial weights
+    a, ca = d._build_student(seed=3)
+    b, cb = d._build_student(seed=3)
+    c, _ = d._build_student(seed=4)
+    first = next(a.parameters())
+    assert torch.equal(first, next(b.parameters())) and not torch.equal(first, next(c.parameters()))
+    assert torch.equal(next(ca.adapters.parameters()), next(cb.adapters.parameters()))
+    with seeded(3):  # a baseline built by train_detector for the same seed starts from the same weights
+        base = uy.build_student("yolov8n.yaml", 6, d.data.names)
+    assert torch.equal(first, next(base.parameters()))
+    state = torch.random.get_rng_state()
+    with seeded(5):
+        torch.rand(10)
+    assert torch.equal(state, torch.random.get_rng_state())
