@@ -71,10 +71,6 @@ class HeadOutputs:
     anchor_points: Tensor
     stride_tensor: Tensor
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.cls_logits.shape[1])
-
     def distances(self) -> Tensor:
         """ltrb distances (B, 4, A) in grid units."""
         return dfl_expectation(self.box_raw, self.reg_max)

@@ -93,3 +93,8 @@ def test_train_kd_tool_is_the_distill_command():
     tool = Path(__file__).resolve().parents[1] / "tools" / "train_kd.py"
     out = subprocess.run([sys.executable, str(tool), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--teacher" in out.stdout and "--set KEY=VALUE" in out.stdout
+
+
+def test_resume_is_refused_clearly(capsys, tiny_data, tmp_path):
+    rc, err = _run(capsys, *_distill(tiny_data, tmp_path, "--train-arg", "resume=True"))
+    assert rc == 2 and "resuming a detkd run is not supported yet" in err[-1]

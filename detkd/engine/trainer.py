@@ -80,6 +80,8 @@ class DetectorTrainer(DetectionTrainer):
     """
 
     def __init__(self, model: nn.Module, overrides: dict[str, Any], threads: int | None = None) -> None:
+        if overrides.get("resume"):
+            raise DetkdError("resuming a detkd run is not supported yet: start a new run (resume is planned with DDP)")
         self._prebuilt = model
         with offline_guards():
             super().__init__(overrides=overrides)

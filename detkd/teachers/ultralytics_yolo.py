@@ -18,8 +18,6 @@ class UltralyticsTeacher(nn.Module):
     called with (so BatchNorm uses its running statistics), and ``forward`` runs under ``no_grad``.
     """
 
-    family = "ultralytics"
-
     def __init__(self, model: nn.Module, source: str = "teacher") -> None:
         super().__init__()
         uy.detect_head(model, source)
