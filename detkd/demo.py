@@ -225,7 +225,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     )
 
     stages.start("kd", f"Distilling the teacher into the student ({cfg.student}, KD: {kd_cfg.describe()})")
-    kd_run = Distiller(teacher.best, cfg.student, data_yaml, kd_cfg).train(
+    kd_run = Distiller(teacher.best, cfg.student, spec, kd_cfg).train(
         project=runs, name="kd", exist_ok=True, threads=cfg.threads, **train
     )
 

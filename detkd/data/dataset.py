@@ -34,6 +34,7 @@ class DataSpec:
         splits: split name -> list of image folders or list files (absolute).
         names: class index -> name.
         extra: other keys of the YAML, kept for Ultralytics (e.g. ``channels``).
+        validated: True once every label row and image header of train and val has been checked.
     """
 
     yaml_path: Path
@@ -41,6 +42,7 @@ class DataSpec:
     splits: dict[str, list[Path]]
     names: dict[int, str]
     extra: dict[str, Any] = field(default_factory=dict)
+    validated: bool = False
 
     @property
     def nc(self) -> int:

@@ -87,11 +87,15 @@ def _prepare_run(project: str | Path, name: str, exist_ok: bool) -> Path:
     return save_dir
 
 
-def _checked_data(data: str | Path | DataSpec, check_images: bool = True) -> DataSpec:
+def _checked_data(data: str | Path | DataSpec) -> DataSpec:
+    """The data spec with train and val checked (once: a spec that was already checked is passed through)."""
     spec = data if isinstance(data, DataSpec) else load_data_spec(data)
+    if spec.validated:
+        return spec
     for split in ("train", "val"):
-        rep = validate_split(spec, split, check_images=check_images)
+        rep = validate_split(spec, split)
         LOGGER.info("data %s: %d images, %d boxes, %d background images", split, rep.images, rep.boxes, rep.background)
+    spec.validated = True
     return spec
 
 
@@ -173,7 +177,7 @@ class Distiller:
         self,
         teacher: str | Path,
         student: str | Path,
-        data: str | Path,
+        data: str | Path | DataSpec,
         kd: KDConfig | str | Path | None = None,
         *,
         overrides: list[str] | None = None,

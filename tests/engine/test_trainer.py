@@ -41,3 +41,16 @@ def test_students_start_from_the_seed_not_from_the_rng_history(tiny_data):
     with seeded(5):
         torch.rand(10)
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_data_is_checked_once_per_spec(tiny_data, monkeypatch):
+    from detkd.data.dataset import load_data_spec
+    from detkd.engine import distiller
+
+    calls = []
+    real = distiller.validate_split
+    monkeypatch.setattr(distiller, "validate_split", lambda spec, split: calls.append(split) or real(spec, split))
+    spec = load_data_spec(tiny_data)
+    Distiller("yolov8s.yaml", "yolov8n.yaml", spec)
+    Distiller("yolov8s.yaml", "yolov8n.yaml", spec)
+    assert calls == ["train", "val"] and spec.validated
