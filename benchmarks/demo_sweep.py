@@ -24,7 +24,7 @@ RECIPES: dict[str, list[str]] = {
     "feat": ["logit.weight=0", "box.weight=0"],
     "logit": ["feature.weight=0", "box.weight=0"],
     "box": ["feature.weight=0", "logit.weight=0"],
-    "all_teachermask": ["feature.mask=teacher"],
+    "all_teachermask": ["feature.mse.positions=teacher"],
     "all_x2": ["feature.weight=2", "logit.weight=2", "box.weight=2"],
     "all_a0.3_T1": ["logit.alpha=0.3", "logit.temperature=1"],
     "logit_a0.3_T1": ["feature.weight=0", "box.weight=0", "logit.alpha=0.3", "logit.temperature=1"],

@@ -7,9 +7,10 @@ from detkd.errors import ConfigError, InputFileError
 def test_defaults_are_the_documented_recipe():
     cfg = load_kd_config()
     assert cfg == KDConfig()
-    assert (cfg.feature.weight, cfg.feature.mask) == (1.0, "gt")
-    assert (cfg.logit.weight, cfg.logit.alpha, cfg.logit.temperature) == (1.0, 0.3, 1.0)
-    assert (cfg.box.weight, cfg.box.positions) == (1.0, "assigner")
+    assert (cfg.feature.method, cfg.feature.weight, cfg.feature.mse.positions) == ("mse", 1.0, "gt")
+    assert (cfg.logit.method, cfg.logit.weight, cfg.logit.alpha, cfg.logit.temperature) == ("bce", 1.0, 0.3, 1.0)
+    assert (cfg.box.method, cfg.box.weight, cfg.box.positions) == ("auto", 1.0, "assigner")
+    assert cfg.balance.mode == "none" and cfg.feature.schedule.kind == "constant"
 
 
 def test_overrides_with_and_without_kd_prefix():
@@ -18,7 +19,9 @@ def test_overrides_with_and_without_kd_prefix():
 
 
 def test_yaml_file_round_trip(tmp_path):
-    cfg = load_kd_config(None, ["logit.temperature=3", "feature.mask=none"])
+    cfg = load_kd_config(
+        None, ["logit.temperature=3", "feature.method=fine_grained", "feature.fine_grained.anchor_ratios=[1, 3]"]
+    )
     path = tmp_path / "kd.yaml"
     dump_kd_config(cfg, path)
     assert load_kd_config(path) == cfg
@@ -39,14 +42,64 @@ def test_unknown_key_suggests_the_closest():
         ("logit.weight=-1", "must be >= 0"),
         ("logit.temperature=0", "must be > 0"),
         ("logit.alpha=1.5", "in \\[0.0, 1.0\\]"),
-        ("feature.mask=boxes", "not one of none, gt, teacher"),
+        ("feature.mse.positions=boxes", "kd.feature.mse.positions: 'boxes' is not one of all, gt, teacher"),
+        ("feature.method=at", "kd.feature.method: 'at' is not one of mse, fine_grained, fgd, cwd, mgd, pkd"),
+        ("logit.method=ce", "not one of bce, kl"),
+        ("box.method=l2", "not one of auto, ld, iou, bounded_l2"),
+        ("feature.cwd.temperature=0", "kd.feature.cwd.temperature: 0.0 must be > 0"),
+        ("feature.mgd.mask_ratio=1", "in \\[0.0, 0.99\\]"),
+        ("feature.fine_grained.anchor_ratios=2", "expected a list"),
+        ("feature.fine_grained.anchor_ratios=[-1]", "must be > 0"),
+        ("logit.bce.weighting=focal", "kd.logit.bce.weighting: 'focal' is not one of none, bckd, quality"),
+        ("box.schedule.kind=step", "kd.box.schedule.kind: 'step' is not one of constant, linear, cosine"),
+        ("box.schedule.stop_epoch=1.5", "expected an integer"),
+        ("feature.schedule.warmup_epochs=-1", "kd.feature.schedule.warmup_epochs: -1.0 must be >= 0"),
+        ("balance.mode=auto", "kd.balance.mode: 'auto' is not one of none, loss, grad"),
+        ("balance.interval=0", "kd.balance.interval: 0 must be >= 1"),
+        ("box.method=bounded_l2", None),
+        ("feature.fgd.alpha_fg=-1", "kd.feature.fgd.alpha_fg: -1.0 must be >= 0"),
         ("box.weight=heavy", "expected a number"),
         ("logit.weight", "expected section.key=value"),
     ],
 )
 def test_invalid_values_are_clear_errors(override, message):
+    if message is None:  # valid on its own: proves the list above does not reject good values
+        load_kd_config(None, [override])
+        return
     with pytest.raises(ConfigError, match=message):
         load_kd_config(None, [override])
+
+
+def test_bounded_l2_needs_ground_truth_positions():
+    with pytest.raises(ConfigError, match="bounded_l2 compares to ground truth.*'teacher'"):
+        load_kd_config(None, ["box.method=bounded_l2", "box.positions=teacher"])
+
+
+def test_nested_method_options_and_schedules():
+    cfg = load_kd_config(
+        None,
+        ["feature.method=cwd", "feature.cwd.temperature=4", "logit.schedule.stop_epoch=-10", "box.ld.temperature=3"],
+    )
+    assert cfg.feature.options.temperature == 4.0 and cfg.box.ld.temperature == 3.0
+    assert cfg.logit.schedule.stop_epoch == -10 and cfg.logit.schedule.factor(95, 100) == 0.0
+    assert "feature: cwd weight=1.0 temperature=4.0" in cfg.describe()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("constant", [0.0, 0.5, 1.0, 1.0, 1.0, 0.0]),
+        ("linear", [0.0, 0.5, 1.0, 0.75, 0.5, 0.0]),
+        ("cosine", [0.0, 0.5, 1.0, 0.8536, 0.5, 0.0]),
+    ],
+)
+def test_schedule_factors(kind, expected):
+    sched = load_kd_config(
+        None, [f"feature.schedule.kind={kind}", "feature.schedule.warmup_epochs=2", "feature.schedule.stop_epoch=6"]
+    ).feature.schedule
+    # decay runs from the end of warm-up (epoch 2) to the stop epoch (6); off from 6 on
+    got = [round(sched.factor(p, 10), 4) for p in (0, 1, 2, 3, 4, 6)]
+    assert got == expected
 
 
 def test_file_errors_name_the_file(tmp_path):
@@ -64,4 +117,4 @@ def test_file_errors_name_the_file(tmp_path):
 
 def test_describe_mentions_disabled_families():
     cfg = load_kd_config(None, ["feature.weight=0"])
-    assert "feature: off" in cfg.describe() and "logit: weight=1.0" in cfg.describe()
+    assert "feature: off" in cfg.describe() and "logit: bce weight=1.0" in cfg.describe()

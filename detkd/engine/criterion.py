@@ -3,7 +3,8 @@
 Ultralytics calls ``model.loss(batch, preds)`` → ``criterion(preds, batch)`` and expects ``(loss_vector, items)``
 where ``loss_vector.sum()`` is backpropagated and ``items`` (a dict of detached scalars) is averaged per epoch and
 written to ``results.csv``. :class:`KDCriterion` keeps that protocol, so the student runs forward once per step, the
-teacher once under ``no_grad``, and every term lands in ``results.csv`` beside the detection losses.
+teacher once under ``no_grad`` (not at all while every KD term is scheduled off), and every term lands in
+``results.csv`` beside the detection losses.
 """
 
 from __future__ import annotations
@@ -13,18 +14,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detkd.engine import positions
 from detkd.errors import DetkdError
-from detkd.losses.composite import KDComposite, KDInputs
-from detkd.losses.masks import gt_box_masks, split_levels
+from detkd.losses.composite import TERMS, KDComposite, KDInputs
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
-from detkd.types import TeacherOutputs
 
-KD_ITEM_NAMES = ("kd/feat", "kd/cls", "kd/box")
+KD_ITEM_NAMES = TERMS
 
 
 class NonFiniteLossError(DetkdError):
     """A loss term became NaN or Inf; training stops instead of learning from it."""
+
+
+def ratio_item_names(composite: KDComposite) -> tuple[str, ...]:
+    """``kd/ratio/...`` items logged when balancing is on (measured share of each term vs the detection loss)."""
+    if composite.balancer is None:
+        return ()
+    return tuple(f"kd/ratio/{t.split('/')[1]}" for t in TERMS)
 
 
 class KDCriterion:
@@ -33,7 +40,7 @@ class KDCriterion:
     Args:
         student: the Ultralytics student model (its hyperparameters ``model.args`` set by the trainer).
         teacher: the frozen teacher.
-        composite: the KD objective (holds the adapters).
+        composite: the KD objective (holds the adapters and the method modules).
     """
 
     def __init__(self, student: Any, teacher: UltralyticsTeacher, composite: KDComposite) -> None:
@@ -42,66 +49,82 @@ class KDCriterion:
         self.teacher = teacher
         self.composite = composite
         self.last_unweighted: dict[str, Tensor] = {}
+        self.epoch, self.epochs, self.batches, self.step = 0, 1, 1, 0
+        self.item_names = (*KD_ITEM_NAMES, *ratio_item_names(composite))
 
     def update(self) -> None:
         """Called by Ultralytics once per epoch (end-to-end loss schedule)."""
         self.det.update()
 
-    def _feature_masks(
-        self, batch: dict[str, Any], teacher: TeacherOutputs, feats: list[Tensor]
-    ) -> list[Tensor] | None:
-        mode = self.composite.cfg.feature.mask
-        grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
-        if mode == "none":
-            return None
-        if mode == "teacher":
-            conf = teacher.heads["one2many"].cls_logits.detach().float().sigmoid().amax(dim=1)  # (B, A)
-            return split_levels(conf, grids)
-        img = batch["img"]
-        h, w = img.shape[-2:]
-        xywh = batch["bboxes"].to(img.device).float() * torch.tensor([w, h, w, h], device=img.device)
-        xyxy = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), dim=1)
-        strides = [s.stride for s in teacher.specs]
-        return gt_box_masks(xyxy, batch["batch_idx"].to(img.device), img.shape[0], grids, strides)
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        """Set the schedule's clock at the start of an epoch (``batches`` steps per epoch)."""
+        self.epoch, self.epochs, self.batches, self.step = epoch, max(epochs, 1), max(batches, 1), 0
+        self.composite.set_progress(float(epoch), self.epochs)
 
-    def _box_masks(self, teacher: TeacherOutputs, fg_masks: dict[str, Tensor]) -> dict[str, Tensor]:
-        cfg = self.composite.cfg.box
-        if cfg.positions == "assigner":
-            return fg_masks
-        out = {}
-        for name in fg_masks:
-            t = teacher.heads.get(name, teacher.heads["one2many"])
-            out[name] = t.cls_logits.detach().float().sigmoid().amax(dim=1) >= cfg.teacher_conf
-        return out
+    def _where(self) -> str:
+        return f"epoch {self.epoch + 1}, batch {self.step + 1}"
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        self.composite.set_progress(self.epoch + self.step / self.batches, self.epochs)
         branches = uy.split_branches(preds)
         det = self.det(branches, batch)
-        teacher_out = self.teacher(batch["img"])
-        feats = uy.neck_features(preds)
-        kd_inputs = KDInputs(
-            student_features=feats,
-            student_heads={name: uy.head_outputs(raw, self.head) for name, raw in branches.items()},
-            teacher=teacher_out,
-            feature_masks=self._feature_masks(batch, teacher_out, feats) if self.composite.use_feature else None,
-            box_masks=self._box_masks(teacher_out, det.fg_masks) if self.composite.use_box else {},
-        )
-        try:
-            terms = self.composite(kd_inputs)
-        except ValueError as e:
-            if "NaN or Inf" in str(e):
-                raise NonFiniteLossError(f"KD stopped on non-finite values: {e}") from e
-            raise
-        scale = det.loss.new_tensor([1.0, self.composite.det_cls_scale, 1.0])
-        det_loss = det.loss * scale
-        kd = torch.stack([terms.weighted.get(k, terms.total.new_zeros(())) for k in KD_ITEM_NAMES])
+        cls_scale = self.composite.det_cls_scale
+        det_loss = det.loss * det.loss.new_tensor([1.0, cls_scale, 1.0])
+        zero = det_loss.new_zeros(())
+        weighted: dict[str, Tensor] = {}
+        ratios: dict[str, Tensor] = {}
+        if self.composite.any_on:
+            terms = self._kd(preds, batch, branches, det, det_loss.sum())
+            weighted, ratios = terms.weighted, terms.ratios
+            self.last_unweighted = {k: v.detach() for k, v in terms.unweighted.items()}
+        kd = torch.stack([weighted.get(k, zero).to(det_loss.dtype) for k in KD_ITEM_NAMES])
         total = torch.cat((det_loss, kd))
         if not bool(torch.isfinite(total).all()):
             names = (*det.items, *KD_ITEM_NAMES)
             bad = [n for n, v in zip(names, total.detach().cpu()) if not torch.isfinite(v)]
-            raise NonFiniteLossError(f"non-finite loss term(s) {bad}; stopping instead of training on NaN/Inf")
-        self.last_unweighted = {k: v.detach() for k, v in terms.unweighted.items()}
+            raise NonFiniteLossError(
+                f"non-finite loss term(s) {bad} at {self._where()}; stopping instead of training on NaN/Inf "
+                "(the last saved checkpoint is intact)"
+            )
         # Detection items exactly as Ultralytics reports them (comparable with a run without KD); KD items weighted.
         items = dict(det.items)
         items.update({k: v.detach() for k, v in zip(KD_ITEM_NAMES, kd.detach())})
+        for name in self.item_names[len(KD_ITEM_NAMES) :]:
+            items[name] = ratios.get(f"kd/{name.rsplit('/', 1)[1]}", zero).detach()
+        self.step += 1
         return total * batch["img"].shape[0], items
+
+    def _kd(self, preds: Any, batch: dict[str, Any], branches: dict[str, Any], det: Any, det_total: Tensor) -> Any:
+        comp, cfg = self.composite, self.composite.cfg
+        teacher_out = self.teacher(batch["img"])
+        feats = uy.neck_features(preds)
+        grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+        heads = {name: uy.head_outputs(raw, self.head) for name, raw in branches.items()}
+        box_targets = {}
+        if comp.is_on("kd/box") and comp.box_method == "bounded_l2":
+            box_targets = {
+                n: positions.ltrb_targets(det.target_boxes[n], h.anchor_points, h.stride_tensor)
+                for n, h in heads.items()
+            }
+        inputs = KDInputs(
+            student_features=feats,
+            student_heads=heads,
+            teacher=teacher_out,
+            feature_masks=positions.feature_masks(cfg.feature, batch, teacher_out, grids, det.fg_masks)
+            if comp.is_on("kd/feat")
+            else None,
+            logit_masks=positions.head_masks(cfg.logit.positions, cfg.logit.teacher_conf, teacher_out, det.fg_masks)
+            if comp.is_on("kd/cls")
+            else {},
+            box_masks=positions.head_masks(cfg.box.positions, cfg.box.teacher_conf, teacher_out, det.fg_masks)
+            if comp.is_on("kd/box")
+            else {},
+            box_targets=box_targets,
+            det_loss=det_total,
+        )
+        try:
+            return comp(inputs)
+        except ValueError as e:
+            if "NaN or Inf" in str(e):
+                raise NonFiniteLossError(f"KD stopped on non-finite values at {self._where()}: {e}") from e
+            raise

@@ -191,7 +191,7 @@ class Distiller:
         self.teacher = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
         self.student, self.composite = self._build_student(seed=0)  # validates the pairing now, not mid-epoch
         LOGGER.info("teacher: %s", self.teacher.describe())
-        LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_mode)
+        LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_method)
 
     def _build_student(self, seed: int) -> tuple[Any, KDComposite]:
         """The student and the KD objective (adapters) for this pair, initialised from ``seed``."""
@@ -232,7 +232,7 @@ class Distiller:
             "student": self.student_spec,
             "data": str(self.data.yaml_path),
             "kd": self.kd.to_dict(),
-            "box_kd_mode": self.composite.box_mode,
+            "box_kd_mode": self.composite.box_method,
             **run_environment(),
         }
         (save_dir / "detkd_run.json").write_text(json.dumps(meta, indent=2))

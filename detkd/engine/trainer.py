@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from detkd._offline import ensure_offline
-from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion
+from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, ratio_item_names
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
 from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
@@ -136,26 +136,35 @@ class KDTrainer(DetectorTrainer):
         iterations: float = 1e5,
     ) -> torch.optim.Optimizer:
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        if not self.composite.use_feature:  # the adapters only serve feature imitation
+        if not self.composite.use_feature:  # adapters and method modules only serve feature imitation
             return optimizer
-        weights = [p for n, p in self.composite.adapters.named_parameters() if not n.endswith("bias")]
-        biases = [p for n, p in self.composite.adapters.named_parameters() if n.endswith("bias")]
+        params = list(self.composite.parameters())
+        weights = [p for p in params if p.dim() > 1]  # conv kernels decay; biases and norm scales do not
+        others = [p for p in params if p.dim() <= 1]
         optimizer.add_param_group({"params": weights, "weight_decay": decay, "param_group": "weight"})
-        optimizer.add_param_group({"params": biases, "weight_decay": 0.0, "param_group": "bias"})
-        LOGGER.info("KD adapters: %d parameters added to the optimizer", sum(p.numel() for p in weights + biases))
+        optimizer.add_param_group({"params": others, "weight_decay": 0.0, "param_group": "bias"})
+        LOGGER.info(
+            "KD modules (adapters + %s): %d parameters added to the optimizer",
+            self.composite.cfg.feature.method,
+            sum(p.numel() for p in params),
+        )
         return optimizer
 
     def _setup_train(self) -> None:
         super()._setup_train()  # builds the EMA from the bare student: the teacher never enters a checkpoint
         student: Any = unwrap_model(self.model)
-        student.criterion = KDCriterion(student, self.teacher, self.composite)
+        criterion = KDCriterion(student, self.teacher, self.composite)
+        student.criterion = criterion
+        self.add_callback(
+            "on_train_epoch_start", lambda t: criterion.start_epoch(t.epoch, t.epochs, len(t.train_loader))
+        )
 
     def label_loss_items(self, loss_items: dict | None = None, prefix: str = "train") -> Any:
         """Validation runs the bare student (no teacher), so KD items are logged for training only."""
         items = super().label_loss_items(loss_items, prefix)
         if prefix == "train":
             return items
-        kd = tuple(f"{prefix}/{k}" for k in KD_ITEM_NAMES)
+        kd = tuple(f"{prefix}/{k}" for k in (*KD_ITEM_NAMES, *ratio_item_names(self.composite)))
         if isinstance(items, dict):
             return {k: v for k, v in items.items() if k not in kd}
         return [k for k in items if k not in kd]

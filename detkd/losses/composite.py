@@ -1,13 +1,18 @@
-"""The weighted KD objective: applies the config's weights and returns named unweighted and weighted terms.
+"""The weighted KD objective: one place applies weights, schedules and balancing, and names every term.
 
-Losses carry no weights; this is the one place that combines them. For a batch it computes
+For a batch it computes, for each family that is on,
 
-* ``kd/feat``  = w_f * mean over levels of masked_mse(adapter(student_l), teacher_l, mask_l)
-* ``kd/cls``   = w_l * (1 - alpha) * sigmoid_kd(student cls, teacher cls, T)     (T^2 inside sigmoid_kd)
-* ``kd/box``   = w_b * (ld_loss or box_iou_l1_loss) on the chosen positions
+* ``kd/feat`` = mean over levels of the feature method (``mse``, ``fine_grained``, ``fgd``, ``cwd``, ``mgd``,
+  ``pkd``) on the adapted student map and the teacher map (per level: ``kd/feat/p3`` ...);
+* ``kd/cls``  = the logit method (``bce`` or ``kl``; ``T^2`` inside) averaged over the head's branches;
+* ``kd/box``  = the box method (``ld``, ``iou``, ``bounded_l2``) averaged over the branches;
 
-and tells the trainer to scale the detector's own class loss by ``alpha`` (``det_cls_scale``), so that the class
-part of the objective is ``alpha * L_det_cls + (1 - alpha) * T^2 * L_KD``. Box and DFL losses keep their weight.
+and weights them: ``kd/feat`` by ``w_f * s_f(t)``, ``kd/cls`` by ``w_l * (1 - alpha) * s_l(t)``, ``kd/box`` by
+``w_b * s_b(t)``, where ``s(t)`` is each family's schedule at training progress ``t``. The detector's own class loss
+is scaled by ``det_cls_scale = 1 - (1 - alpha) * s_l(t)``, so the class objective is
+``alpha * L_det_cls + (1 - alpha) * T^2 * L_KD`` while logit KD is fully on, and back to ``L_det_cls`` when it is
+off. With balancing on, each static weight is replaced by the factor that keeps the term at
+``ratio * w`` of the detection loss (see :mod:`detkd.losses.balance`).
 """
 
 from __future__ import annotations
@@ -20,10 +25,16 @@ from torch import Tensor, nn
 from detkd.adapters import FeatureAdapters, level_name
 from detkd.config import KDConfig
 from detkd.errors import PairingError
-from detkd.losses.box import box_iou_l1_loss, ld_loss
-from detkd.losses.feature import masked_mse
-from detkd.losses.logit import sigmoid_kd
+from detkd.losses.balance import KDBalancer
+from detkd.losses.box import bounded_l2_loss, box_iou_l1_loss, ld_loss
+from detkd.losses.feature import channel_wise_kd, masked_mse, pearson_kd
+from detkd.losses.fgd import GlobalRelation, fgd_loss
+from detkd.losses.logit import sigmoid_kd, softmax_kd
+from detkd.losses.mgd import MGDGenerator, mgd_loss, random_keep_mask
 from detkd.types import FeatureSpec, HeadOutputs, TeacherOutputs
+
+TERMS = ("kd/feat", "kd/cls", "kd/box")
+FAMILY_OF = {"kd/feat": "feature", "kd/cls": "logit", "kd/box": "box"}
 
 
 @dataclass
@@ -34,43 +45,58 @@ class KDInputs:
         student_features: the student's neck maps (before adapters).
         student_heads: the student's dense head outputs by branch.
         teacher: the teacher's outputs for the same images.
-        feature_masks: per level (B, 1, H, W) weights, or None to imitate everywhere.
-        box_masks: per branch (B, A) positions for box KD.
+        feature_masks: per level, the feature method's position weights: (B, 1, H, W) for ``mse``/``pkd``/
+            ``fine_grained``, (B, 2, H, W) foreground/background weights for ``fgd``; None imitates everywhere.
+        logit_masks: per branch (B, A) anchors for logit KD; a missing branch means all anchors.
+        box_masks: per branch (B, A) anchors for box KD (required when box KD is on, except ``positions: all``).
+        box_targets: per branch (B, 4, A) ground-truth ltrb distances in grid units (``bounded_l2``).
+        det_loss: the detection loss of the step (scalar), for balancing.
     """
 
     student_features: list[Tensor]
     student_heads: dict[str, HeadOutputs]
     teacher: TeacherOutputs
     feature_masks: list[Tensor] | None = None
+    logit_masks: dict[str, Tensor] = field(default_factory=dict)
     box_masks: dict[str, Tensor] = field(default_factory=dict)
+    box_targets: dict[str, Tensor] = field(default_factory=dict)
+    det_loss: Tensor | None = None
 
 
 @dataclass
 class KDTerms:
-    """The KD part of the loss: ``total`` (to add to the detection loss) and its named terms."""
+    """The KD part of the loss: ``total`` (to add to the detection loss), its named terms and measured ratios."""
 
     total: Tensor
     unweighted: dict[str, Tensor]
     weighted: dict[str, Tensor]
+    ratios: dict[str, Tensor] = field(default_factory=dict)
 
 
-def box_kd_mode(student_reg_max: int, teacher_reg_max: int) -> str:
-    """``ld`` when both heads have the same DFL bins, else ``iou`` (decoded boxes).
+def resolve_box_method(method: str, student_reg_max: int, teacher_reg_max: int) -> str:
+    """The box method to run: ``auto`` is ``ld`` when both heads have the same DFL bins, else ``iou``.
 
-    >>> box_kd_mode(16, 16), box_kd_mode(1, 16), box_kd_mode(16, 1)
+    >>> resolve_box_method("auto", 16, 16), resolve_box_method("auto", 1, 16), resolve_box_method("iou", 16, 16)
     ('ld', 'iou', 'iou')
     """
-    return "ld" if student_reg_max > 1 and student_reg_max == teacher_reg_max else "iou"
+    if method == "auto":
+        return "ld" if student_reg_max > 1 and student_reg_max == teacher_reg_max else "iou"
+    if method == "ld" and not (student_reg_max > 1 and student_reg_max == teacher_reg_max):
+        raise PairingError(
+            f"kd.box.method=ld needs DFL heads with the same bins: student reg_max={student_reg_max}, teacher "
+            f"reg_max={teacher_reg_max}; use kd.box.method=iou (or auto)"
+        )
+    return method
 
 
 class KDComposite(nn.Module):
-    """Weighted sum of the three KD families for one teacher/student pair.
+    """Weighted, scheduled (and optionally balanced) sum of the three KD families for one teacher/student pair.
 
     Args:
         cfg: the KD recipe.
         student_specs / teacher_specs: paired feature levels (validated here; a mismatch is a ``PairingError``).
         student_classes / teacher_classes: class counts; logit KD needs them equal (a class map comes later).
-        student_reg_max / teacher_reg_max: DFL bins of each head, which choose LD or IoU box KD.
+        student_reg_max / teacher_reg_max: DFL bins of each head (``auto`` box KD picks LD or IoU from them).
     """
 
     def __init__(
@@ -96,71 +122,179 @@ class KDComposite(nn.Module):
                 f"logit KD needs the same classes: student has {student_classes}, teacher has {teacher_classes}; "
                 "set kd.logit.weight=0 (feature and box KD still work) until class maps land"
             )
-        self.box_mode = box_kd_mode(student_reg_max, teacher_reg_max)
+        self.box_method = resolve_box_method(cfg.box.method, student_reg_max, teacher_reg_max)
+        method = cfg.feature.method
+        self.generators = nn.ModuleList(
+            MGDGenerator(t.channels) for t in teacher_specs if self.use_feature and method == "mgd"
+        )
+        self.relations = nn.ModuleList(
+            GlobalRelation(t.channels)
+            for t in teacher_specs
+            if self.use_feature and method == "fgd" and cfg.feature.fgd.lambda_global > 0
+        )
+        self.balancer = (
+            KDBalancer(
+                cfg.balance.mode,
+                momentum=cfg.balance.momentum,
+                interval=cfg.balance.interval,
+                max_scale=cfg.balance.max_scale,
+            )
+            if cfg.balance.mode != "none"
+            else None
+        )
+        self.factors = dict.fromkeys(TERMS, 1.0)
+        self.set_progress(0.0, 1)
+
+    # ---- schedule --------------------------------------------------------------------------------------------
+
+    def set_progress(self, progress: float, epochs: int) -> None:
+        """Evaluate each family's schedule at ``progress`` epochs (fractional) of ``epochs``."""
+        self.factors = {t: getattr(self.cfg, FAMILY_OF[t]).schedule.factor(progress, epochs) for t in TERMS}
+
+    def is_on(self, term: str) -> bool:
+        """Whether ``term`` is enabled and its schedule factor is positive now."""
+        used = {"kd/feat": self.use_feature, "kd/cls": self.use_logit, "kd/box": self.use_box}[term]
+        return used and self.factors[term] > 0
+
+    @property
+    def any_on(self) -> bool:
+        """False when every term is off now (the teacher need not run)."""
+        return any(self.is_on(t) for t in TERMS)
 
     @property
     def det_cls_scale(self) -> float:
-        """Factor for the detector's own class loss: ``alpha`` when logit KD is on, else 1."""
-        return self.cfg.logit.alpha if self.use_logit else 1.0
+        """Factor for the detector's own class loss: ``1 - (1 - alpha) * s_l(t)`` (1 when logit KD is off)."""
+        if not self.is_on("kd/cls"):
+            return 1.0
+        return 1.0 - (1.0 - self.cfg.logit.alpha) * self.factors["kd/cls"]
+
+    def static_weight(self, term: str) -> float:
+        cfg = self.cfg
+        return {
+            "kd/feat": cfg.feature.weight,
+            "kd/cls": cfg.logit.weight * (1.0 - cfg.logit.alpha),
+            "kd/box": cfg.box.weight,
+        }[term]
+
+    # ---- families --------------------------------------------------------------------------------------------
+
+    def _feature_level(self, i: int, s: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
+        cfg = self.cfg.feature
+        method = cfg.method
+        if method in ("mse", "fine_grained"):
+            return masked_mse(s, t, mask=mask)
+        if method == "pkd":
+            return pearson_kd(s, t, mask=mask)
+        if method == "cwd":
+            return channel_wise_kd(s, t, temperature=cfg.cwd.temperature)
+        if method == "mgd":
+            keep = random_keep_mask(s, cfg.mgd.mask_ratio)
+            return mgd_loss(s, t, generator=self.generators[i], keep=keep)
+        if mask is None or mask.shape[1] != 2:
+            raise ValueError("fgd needs (B, 2, H, W) foreground/background weights per level")
+        o = cfg.fgd
+        return fgd_loss(
+            s,
+            t,
+            fg_weight=mask[:, 0],
+            bg_weight=mask[:, 1],
+            temperature=o.temperature,
+            alpha_fg=o.alpha_fg,
+            beta_bg=o.beta_bg,
+            gamma_attention=o.gamma_attention,
+            lambda_global=o.lambda_global,
+            relation=self.relations[i] if len(self.relations) else None,
+        )
+
+    def _feature(self, inp: KDInputs, unweighted: dict[str, Tensor]) -> Tensor:
+        adapted = self.adapters(inp.student_features)
+        level_losses = []
+        for i, (s, t) in enumerate(zip(adapted, inp.teacher.features)):
+            if s.shape != t.shape:
+                raise PairingError(
+                    f"level {self.level_names[i]}: student map {tuple(s.shape)} vs teacher map {tuple(t.shape)}"
+                )
+            mask = inp.feature_masks[i] if inp.feature_masks is not None else None
+            loss = self._feature_level(i, s, t, mask)
+            unweighted[f"kd/feat/{self.level_names[i]}"] = loss
+            level_losses.append(loss)
+        return torch.stack(level_losses).mean()
+
+    def _logit(self, inp: KDInputs, branches: list[tuple[str, HeadOutputs, HeadOutputs]]) -> Tensor:
+        cfg = self.cfg.logit
+        losses = []
+        for name, sh, th in branches:
+            mask = inp.logit_masks.get(name)
+            normalizer = None
+            if mask is None and cfg.method == "bce":
+                # Normalise like YOLO's class loss (by total target mass): the teacher's confidence mass.
+                normalizer = th.cls_logits.detach().float().sigmoid().amax(dim=1).sum().clamp(min=1.0)
+            if cfg.method == "bce":
+                loss = sigmoid_kd(
+                    sh.cls_logits,
+                    th.cls_logits,
+                    temperature=cfg.temperature,
+                    mask=mask,
+                    normalizer=normalizer,
+                    weighting=cfg.bce.weighting,
+                    gamma=cfg.bce.gamma,
+                )
+            else:
+                loss = softmax_kd(sh.cls_logits, th.cls_logits, temperature=cfg.temperature, mask=mask)
+            losses.append(loss)
+        return torch.stack(losses).mean()
+
+    def _box(self, inp: KDInputs, branches: list[tuple[str, HeadOutputs, HeadOutputs]]) -> Tensor:
+        cfg = self.cfg.box
+        losses = []
+        for name, sh, th in branches:
+            mask = inp.box_masks.get(name)
+            if mask is None and cfg.positions != "all":
+                raise ValueError(f"box KD needs positions for branch '{name}'")
+            if self.box_method == "ld":
+                loss = ld_loss(sh.box_raw, th.box_raw, reg_max=sh.reg_max, temperature=cfg.ld.temperature, mask=mask)
+            elif self.box_method == "iou":
+                loss = box_iou_l1_loss(
+                    sh.boxes_xyxy(),
+                    th.boxes_xyxy(),
+                    mask=mask,
+                    scale=sh.stride_tensor.view(-1),
+                    l1_weight=cfg.iou.l1_weight,
+                    kind=cfg.iou.kind,
+                )
+            else:
+                target = inp.box_targets.get(name)
+                if target is None:
+                    raise ValueError(f"bounded_l2 box KD needs ground-truth targets for branch '{name}'")
+                loss = bounded_l2_loss(sh.distances(), th.distances(), target, margin=cfg.bounded_l2.margin, mask=mask)
+            losses.append(loss)
+        return torch.stack(losses).mean()
+
+    # ---- the objective ---------------------------------------------------------------------------------------
 
     def forward(self, inp: KDInputs) -> KDTerms:
         unweighted: dict[str, Tensor] = {}
-        weighted: dict[str, Tensor] = {}
-        ref = inp.student_features[0]
-        zero = ref.new_zeros(()).float()
-
-        if self.use_feature:
-            adapted = self.adapters(inp.student_features)
-            level_losses = []
-            for i, (s, t) in enumerate(zip(adapted, inp.teacher.features)):
-                if s.shape != t.shape:
-                    raise PairingError(
-                        f"level {self.level_names[i]}: student map {tuple(s.shape)} vs teacher map {tuple(t.shape)}"
-                    )
-                mask = inp.feature_masks[i] if inp.feature_masks is not None else None
-                loss = masked_mse(s, t, mask=mask)
-                unweighted[f"kd/feat/{self.level_names[i]}"] = loss
-                level_losses.append(loss)
-            feat = torch.stack(level_losses).mean()
-            unweighted["kd/feat"] = feat
-            weighted["kd/feat"] = self.cfg.feature.weight * feat
-
-        branches: list[tuple[str, HeadOutputs, HeadOutputs]] = [
+        zero = inp.student_features[0].new_zeros(()).float()
+        branches = [
             (name, s, inp.teacher.heads[name]) for name, s in inp.student_heads.items() if name in inp.teacher.heads
         ]
-        if self.use_logit and branches:
-            t_kd = self.cfg.logit.temperature
-            cls_losses = []
-            for _, sh, th in branches:
-                # Normalise like YOLO's class loss (by total target mass): the teacher's confidence mass.
-                mass = th.cls_logits.detach().float().sigmoid().amax(dim=1).sum().clamp(min=1.0)
-                cls_losses.append(sigmoid_kd(sh.cls_logits, th.cls_logits, temperature=t_kd, normalizer=mass))
-            cls = torch.stack(cls_losses).mean()
-            unweighted["kd/cls"] = cls
-            weighted["kd/cls"] = self.cfg.logit.weight * (1.0 - self.cfg.logit.alpha) * cls
+        if self.is_on("kd/feat"):
+            unweighted["kd/feat"] = self._feature(inp, unweighted)
+        if self.is_on("kd/cls") and branches:
+            unweighted["kd/cls"] = self._logit(inp, branches)
+        if self.is_on("kd/box") and branches:
+            unweighted["kd/box"] = self._box(inp, branches)
 
-        if self.use_box and branches:
-            box_losses = []
-            for name, sh, th in branches:
-                mask = inp.box_masks.get(name)
-                if mask is None:
-                    raise ValueError(f"box KD needs positions for branch '{name}'")
-                if self.box_mode == "ld":
-                    loss = ld_loss(
-                        sh.box_raw, th.box_raw, reg_max=sh.reg_max, temperature=self.cfg.box.temperature, mask=mask
-                    )
-                else:
-                    loss = box_iou_l1_loss(
-                        sh.boxes_xyxy(),
-                        th.boxes_xyxy(),
-                        mask=mask,
-                        scale=sh.stride_tensor.view(-1),
-                        l1_weight=self.cfg.box.l1_weight,
-                    )
-                box_losses.append(loss)
-            box = torch.stack(box_losses).mean()
-            unweighted["kd/box"] = box
-            weighted["kd/box"] = self.cfg.box.weight * box
-
+        active = {k: unweighted[k] for k in TERMS if k in unweighted}
+        ratios: dict[str, Tensor] = {}
+        if self.balancer is not None and inp.det_loss is not None and active:
+            ratio = self.cfg.balance.ratio
+            targets = {k: ratio * getattr(self.cfg, FAMILY_OF[k]).weight for k in active}
+            scales = self.balancer.scales(active, inp.det_loss, targets=targets, shared=inp.student_features)
+            weights: dict[str, Tensor | float] = dict(scales)
+            ratios = {k: self.balancer.ratios[k] * self.factors[k] for k in active if k in self.balancer.ratios}
+        else:
+            weights = {k: self.static_weight(k) for k in active}
+        weighted = {k: self.factors[k] * weights[k] * v for k, v in active.items()}
         total = sum(weighted.values(), zero)
-        return KDTerms(total=total, unweighted=unweighted, weighted=weighted)
+        return KDTerms(total=total, unweighted=unweighted, weighted=weighted, ratios=ratios)

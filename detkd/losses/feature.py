@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
@@ -34,12 +35,84 @@ def masked_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, 
     >>> float(masked_mse(s, t * 3, mask=m))
     9.0
     """
-    check_same_shape("masked_mse", student=student, teacher=teacher)
-    if student.dim() != 4:
-        raise ValueError(f"masked_mse: expected (B, C, H, W) maps, got {tuple(student.shape)}")
-    check_finite("masked_mse", student=student, teacher=teacher)
+    _check_maps("masked_mse", student, teacher)
     per_pos = (upcast(student) - upcast(teacher.detach())).pow(2).mean(dim=1)  # (B, H, W)
-    if mask is not None:
-        mask = mask.reshape(per_pos.shape) if mask.dim() == 4 else mask
-        check_same_shape("masked_mse", per_position=per_pos, mask=mask)
-    return masked_reduce(per_pos, mask, reduction)
+    return masked_reduce(per_pos, _feature_mask(mask, per_pos, "masked_mse"), reduction)
+
+
+def _feature_mask(mask: Tensor | None, per_pos: Tensor, fn: str) -> Tensor | None:
+    if mask is None:
+        return None
+    mask = mask.reshape(per_pos.shape) if mask.dim() == 4 else mask
+    check_same_shape(fn, per_position=per_pos, mask=mask)
+    return mask
+
+
+def _check_maps(fn: str, student: Tensor, teacher: Tensor) -> None:
+    check_same_shape(fn, student=student, teacher=teacher)
+    if student.dim() != 4:
+        raise ValueError(f"{fn}: expected (B, C, H, W) maps, got {tuple(student.shape)}")
+    check_finite(fn, student=student, teacher=teacher)
+
+
+def channel_wise_kd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021): each channel as a distribution over positions.
+
+    ``phi(y_c) = softmax_{hw}(y_c / tau)``; ``L = tau^2 / (B * C) * sum_{b,c} KL(phi(t_bc) || phi(s_bc))``
+
+    Channels of a dense map highlight where their pattern is; matching these spatial distributions lets the
+    student copy what each channel attends to rather than its raw magnitude. Zero when student equals teacher
+    (and, since softmax ignores a shift, when a channel differs by a constant).
+
+    Shape:
+        student, teacher: (B, C, H, W); the student already projected to the teacher's channels. Returns a scalar.
+
+    >>> import torch
+    >>> s = torch.zeros(1, 1, 1, 2); t = torch.tensor([[[[0.0, 2.0]]]])
+    >>> round(float(channel_wise_kd(s, t)), 4)  # KL([0.1192, 0.8808] || [0.5, 0.5])
+    0.3278
+    """
+    _check_maps("channel_wise_kd", student, teacher)
+    if temperature <= 0:
+        raise ValueError(f"channel_wise_kd: temperature must be > 0, got {temperature}")
+    tau = temperature
+    log_ps = F.log_softmax(upcast(student).flatten(2) / tau, dim=-1)
+    log_pt = F.log_softmax(upcast(teacher.detach()).flatten(2) / tau, dim=-1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)  # (B, C)
+    return kl.mean() * (tau * tau)
+
+
+def standardize_channels(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Zero mean and unit variance per channel, over batch and positions (PKD's normalisation).
+
+    >>> import torch
+    >>> y = standardize_channels(torch.arange(8.0).view(1, 2, 2, 2))
+    >>> [round(v, 3) for v in y.mean(dim=(0, 2, 3)).tolist()], round(float(y.pow(2).mean()), 3)
+    ([0.0, 0.0], 1.0)
+    """
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / (var + eps).sqrt()
+
+
+def pearson_kd(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """PKD (Cao et al., NeurIPS 2022): imitation of per-channel standardised maps, i.e. of their correlation.
+
+    ``L = 1/2 * sum_{b,h,w} m_bhw * mean_c (s^_bchw - t^_bchw)^2 / sum m``, where ``x^`` is ``x`` standardised per
+    channel. With ``m = 1`` this is ``1 - r`` averaged over channels (r: Pearson correlation of student and teacher
+    channel), so it ignores the teacher's scale and offset: the choice for teachers from another family whose
+    feature magnitudes differ from the student's. Zero when student equals teacher.
+
+    Shape:
+        student, teacher: (B, C, H, W); mask: (B, 1, H, W) or (B, H, W). Returns a scalar.
+
+    >>> import torch
+    >>> s = torch.randn(2, 3, 4, 4)
+    >>> round(float(pearson_kd(s, 5.0 * s + 2.0)), 6)
+    0.0
+    """
+    _check_maps("pearson_kd", student, teacher)
+    s = standardize_channels(upcast(student))
+    t = standardize_channels(upcast(teacher.detach()))
+    per_pos = 0.5 * (s - t).pow(2).mean(dim=1)
+    return masked_reduce(per_pos, _feature_mask(mask, per_pos, "pearson_kd"), reduction)

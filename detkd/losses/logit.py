@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+WEIGHTINGS = ("none", "bckd", "quality")
+
 from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
 
 
@@ -29,6 +31,8 @@ def sigmoid_kd(
     mask: Tensor | None = None,
     normalizer: Tensor | float | None = None,
     reduction: str = "mean",
+    weighting: str = "none",
+    gamma: float = 2.0,
 ) -> Tensor:
     """Temperature-softened KD for sigmoid class heads (Hinton et al., 2015, per class as binary distributions).
 
@@ -41,6 +45,13 @@ def sigmoid_kd(
     with N = ``normalizer`` when given (e.g. the teacher's total confidence mass, as YOLO normalises its class loss
     by the sum of target scores), else the mask's sum (or the number of anchors). Zero when student equals teacher.
 
+    ``weighting`` multiplies each class term by a detached weight:
+
+    * ``bckd``: ``|p_t - p_s|^gamma`` on the softened probabilities (BCKD, Yang et al., ICCV 2023): classes the
+      student already matches fade out, like a focal term, so the few disagreeing anchors among thousands of
+      easy background ones drive the gradient;
+    * ``quality``: the teacher's max class probability at the anchor, trusting confident teacher positions more.
+
     Args:
         student_logits: raw student class logits.
         teacher_logits: raw teacher class logits (treated as constants).
@@ -48,6 +59,8 @@ def sigmoid_kd(
         mask: optional (B, A) non-negative weights per anchor.
         normalizer: optional divisor for ``reduction="mean"``.
         reduction: ``"mean"`` or ``"sum"``.
+        weighting: ``none``, ``bckd`` or ``quality``.
+        gamma: exponent of the ``bckd`` weight.
 
     Shape:
         student_logits, teacher_logits: (B, C, A). Returns a scalar.
@@ -66,8 +79,57 @@ def sigmoid_kd(
     if temperature <= 0:
         raise ValueError(f"sigmoid_kd: temperature must be > 0, got {temperature}")
     check_finite("sigmoid_kd", student=student_logits, teacher=teacher_logits)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"sigmoid_kd: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     t = temperature
-    kl = binary_kl(upcast(student_logits) / t, upcast(teacher_logits.detach()) / t).sum(dim=1)  # (B, A)
+    s_t, t_t = upcast(student_logits) / t, upcast(teacher_logits.detach()) / t
+    kl = binary_kl(s_t, t_t)  # (B, C, A)
+    if weighting == "bckd":
+        kl = kl * (t_t.sigmoid() - s_t.detach().sigmoid()).abs().pow(gamma)
+    elif weighting == "quality":
+        kl = kl * upcast(teacher_logits.detach()).sigmoid().amax(dim=1, keepdim=True)
+    per_anchor = kl.sum(dim=1)  # (B, A)
     if mask is not None:
-        check_same_shape("sigmoid_kd", per_anchor=kl, mask=mask)
-    return masked_reduce(kl, mask, reduction, normalizer) * (t * t)
+        check_same_shape("sigmoid_kd", per_anchor=per_anchor, mask=mask)
+    return masked_reduce(per_anchor, mask, reduction, normalizer) * (t * t)
+
+
+def softmax_kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    normalizer: Tensor | float | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Hinton et al. (2015) KD: softmax over classes at each anchor, KL scaled by ``T^2``.
+
+    ``L = T^2 * sum_{b,a} m_ba * KL(softmax(t_ba / T) || softmax(s_ba / T)) / N``
+
+    For comparison with :func:`sigmoid_kd`: YOLO's classes are independent sigmoids with no background class, so
+    a softmax over them discards how confident the teacher is that there is an object at all (a background anchor
+    becomes a near-uniform distribution to imitate). Use it at teacher-confident positions. At T = 1 it equals
+    ``F.kl_div(log_softmax(s), log_softmax(t), log_target=True)``. Zero when student equals teacher.
+
+    Shape:
+        student_logits, teacher_logits: (B, C, A). Returns a scalar.
+
+    >>> import torch
+    >>> s = torch.zeros(1, 2, 1); t = torch.tensor([[[2.0], [0.0]]])
+    >>> round(float(softmax_kd(s, t)), 4)
+    0.3278
+    """
+    check_same_shape("softmax_kd", student=student_logits, teacher=teacher_logits)
+    if student_logits.dim() != 3:
+        raise ValueError(f"softmax_kd: expected (B, C, A) logits, got {tuple(student_logits.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"softmax_kd: temperature must be > 0, got {temperature}")
+    check_finite("softmax_kd", student=student_logits, teacher=teacher_logits)
+    t = temperature
+    log_ps = F.log_softmax(upcast(student_logits) / t, dim=1)
+    log_pt = F.log_softmax(upcast(teacher_logits.detach()) / t, dim=1)
+    per_anchor = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)  # (B, A)
+    if mask is not None:
+        check_same_shape("softmax_kd", per_anchor=per_anchor, mask=mask)
+    return masked_reduce(per_anchor, mask, reduction, normalizer) * (t * t)

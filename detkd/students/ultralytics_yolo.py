@@ -163,11 +163,13 @@ class DetectionLossResult:
         loss: (3,) gain-weighted terms (box, cls, dfl or l1) per image, not yet multiplied by the batch size.
         items: detached terms by Ultralytics' names, for logging.
         fg_masks: branch -> (B, A) foreground mask of the task-aligned assigner.
+        target_boxes: branch -> (B, A, 4) assigned ground-truth boxes, xyxy input pixels (meaningful on foreground).
     """
 
     loss: Tensor
     items: dict[str, Tensor]
     fg_masks: dict[str, Tensor]
+    target_boxes: dict[str, Tensor]
 
 
 class AssignedDetectionLoss:
@@ -184,12 +186,18 @@ class AssignedDetectionLoss:
 
     def __call__(self, branches: dict[str, dict[str, Any]], batch: dict[str, Any]) -> DetectionLossResult:
         if isinstance(self.inner, E2ELoss):
-            (fg_m, *_), loss_m, _ = self.inner.one2many.get_assigned_targets_and_loss(branches["one2many"], batch)
-            (fg_o, *_), loss_o, items = self.inner.one2one.get_assigned_targets_and_loss(branches["one2one"], batch)
+            (fg_m, _, box_m, *_), loss_m, _ = self.inner.one2many.get_assigned_targets_and_loss(
+                branches["one2many"], batch
+            )
+            (fg_o, _, box_o, *_), loss_o, items = self.inner.one2one.get_assigned_targets_and_loss(
+                branches["one2one"], batch
+            )
             loss = loss_m * self.inner.o2m + loss_o * self.inner.o2o
-            return DetectionLossResult(loss, items, {"one2many": fg_m, "one2one": fg_o})
-        (fg, *_), loss, items = self.inner.get_assigned_targets_and_loss(branches["one2many"], batch)
-        return DetectionLossResult(loss, items, {"one2many": fg})
+            return DetectionLossResult(
+                loss, items, {"one2many": fg_m, "one2one": fg_o}, {"one2many": box_m, "one2one": box_o}
+            )
+        (fg, _, boxes, *_), loss, items = self.inner.get_assigned_targets_and_loss(branches["one2many"], batch)
+        return DetectionLossResult(loss, items, {"one2many": fg}, {"one2many": boxes})
 
     def update(self) -> None:
         """Per-epoch schedule of the end-to-end loss (one-to-many weight decay); no-op otherwise."""

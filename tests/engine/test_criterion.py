@@ -65,9 +65,9 @@ def test_alpha_scales_the_detectors_class_loss():
     assert items["kd/feat"] == 0 and items["kd/box"] == 0
 
 
-@pytest.mark.parametrize("mask", ["none", "gt", "teacher"])
+@pytest.mark.parametrize("mask", ["all", "gt", "teacher", "assigner"])
 def test_feature_mask_modes(mask):
-    student, _, _, crit = _setup(overrides=[f"feature.mask={mask}", "logit.weight=0", "box.weight=0"])
+    student, _, _, crit = _setup(overrides=[f"feature.mse.positions={mask}", "logit.weight=0", "box.weight=0"])
     student.train()
     batch = _batch()
     _, items = crit(student(batch["img"]), batch)
@@ -84,7 +84,7 @@ def test_box_positions_from_teacher_confidence():
 
 def test_end2end_student_with_dense_teacher_uses_iou_box_kd():
     student, _, composite, crit = _setup(student_yaml="yolo26n.yaml")
-    assert composite.box_mode == "iou"
+    assert composite.box_method == "iou"
     student.train()
     batch = _batch()
     loss, items = crit(student(batch["img"]), batch)
@@ -124,7 +124,7 @@ def test_logit_kd_needs_matching_classes():
 )
 def test_all_families_work_across_yolo_generations(student_yaml, teacher_yaml, box_mode, branches):
     student, teacher, composite, crit = _setup(student_yaml=student_yaml, teacher_yaml=teacher_yaml)
-    assert composite.box_mode == box_mode
+    assert composite.box_method == box_mode
     student.train()
     batch = _batch()
     preds = student(batch["img"])
