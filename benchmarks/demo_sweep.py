@@ -32,6 +32,36 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
+_ONLY_FEAT = ["logit.weight=0", "box.weight=0"]
+_ONLY_LOGIT = ["feature.weight=0", "box.weight=0"]
+_ONLY_BOX = ["feature.weight=0", "logit.weight=0"]
+
+# The loss-library ablation: every method alone (its family's other terms off, default options), and combinations.
+METHOD_RECIPES: dict[str, list[str]] = {
+    "feat_mse": _ONLY_FEAT,
+    "feat_fine_grained": [*_ONLY_FEAT, "feature.method=fine_grained"],
+    "feat_fgd": [*_ONLY_FEAT, "feature.method=fgd"],
+    "feat_cwd": [*_ONLY_FEAT, "feature.method=cwd"],
+    "feat_mgd": [*_ONLY_FEAT, "feature.method=mgd"],
+    "feat_pkd": [*_ONLY_FEAT, "feature.method=pkd"],
+    "logit_bce": _ONLY_LOGIT,
+    "logit_bce_bckd": [*_ONLY_LOGIT, "logit.bce.weighting=bckd"],
+    "logit_bce_quality": [*_ONLY_LOGIT, "logit.bce.weighting=quality"],
+    "logit_kl": [*_ONLY_LOGIT, "logit.method=kl", "logit.positions=teacher"],
+    "box_ld": _ONLY_BOX,
+    "box_iou": [*_ONLY_BOX, "box.method=iou"],
+    "box_bounded_l2": [*_ONLY_BOX, "box.method=bounded_l2"],
+    "all": [],
+    "all_balance_loss": ["balance.mode=loss"],
+    "all_balance_grad": ["balance.mode=grad"],
+    "all_cwd": ["feature.method=cwd"],
+    "all_pkd": ["feature.method=pkd"],
+}
+
+SUITES = {"recipes": RECIPES, "methods": METHOD_RECIPES}
+ALL_RECIPES = {**RECIPES, **METHOD_RECIPES}
+
+
 def _kv(items: list[str] | None) -> dict:
     """KEY=VALUE strings -> dict with YAML-parsed values."""
     import yaml
@@ -122,7 +152,7 @@ def job_main(args: argparse.Namespace) -> None:
     else:
         teacher = runs / f"teacher_s{args.seed}" / "weights" / "best.pt"
         name = f"kd_s{args.seed}_{args.recipe}"
-        res = Distiller(teacher, demo.student, data_root / "data.yaml", overrides=RECIPES[args.recipe]).train(
+        res = Distiller(teacher, demo.student, data_root / "data.yaml", overrides=ALL_RECIPES[args.recipe]).train(
             project=runs, name=name, exist_ok=True, **train
         )
     device = "cpu" if args.device == "cpu" else f"cuda:{args.device}"
@@ -136,15 +166,27 @@ def job_main(args: argparse.Namespace) -> None:
         "mAP50": ev.map50,
         "APs": ev.metrics["APs"],
         "seconds": time.time() - t0,
+        "losses": _loss_curve(Path(res.save_dir) / "results.csv"),
     }
     (out / "jobs").mkdir(parents=True, exist_ok=True)
     (out / "jobs" / f"{name}.json").write_text(json.dumps(payload))
 
 
-def summarize(results: list[dict], seeds: list[int]) -> tuple[dict, str]:
+def _loss_curve(csv_path: Path) -> dict:
+    """First and last epoch's training loss items from Ultralytics' results.csv (KD items are weighted)."""
+    import csv
+
+    if not csv_path.is_file():
+        return {}
+    rows = list(csv.DictReader(csv_path.open()))
+    keep = lambda row: {k.strip(): float(v) for k, v in row.items() if k.strip().startswith("train/")}  # noqa: E731
+    return {"first": keep(rows[0]), "last": keep(rows[-1])} if rows else {}
+
+
+def summarize(results: list[dict], seeds: list[int], recipes: list[str]) -> tuple[dict, str]:
     by = {r["name"]: r for r in results if "error" not in r}
     rows = {}
-    for kind in ["teacher", "baseline", *[f"kd:{k}" for k in RECIPES]]:
+    for kind in ["teacher", "baseline", *[f"kd:{k}" for k in recipes]]:
         vals, deltas = [], []
         for s in seeds:
             key = f"{kind}_s{s}" if not kind.startswith("kd:") else f"kd_s{s}_{kind[3:]}"
@@ -177,7 +219,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    p.add_argument("--suite", choices=sorted(SUITES), default="recipes")
+    p.add_argument("--recipes", nargs="+", default=None, help="recipe names (default: the whole suite)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--epochs", type=int, default=15)
@@ -197,6 +240,7 @@ def main() -> None:
         job_main(args)
         return
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.recipes = args.recipes or list(SUITES[args.suite])
     t0 = time.time()
     from detkd.data.synthetic import generate_dataset
     from detkd.demo import DemoConfig
@@ -211,7 +255,7 @@ def main() -> None:
         )
         kd = list(pool.map(lambda j: run_job(args, "kd", *j), [(s, r) for s in args.seeds for r in args.recipes]))
     results = first + kd
-    rows, md = summarize(results, args.seeds)
+    rows, md = summarize(results, args.seeds, args.recipes)
     meta = {"args": vars(args), "wall_s": time.time() - t0, "results": results, "summary": rows}
     (Path(args.out) / "sweep.json").write_text(json.dumps(meta, indent=2))
     (Path(args.out) / "sweep.md").write_text(md + "\n")

@@ -137,8 +137,8 @@ def bounded_l2_loss(
 ) -> Tensor:
     """Teacher-bounded regression (Chen et al., NeurIPS 2017): the teacher is an upper bound, not a target.
 
-    With ``e_s = |s_a - y_a|^2`` and ``e_t = |t_a - y_a|^2`` (squared error of student and teacher box distances to
-    the ground truth ``y``), each anchor costs ``e_s`` if ``e_s + margin > e_t`` and 0 otherwise: the student is
+    With ``e_s = mean_k (s_ak - y_ak)^2`` and ``e_t = mean_k (t_ak - y_ak)^2`` (squared error of student and teacher
+    box-edge distances to the ground truth ``y``, averaged over the four edges), each anchor costs ``e_s`` if ``e_s + margin > e_t`` and 0 otherwise: the student is
     pulled towards the ground truth only where it is not already better than the teacher by ``margin``. This keeps
     a teacher's regression mistakes out of the student. Zero when student equals teacher (margin 0) and wherever
     the student beats the teacher by the margin.
@@ -149,7 +149,7 @@ def bounded_l2_loss(
     >>> y = torch.zeros(1, 4, 2); t = torch.ones(1, 4, 2)
     >>> s = torch.tensor([[[0.5, 2.0]] * 4])  # anchor 0 beats the teacher, anchor 1 does not
     >>> float(bounded_l2_loss(s, t, y, reduction="sum"))
-    16.0
+    4.0
     """
     check_same_shape("bounded_l2_loss", student=student_dist, teacher=teacher_dist, target=target_dist)
     if student_dist.dim() != 3 or student_dist.shape[1] != 4:
@@ -158,8 +158,8 @@ def bounded_l2_loss(
         raise ValueError(f"bounded_l2_loss: margin must be >= 0, got {margin}")
     check_finite("bounded_l2_loss", student=student_dist, teacher=teacher_dist, target=target_dist)
     y = upcast(target_dist.detach())
-    e_s = (upcast(student_dist) - y).pow(2).sum(dim=1)  # (B, A)
-    e_t = (upcast(teacher_dist.detach()) - y).pow(2).sum(dim=1)
+    e_s = (upcast(student_dist) - y).pow(2).mean(dim=1)  # (B, A): mean over the four edges
+    e_t = (upcast(teacher_dist.detach()) - y).pow(2).mean(dim=1)
     per_anchor = e_s * (e_s.detach() + margin > e_t).to(e_s.dtype)
     if mask is not None:
         check_same_shape("bounded_l2_loss", per_anchor=per_anchor, mask=mask)
