@@ -1,4 +1,4 @@
-"""Command line: ``detkd distill | train | eval | export | demo``.
+"""Command line: ``detkd distill | train | eval | export | demo | losses``.
 
 Options mirror the Python API (``Distiller(...).train(epochs=..., imgsz=...)``). User errors print one line naming
 the file and the problem and exit with status 2; anything else is a bug and keeps its traceback.
@@ -67,6 +67,13 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
         project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns)
     )
     print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
+    return 0
+
+
+def _cmd_losses(ns: argparse.Namespace) -> int:
+    from detkd.catalog import render_markdown, render_text
+
+    print(render_markdown() if ns.markdown else render_text(), end="")
     return 0
 
 
@@ -172,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="bundle folder (default: <model folder>/<stem>_<format>)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("losses", help="list every KD method with its options and defaults")
+    p.add_argument("--markdown", action="store_true", help="print the README's KD config reference table")
+    p.set_defaults(func=_cmd_losses)
 
     p = sub.add_parser("demo", help="end-to-end demo on synthetic data: teacher, baseline, KD student, report")
     p.add_argument("--out", default="demo_out")

@@ -16,6 +16,7 @@ detkd.errors.ConfigError: kd.logit: unknown key 'wieght' (did you mean 'weight'?
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -467,6 +468,9 @@ def _coerce(section: str, name: str, value: Any, kind: Any) -> Any:
             raise ConfigError(f"{section}.{name}: expected a list, got {value!r}")
         return tuple(_coerce(section, name, v, args[0]) for v in value)
     if kind is float:
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{section}.{name}: expected a number, got {value!r}")
         return float(value)

@@ -70,6 +70,11 @@ def test_invalid_values_are_clear_errors(override, message):
         load_kd_config(None, [override])
 
 
+def test_exponent_notation_is_a_number():
+    cfg = load_kd_config(None, ["feature.fgd.lambda_global=5e-6", "balance.max_scale=1e9"])
+    assert cfg.feature.fgd.lambda_global == 5e-6 and cfg.balance.max_scale == 1e9
+
+
 def test_bounded_l2_needs_ground_truth_positions():
     with pytest.raises(ConfigError, match="bounded_l2 compares to ground truth.*'teacher'"):
         load_kd_config(None, ["box.method=bounded_l2", "box.positions=teacher"])

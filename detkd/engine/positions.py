@@ -86,7 +86,8 @@ def head_masks(
 def ltrb_targets(target_bboxes: Tensor, anchor_points: Tensor, stride_tensor: Tensor) -> Tensor:
     """Assigned ground-truth boxes (B, A, 4) xyxy pixels as (B, 4, A) ltrb distances in grid units.
 
-    >>> ltrb_targets(torch.tensor([[[0.0, 0.0, 32.0, 16.0]]]), torch.tensor([[1.5, 0.5]]), torch.tensor([[8.0]]))[0, :, 0]
+    >>> box = torch.tensor([[[0.0, 0.0, 32.0, 16.0]]])
+    >>> ltrb_targets(box, torch.tensor([[1.5, 0.5]]), torch.tensor([[8.0]]))[0, :, 0]
     tensor([1.5000, 0.5000, 2.5000, 1.5000])
     """
     grid = target_bboxes / stride_tensor.view(1, -1, 1)

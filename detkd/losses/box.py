@@ -138,9 +138,9 @@ def bounded_l2_loss(
     """Teacher-bounded regression (Chen et al., NeurIPS 2017): the teacher is an upper bound, not a target.
 
     With ``e_s = mean_k (s_ak - y_ak)^2`` and ``e_t = mean_k (t_ak - y_ak)^2`` (squared error of student and teacher
-    box-edge distances to the ground truth ``y``, averaged over the four edges), each anchor costs ``e_s`` if ``e_s + margin > e_t`` and 0 otherwise: the student is
-    pulled towards the ground truth only where it is not already better than the teacher by ``margin``. This keeps
-    a teacher's regression mistakes out of the student. Zero when student equals teacher (margin 0) and wherever
+    box-edge distances to the ground truth ``y``, averaged over the four edges), each anchor costs ``e_s`` if
+    ``e_s + margin > e_t`` and 0 otherwise: the student is pulled towards the ground truth only where it is not
+    already better than the teacher by ``margin``. This keeps a teacher's regression mistakes out of the student. Zero when student equals teacher (margin 0) and wherever
     the student beats the teacher by the margin.
 
     Shape:

@@ -9,7 +9,7 @@ from detkd.losses._checks import check_finite, check_same_shape, upcast
 
 
 def fgd_attention(x: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """Spatial and channel attention of a map: ``A_S = HW * softmax(mean_c |x| / T)``, ``A_C = C * softmax(mean_hw |x| / T)``.
+    """Spatial and channel attention: ``A_S = HW * softmax(mean_c |x| / T)``, ``A_C = C * softmax(mean_hw |x| / T)``.
 
     Both average to 1, so they re-weight positions and channels without changing the loss's scale.
 
@@ -42,7 +42,7 @@ class GlobalRelation(nn.Module):
             nn.Conv2d(hidden, channels, kernel_size=1),
         )
         last = self.transform[-1]
-        assert isinstance(last, nn.Conv2d)
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-WEIGHTINGS = ("none", "bckd", "quality")
-
 from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
+
+WEIGHTINGS = ("none", "bckd", "quality")
 
 
 def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:

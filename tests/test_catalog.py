@@ -1,0 +1,47 @@
+import dataclasses
+
+import pytest
+
+from detkd import catalog
+from detkd import config as C
+from detkd.cli import main
+
+
+def test_every_method_is_in_the_catalog_once():
+    listed = {(m.family, m.name) for m in catalog.METHODS}
+    expected = {("feature", m) for m in C.FEATURE_METHODS} | {("logit", m) for m in C.LOGIT_METHODS}
+    expected |= {("box", m) for m in C.BOX_METHODS if m != "auto"}
+    assert listed == expected and len(catalog.METHODS) == len(expected)
+
+
+@pytest.mark.parametrize("cls", [m.options for m in catalog.METHODS if m.options] + list(catalog.SECTIONS.values()))
+def test_every_option_is_documented(cls):
+    docs = catalog.attribute_docs(cls)
+    scalar = [n for n, _, _ in catalog.options_of(cls)]
+    assert scalar and all(docs.get(n) for n in scalar), (cls.__name__, set(scalar) - set(docs))
+
+
+def test_method_options_live_where_the_config_expects_them():
+    for m in catalog.METHODS:
+        if m.options:
+            family = catalog.FAMILIES[m.family]
+            field = {f.name: f for f in dataclasses.fields(family)}[m.name]
+            assert field.default_factory is m.options  # type: ignore[comparison-overlap]
+
+
+def test_readme_reference_matches_the_code():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- kd-reference:start -->\n", 1)[1].split("<!-- kd-reference:end -->", 1)[0]
+    assert block == catalog.render_markdown(), "README out of date: run python tools/update_kd_reference.py"
+
+
+def test_losses_command_lists_methods_and_defaults(capsys):
+    assert main(["losses"]) == 0
+    out = capsys.readouterr().out
+    for m in catalog.METHODS:
+        assert f"- {m.name}: " in out
+    assert "kd.feature.cwd.temperature = 1.0" in out and "kd.box.bounded_l2.margin = 0.0" in out
+    assert main(["losses", "--markdown"]) == 0
+    assert capsys.readouterr().out == catalog.render_markdown()
