@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -295,7 +296,7 @@ def test_gradient_descent_on_student_lowers_loss_and_spares_teacher(case: Case):
         losses.append(loss.item())
         opt.step()
     assert t.grad is None  # the teacher is a constant
-    assert all(after < before for before, after in zip(losses, losses[1:])), losses
+    assert all(after < before for before, after in itertools.pairwise(losses)), losses
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.gradcheck], ids=_ids)
