@@ -43,7 +43,10 @@ def masked_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, 
 def _feature_mask(mask: Tensor | None, per_pos: Tensor, fn: str) -> Tensor | None:
     if mask is None:
         return None
-    mask = mask.reshape(per_pos.shape) if mask.dim() == 4 else mask
+    if mask.dim() == 4:
+        b, h, w = per_pos.shape
+        check_same_shape(fn, mask=mask, expected=per_pos.new_empty(b, 1, h, w))
+        mask = mask[:, 0]
     check_same_shape(fn, per_position=per_pos, mask=mask)
     return mask
 

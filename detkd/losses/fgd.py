@@ -92,8 +92,12 @@ def fgd_loss(
     if temperature <= 0:
         raise ValueError(f"fgd_loss: temperature must be > 0, got {temperature}")
     b, _, h, w = student.shape
-    fg = fg_weight.reshape(b, h, w) if fg_weight.dim() == 4 else fg_weight
-    bg = bg_weight.reshape(b, h, w) if bg_weight.dim() == 4 else bg_weight
+    expected = student.new_empty(b, 1, h, w)
+    for name, weight in (("fg_weight", fg_weight), ("bg_weight", bg_weight)):
+        if weight.dim() == 4:
+            check_same_shape("fgd_loss", **{name: weight}, expected=expected)
+    fg = fg_weight[:, 0] if fg_weight.dim() == 4 else fg_weight
+    bg = bg_weight[:, 0] if bg_weight.dim() == 4 else bg_weight
     check_same_shape("fgd_loss", fg_weight=fg, bg_weight=bg, positions=student[:, 0])
     check_finite("fgd_loss", student=student, teacher=teacher)
     s, t = upcast(student), upcast(teacher.detach())

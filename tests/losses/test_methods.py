@@ -359,11 +359,6 @@ def test_mask_of_wrong_shape_raises(name: str):
         WRONG_MASKS[name](s, t)
 
 
-@pytest.mark.xfail(
-    reason="a 4-D mask is reshaped to (B, H, W) before its shape is checked: a (B, 1, W, H) mask with the same number "
-    "of elements is silently scrambled, and a (B, C, H, W) one raises a RuntimeError from reshape",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "call",
     [
