@@ -140,8 +140,8 @@ def bounded_l2_loss(
     With ``e_s = mean_k (s_ak - y_ak)^2`` and ``e_t = mean_k (t_ak - y_ak)^2`` (squared error of student and teacher
     box-edge distances to the ground truth ``y``, averaged over the four edges), each anchor costs ``e_s`` if
     ``e_s + margin > e_t`` and 0 otherwise: the student is pulled towards the ground truth only where it is not
-    already better than the teacher by ``margin``. This keeps a teacher's regression mistakes out of the student. Zero when student equals teacher (margin 0) and wherever
-    the student beats the teacher by the margin.
+    already better than the teacher by ``margin``. This keeps a teacher's regression mistakes out of the student.
+    Zero when student equals teacher (margin 0) and wherever the student beats the teacher by the margin.
 
     Shape:
         student_dist, teacher_dist, target_dist: (B, 4, A) ltrb distances (grid units); mask: (B, A).
