@@ -154,7 +154,11 @@ class FineGrainedOptions:
 
 @dataclass(frozen=True)
 class FGDOptions:
-    """Attributes:
+    """The defaults keep the paper's ratios at 1/20 of its RetinaNet values (alpha 1e-3, beta 5e-4, gamma 5e-4,
+    lambda 5e-6): with those, on YOLO neck maps the term started at 4x the detection loss and collapsed mAP on
+    every seed of the demo sweep (benchmarks/README.md).
+
+    Attributes:
     temperature: T of the teacher's spatial and channel attention softmax.
     alpha_fg: weight of the foreground imitation term.
     beta_bg: weight of the background imitation term.
@@ -163,10 +167,10 @@ class FGDOptions:
     """
 
     temperature: float = 0.5
-    alpha_fg: float = 1e-3
-    beta_bg: float = 5e-4
-    gamma_attention: float = 5e-4
-    lambda_global: float = 5e-6
+    alpha_fg: float = 5e-5
+    beta_bg: float = 2.5e-5
+    gamma_attention: float = 2.5e-5
+    lambda_global: float = 2.5e-7
 
     def __post_init__(self) -> None:
         _check_positive("kd.feature.fgd", "temperature", self.temperature)
