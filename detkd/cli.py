@@ -148,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher weights (.pt, Ultralytics YOLO)")
     p.add_argument("--student", required=True, help="student model YAML (e.g. yolov8n.yaml) or .pt")
     p.add_argument("--kd", default=None, help="KD config YAML (default: detkd's recipe)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a KD setting, e.g. kd.logit.weight=2")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a KD setting, e.g. kd.feature.method=cwd or kd.logit.weight=2 (all keys: detkd losses)",
+    )
     _add_training_options(p, "distill")
     p.set_defaults(func=_cmd_distill)
 
