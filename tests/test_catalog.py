@@ -45,3 +45,15 @@ def test_losses_command_lists_methods_and_defaults(capsys):
     assert "kd.feature.cwd.temperature = 1.0" in out and "kd.box.bounded_l2.margin = 0.0" in out
     assert main(["losses", "--markdown"]) == 0
     assert capsys.readouterr().out == catalog.render_markdown()
+
+
+def test_readme_kd_yaml_example_loads(tmp_path):
+    from pathlib import Path
+
+    from detkd.config import load_kd_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = "# kd.yaml" + readme.split("```yaml\n# kd.yaml", 1)[1].split("```", 1)[0]
+    (tmp_path / "kd.yaml").write_text(block)
+    cfg = load_kd_config(tmp_path / "kd.yaml")
+    assert cfg.feature.method == "pkd" and cfg.feature.schedule.stop_epoch == -10
