@@ -69,8 +69,14 @@ def _allowed(name: str) -> Any:
     return None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, stand_ins: dict[str, type] | None = None) -> dict[str, Any]:
     """Load a ``.pt`` checkpoint with the restricted unpickler.
+
+    Args:
+        path: the checkpoint.
+        stand_ins: extra globals allowed by exact name, each rebuilt as the given (inert) class instead of the
+            original; used for other repositories' module classes (e.g. the legacy YOLOv5 ``models.yolo.Model``),
+            whose state is kept but whose code is never imported.
 
     Returns:
         The checkpoint; a bare module saved with ``torch.save(model)`` is returned as ``{"model": module}``.
@@ -93,15 +99,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     allowed: list[Any] = []
     refused: list[str] = []
     for name in needed:
-        obj = _allowed(name)
+        obj = (stand_ins or {}).get(name) or _allowed(name)
         (allowed.append((obj, name)) if obj is not None else refused.append(name))
     if refused:
-        legacy = any(n.startswith("models.") for n in refused)
-        hint = (
-            " (this looks like a classic YOLOv5-repository checkpoint; its loader comes with the any-teacher work)"
-            if legacy
-            else ""
-        )
+        legacy = any(n.startswith("models.") for n in refused) and not stand_ins
+        hint = " (a classic YOLOv5-repository checkpoint: detkd loads those as teachers)" if legacy else ""
         raise UnsafeCheckpointError(
             f"{p}: refusing to load: the checkpoint references code outside the allow-list: "
             f"{', '.join(sorted(refused)[:6])}{' ...' if len(refused) > 6 else ''}{hint}"

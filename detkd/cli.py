@@ -93,10 +93,10 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor
     from detkd.eval.report import write_eval_report
-    from detkd.students import ultralytics_yolo as uy
+    from detkd.teachers import load_eval_model
 
     spec = load_data_spec(ns.data)
-    model = uy.load_detection_model(ns.model)
+    model = load_eval_model(ns.model)
     device = ns.device or "cpu"
     if device == "cpu":
         set_cpu_threads(ns.threads)

@@ -2,7 +2,8 @@
 
 The same preprocessing and postprocessing serve PyTorch and every exported runtime, so differences in mAP between
 them come from the model conversion, not from the pipeline. Preprocessing matches Ultralytics' validation: RGB,
-letterbox to a square ``imgsz`` without upscaling, pad value 114, scaled to [0, 1].
+the long side scaled to ``imgsz`` (up or down, as Ultralytics' validation loader does), letterboxed to a square with
+pad value 114, scaled to [0, 1].
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def preprocess(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, lis
     """BGR images -> float32 (B, 3, size, size) RGB in [0, 1] plus their letterbox metadata."""
     batch, metas = [], []
     for img in images:
-        boxed, meta = letterbox(img, size)
+        boxed, meta = letterbox(img, size, scaleup=True)
         batch.append(boxed[:, :, ::-1].transpose(2, 0, 1))
         metas.append(meta)
     return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, metas

@@ -26,7 +26,7 @@ PREPROCESSING = {
     "layout": "NCHW",
     "dtype": "float32",
     "scale": "1/255",
-    "resize": "letterbox: keep aspect ratio, no upscaling, centred, pad value 114",
+    "resize": "letterbox: long side scaled to the input size (up or down), aspect ratio kept, centred, pad value 114",
     "output": "(1, 4 + nc, anchors): xywh in input pixels + class probabilities; apply NMS (iou 0.7)",
 }
 

@@ -1,6 +1,8 @@
 """Teachers: one module per family, each frozen and returning ``TeacherOutputs``.
 
-A registry maps family names to loaders; unknown names are an error listing the valid ones.
+A registry maps family names to loaders; unknown names are an error listing the valid ones. ``auto`` picks the
+family from the file: a ``.pt`` that references the YOLOv5 repository's classes is a classic YOLOv5 checkpoint,
+anything else an Ultralytics model (``.pt`` or YAML).
 """
 
 from __future__ import annotations
@@ -18,11 +20,37 @@ def _ultralytics(spec: str | Path, **kw: Any) -> Any:
     return load_ultralytics_teacher(spec, **kw)
 
 
-TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {"ultralytics": _ultralytics}
+def _yolov5_legacy(spec: str | Path, **kw: Any) -> Any:
+    from detkd.teachers.yolov5_legacy import load_legacy_teacher
+
+    return load_legacy_teacher(spec, **kw)
 
 
-def build_teacher(spec: str | Path, family: str = "ultralytics", **kw: Any) -> Any:
-    """Load a teacher of the given family (``ultralytics`` today)."""
+TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {"ultralytics": _ultralytics, "yolov5-legacy": _yolov5_legacy}
+
+
+def detect_family(spec: str | Path) -> str:
+    """The family of a teacher file: ``yolov5-legacy`` or ``ultralytics``."""
+    from detkd.teachers.yolov5_legacy import is_legacy_yolov5
+
+    return "yolov5-legacy" if is_legacy_yolov5(spec) else "ultralytics"
+
+
+def build_teacher(spec: str | Path, family: str = "auto", **kw: Any) -> Any:
+    """Load a teacher of the given family (``auto``: decided from the file)."""
+    if family == "auto":
+        family = detect_family(spec)
     if family not in TEACHER_FAMILIES:
-        raise ConfigError(f"unknown teacher family '{family}'; valid: {', '.join(TEACHER_FAMILIES)}")
+        raise ConfigError(f"unknown teacher family '{family}'; valid: auto, {', '.join(TEACHER_FAMILIES)}")
     return TEACHER_FAMILIES[family](spec, **kw)
+
+
+def load_eval_model(path: str | Path) -> Any:
+    """A detector for evaluation whose eval-mode output is Ultralytics-style (B, 4 + nc, A) predictions."""
+    if detect_family(path) == "yolov5-legacy":
+        from detkd.teachers.yolov5_legacy import load_legacy_yolov5
+
+        return load_legacy_yolov5(path)
+    from detkd.students import ultralytics_yolo as uy
+
+    return uy.load_detection_model(path)
