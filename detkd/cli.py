@@ -62,7 +62,7 @@ def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
 def _cmd_distill(ns: argparse.Namespace) -> int:
     from detkd.engine.distiller import Distiller
 
-    distiller = Distiller(ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set)
+    distiller = Distiller(ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set, class_map=ns.class_map)
     result = distiller.train(
         project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns)
     )
@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("distill", help="train a student with knowledge distillation from a teacher")
-    p.add_argument("--teacher", required=True, help="teacher weights (.pt, Ultralytics YOLO)")
+    p.add_argument(
+        "--teacher", required=True, help="teacher weights: Ultralytics YOLO .pt (or YAML) or a classic YOLOv5 .pt"
+    )
+    p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's (name or index)")
     p.add_argument("--student", required=True, help="student model YAML (e.g. yolov8n.yaml) or .pt")
     p.add_argument("--kd", default=None, help="KD config YAML (default: detkd's recipe)")
     p.add_argument(

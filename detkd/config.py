@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from detkd._io import read_yaml
 from detkd.errors import ConfigError, InputFileError
 
 FEATURE_METHODS = ("mse", "fine_grained", "fgd", "cwd", "mgd", "pkd")
@@ -557,12 +558,7 @@ def load_kd_config(path: str | Path | None = None, overrides: list[str] | None =
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise InputFileError(p, "KD config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise InputFileError(p, f"not valid YAML ({e})") from e
+        loaded = read_yaml(p, "KD config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

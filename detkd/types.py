@@ -63,6 +63,8 @@ class HeadOutputs:
         reg_max: number of DFL bins per box edge (1 means the head regresses distances directly, e.g. YOLO26).
         anchor_points: (A, 2) anchor centres in grid units of their level.
         stride_tensor: (A, 1) stride of each anchor's level.
+        class_mask: optional (nc,) 1 for classes that take part in logit KD (a teacher mapped to the student's
+            classes has none for classes no teacher class maps to).
     """
 
     cls_logits: Tensor
@@ -70,6 +72,7 @@ class HeadOutputs:
     reg_max: int
     anchor_points: Tensor
     stride_tensor: Tensor
+    class_mask: Tensor | None = None
 
     def distances(self) -> Tensor:
         """ltrb distances (B, 4, A) in grid units."""

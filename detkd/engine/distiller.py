@@ -27,6 +27,7 @@ from detkd import __version__
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
 from detkd.data.dataset import DataSpec, load_data_spec, validate_split
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
+from detkd.errors import PairingError
 from detkd.losses.composite import KDComposite
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
@@ -158,6 +159,30 @@ def train_detector(
     return _run(trainer, save_dir, started)
 
 
+def _paired_classes(teacher: Any, names: dict[int, str], class_map: str | Path | None, kd: KDConfig) -> Any:
+    """The teacher, seen through a class map when its classes are not the data's."""
+    from detkd.classmap import load_class_map, map_by_name
+    from detkd.teachers.mapped import ClassMappedTeacher
+
+    if class_map is not None:
+        cmap = load_class_map(class_map, teacher.names, names)
+        LOGGER.info("class map %s: %s", class_map, cmap.describe())
+        return ClassMappedTeacher(teacher, cmap)
+    if teacher.names == names:
+        return teacher
+    by_name = map_by_name(teacher.names, names)
+    if by_name is not None:
+        LOGGER.info("teacher classes mapped to the data's by name: %s", by_name.describe())
+        return ClassMappedTeacher(teacher, by_name)
+    if kd.logit.weight > 0:
+        shown = ", ".join(list(teacher.names.values())[:12]) + (" ..." if len(teacher.names) > 12 else "")
+        raise PairingError(
+            f"the teacher's classes ({shown}) are not the data's ({', '.join(names.values())}); give a class map "
+            "(--class-map map.yaml, e.g. datasets/class_maps/coco80_to_hituav.yaml) or set kd.logit.weight=0"
+        )
+    return teacher
+
+
 class Distiller:
     """Distil ``teacher`` into ``student`` on ``data``.
 
@@ -168,6 +193,8 @@ class Distiller:
         data: an Ultralytics data YAML.
         kd: a :class:`KDConfig`, a path to a KD YAML, or None for the defaults.
         overrides: ``section.key=value`` strings applied on top of ``kd`` (e.g. ``["logit.weight=2"]``).
+        class_map: a class-map YAML mapping the teacher's classes to the data's (see :mod:`detkd.classmap`);
+            without one, a teacher whose classes include every data class by name is mapped by name.
 
     Raises:
         DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
@@ -181,6 +208,7 @@ class Distiller:
         kd: KDConfig | str | Path | None = None,
         *,
         overrides: list[str] | None = None,
+        class_map: str | Path | None = None,
     ) -> None:
         if isinstance(kd, KDConfig):
             self.kd = kd_config_from_dict(apply_overrides(kd.to_dict(), overrides or []))
@@ -188,7 +216,10 @@ class Distiller:
             self.kd = load_kd_config(kd, overrides)
         self.data = _checked_data(data)
         self.teacher_spec, self.student_spec = str(teacher), str(student)
-        self.teacher = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
+        self.teacher = _paired_classes(
+            build_teacher(teacher, nc=self.data.nc, names=self.data.names), self.data.names, class_map, self.kd
+        )
+        self.class_map = str(class_map) if class_map else None
         self.student, self.composite = self._build_student(seed=0)  # validates the pairing now, not mid-epoch
         LOGGER.info("teacher: %s", self.teacher.describe())
         LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_method)
@@ -229,6 +260,7 @@ class Distiller:
         meta = {
             "kind": "distill",
             "teacher": self.teacher.describe(),
+            "class_map": self.class_map,
             "student": self.student_spec,
             "data": str(self.data.yaml_path),
             "kd": self.kd.to_dict(),

@@ -95,7 +95,8 @@ class KDComposite(nn.Module):
     Args:
         cfg: the KD recipe.
         student_specs / teacher_specs: paired feature levels (validated here; a mismatch is a ``PairingError``).
-        student_classes / teacher_classes: class counts; logit KD needs them equal (a class map comes later).
+        student_classes / teacher_classes: class counts; logit KD needs them equal (map a teacher's classes to the
+            student's first: :class:`detkd.teachers.mapped.ClassMappedTeacher`).
         student_reg_max / teacher_reg_max: DFL bins of each head (``auto`` box KD picks LD or IoU from them).
     """
 
@@ -120,7 +121,7 @@ class KDComposite(nn.Module):
         if self.use_logit and student_classes != teacher_classes:
             raise PairingError(
                 f"logit KD needs the same classes: student has {student_classes}, teacher has {teacher_classes}; "
-                "set kd.logit.weight=0 (feature and box KD still work) until class maps land"
+                "give a class map (--class-map map.yaml) or set kd.logit.weight=0 (feature and box KD still work)"
             )
         self.box_method = resolve_box_method(cfg.box.method, student_reg_max, teacher_reg_max)
         method = cfg.feature.method
@@ -238,9 +239,14 @@ class KDComposite(nn.Module):
                     normalizer=normalizer,
                     weighting=cfg.bce.weighting,
                     gamma=cfg.bce.gamma,
+                    class_weights=th.class_mask,
                 )
-            else:
-                loss = softmax_kd(sh.cls_logits, th.cls_logits, temperature=cfg.temperature, mask=mask)
+            else:  # the softmax runs over the classes that have a teacher (all, without a class map)
+                s_cls, t_cls = sh.cls_logits, th.cls_logits
+                if th.class_mask is not None:
+                    keep = th.class_mask.bool()
+                    s_cls, t_cls = s_cls[:, keep], t_cls[:, keep]
+                loss = softmax_kd(s_cls, t_cls, temperature=cfg.temperature, mask=mask)
             losses.append(loss)
         return torch.stack(losses).mean()
 

@@ -33,6 +33,7 @@ def sigmoid_kd(
     reduction: str = "mean",
     weighting: str = "none",
     gamma: float = 2.0,
+    class_weights: Tensor | None = None,
 ) -> Tensor:
     """Temperature-softened KD for sigmoid class heads (Hinton et al., 2015, per class as binary distributions).
 
@@ -61,6 +62,7 @@ def sigmoid_kd(
         reduction: ``"mean"`` or ``"sum"``.
         weighting: ``none``, ``bckd`` or ``quality``.
         gamma: exponent of the ``bckd`` weight.
+        class_weights: optional (C,) per-class weights (0 leaves a class out, e.g. one no teacher class maps to).
 
     Shape:
         student_logits, teacher_logits: (B, C, A). Returns a scalar.
@@ -88,6 +90,10 @@ def sigmoid_kd(
         kl = kl * (t_t.sigmoid() - s_t.detach().sigmoid()).abs().pow(gamma)
     elif weighting == "quality":
         kl = kl * upcast(teacher_logits.detach()).sigmoid().amax(dim=1, keepdim=True)
+    if class_weights is not None:
+        if class_weights.shape != (kl.shape[1],):
+            raise ValueError(f"sigmoid_kd: class_weights must be ({kl.shape[1]},), got {tuple(class_weights.shape)}")
+        kl = kl * class_weights.to(kl.dtype).view(1, -1, 1)
     per_anchor = kl.sum(dim=1)  # (B, A)
     if mask is not None:
         check_same_shape("sigmoid_kd", per_anchor=per_anchor, mask=mask)

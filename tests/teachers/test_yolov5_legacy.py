@@ -151,7 +151,9 @@ def test_distill_from_a_legacy_teacher(legacy, tiny_data, tmp_path):
     from detkd.engine.distiller import Distiller
 
     _, path = legacy
-    d = Distiller(path, "yolov8n.yaml", tiny_data, overrides=["feature.method=pkd"])
+    cmap = tmp_path / "map.yaml"  # the fake teacher's classes are class0..class5: map them by index
+    cmap.write_text("".join(f"{i}: {i}\n" for i in range(6)))
+    d = Distiller(path, "yolov8n.yaml", tiny_data, overrides=["feature.method=pkd"], class_map=cmap)
     assert d.composite.box_method == "iou"  # the anchor-based teacher has no DFL bins
     result = d.train(project=tmp_path, name="kd", epochs=1, imgsz=32, batch=4, device="cpu", val=False,
                      plots=False, fraction=0.67, workers=0)  # fmt: skip

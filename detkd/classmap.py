@@ -1,0 +1,135 @@
+"""Teacher-to-student class maps: subset, rename and merge teacher classes for logit KD.
+
+A map is a YAML mapping from teacher classes to student classes, each given by name or index::
+
+    map:              # teacher class -> student class
+      person: Person
+      car: Car
+      bus: OtherVehicle     # several teacher classes may merge into one student class
+      truck: OtherVehicle
+
+Teacher classes left out are ignored (their scores never reach the student); a student class that no teacher class
+maps to gets no logit KD. A merged student class takes the highest of its teacher classes' scores (the most
+confident explanation; for sigmoid heads this is the max of the logits). Unknown names are errors that list the
+valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detkd._io import read_yaml
+from detkd.errors import ConfigError
+
+UNMAPPED_LOGIT = -30.0  # sigmoid(-30) ~ 1e-13: an unmapped student class looks absent to confidence masks
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Which teacher classes feed each student class.
+
+    Attributes:
+        teacher_names / student_names: class names by index.
+        sources: for each student class (by index), the teacher class indices merged into it (may be empty).
+    """
+
+    teacher_names: dict[int, str]
+    student_names: dict[int, str]
+    sources: tuple[tuple[int, ...], ...]
+
+    @property
+    def mapped(self) -> list[bool]:
+        """Per student class: whether any teacher class feeds it."""
+        return [bool(s) for s in self.sources]
+
+    def apply(self, teacher_logits: Tensor) -> Tensor:
+        """Teacher class logits (B, Ct, A) as student class logits (B, Cs, A).
+
+        >>> cm = ClassMap({0: "a", 1: "b", 2: "c"}, {0: "x", 1: "y"}, ((0, 2), ()))
+        >>> cm.apply(torch.tensor([[[1.0], [5.0], [3.0]]]))[0, :, 0].tolist()
+        [3.0, -30.0]
+        """
+        if teacher_logits.shape[1] != len(self.teacher_names):
+            raise ValueError(
+                f"class map expects {len(self.teacher_names)} teacher classes, got {teacher_logits.shape[1]}"
+            )
+        b, _, a = teacher_logits.shape
+        out = teacher_logits.new_full((b, len(self.sources), a), UNMAPPED_LOGIT)
+        for s, src in enumerate(self.sources):
+            if src:
+                out[:, s] = teacher_logits[:, list(src)].amax(dim=1)
+        return out
+
+    def class_mask(self, like: Tensor) -> Tensor:
+        """(Cs,) 1 for student classes that receive logit KD, else 0."""
+        return torch.tensor(self.mapped, dtype=like.dtype, device=like.device)
+
+    def describe(self) -> str:
+        parts = []
+        for s, src in enumerate(self.sources):
+            names = " + ".join(self.teacher_names[t] for t in src) or "(no teacher class: no logit KD)"
+            parts.append(f"{self.student_names[s]} <- {names}")
+        return "; ".join(parts)
+
+
+def _resolve(key: Any, names: dict[int, str], side: str, where: str) -> int:
+    if isinstance(key, bool):
+        raise ConfigError(f"{where}: {key!r} is not a {side} class")
+    if isinstance(key, int):
+        if key in names:
+            return key
+        raise ConfigError(f"{where}: {side} class index {key} out of range (0..{len(names) - 1})")
+    text = str(key)
+    exact = [i for i, n in names.items() if n == text]
+    if exact:
+        return exact[0]
+    folded = [i for i, n in names.items() if n.lower() == text.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    close = difflib.get_close_matches(text, list(names.values()), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    valid = ", ".join(names.values())
+    raise ConfigError(f"{where}: unknown {side} class '{text}'{hint}; valid {side} classes: {valid}")
+
+
+def class_map_from_dict(
+    data: Any, teacher_names: dict[int, str], student_names: dict[int, str], where: str = "class map"
+) -> ClassMap:
+    """Build a map from ``{teacher class: student class}`` (a top-level ``map:`` key is optional)."""
+    if isinstance(data, dict) and set(data) == {"map"}:
+        data = data["map"]
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{where}: expected a mapping 'teacher class: student class' (optionally under 'map:')")
+    sources: list[list[int]] = [[] for _ in student_names]
+    for t_key, s_key in data.items():
+        t = _resolve(t_key, teacher_names, "teacher", where)
+        s = _resolve(s_key, student_names, "student", where)
+        if t not in sources[s]:
+            sources[s].append(t)
+    if not any(sources):
+        raise ConfigError(f"{where}: maps no teacher class to a student class")
+    return ClassMap(dict(teacher_names), dict(student_names), tuple(tuple(sorted(s)) for s in sources))
+
+
+def load_class_map(path: str | Path, teacher_names: dict[int, str], student_names: dict[int, str]) -> ClassMap:
+    """Load a class-map YAML; errors name the file."""
+    data = read_yaml(path, "class map")
+    return class_map_from_dict(data, teacher_names, student_names, where=str(path))
+
+
+def map_by_name(teacher_names: dict[int, str], student_names: dict[int, str]) -> ClassMap | None:
+    """The identity map by name when every student class is also a teacher class (else None).
+
+    >>> map_by_name({0: "cat", 1: "dog"}, {0: "dog"}).sources
+    ((1,),)
+    """
+    index = {n: i for i, n in teacher_names.items()}
+    if not all(n in index for n in student_names.values()):
+        return None
+    return ClassMap(dict(teacher_names), dict(student_names), tuple((index[n],) for n in student_names.values()))
