@@ -65,6 +65,8 @@ class HeadOutputs:
         stride_tensor: (A, 1) stride of each anchor's level.
         class_mask: optional (nc,) 1 for classes that take part in logit KD (a teacher mapped to the student's
             classes has none for classes no teacher class maps to).
+        box_valid: optional (B, A) 1 where the teacher's box is a prediction (teachers that give detections rather
+            than dense outputs have none elsewhere); box KD is restricted to it.
     """
 
     cls_logits: Tensor
@@ -73,6 +75,7 @@ class HeadOutputs:
     anchor_points: Tensor
     stride_tensor: Tensor
     class_mask: Tensor | None = None
+    box_valid: Tensor | None = None
 
     def distances(self) -> Tensor:
         """ltrb distances (B, 4, A) in grid units."""

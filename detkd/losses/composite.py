@@ -257,6 +257,8 @@ class KDComposite(nn.Module):
             mask = inp.box_masks.get(name)
             if mask is None and cfg.positions != "all":
                 raise ValueError(f"box KD needs positions for branch '{name}'")
+            if th.box_valid is not None:  # only where the teacher predicted a box
+                mask = th.box_valid.float() if mask is None else mask.float() * th.box_valid.float()
             if self.box_method == "ld":
                 loss = ld_loss(sh.box_raw, th.box_raw, reg_max=sh.reg_max, temperature=cfg.ld.temperature, mask=mask)
             elif self.box_method == "iou":

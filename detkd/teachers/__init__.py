@@ -1,8 +1,9 @@
 """Teachers: one module per family, each frozen and returning ``TeacherOutputs``.
 
 A registry maps family names to loaders; unknown names are an error listing the valid ones. ``auto`` picks the
-family from the file: a ``.pt`` that references the YOLOv5 repository's classes is a classic YOLOv5 checkpoint,
-anything else an Ultralytics model (``.pt`` or YAML).
+family from the spec: ``torchvision:<builder>[:<weights.pth>]`` is a torchvision detector, a ``.pt`` that references
+the YOLOv5 repository's classes is a classic YOLOv5 checkpoint, anything else an Ultralytics model (``.pt`` or
+YAML).
 """
 
 from __future__ import annotations
@@ -26,13 +27,26 @@ def _yolov5_legacy(spec: str | Path, **kw: Any) -> Any:
     return load_legacy_teacher(spec, **kw)
 
 
-TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {"ultralytics": _ultralytics, "yolov5-legacy": _yolov5_legacy}
+def _torchvision(spec: str | Path, **kw: Any) -> Any:
+    from detkd.teachers.torchvision_det import load_torchvision_teacher
+
+    return load_torchvision_teacher(spec, **kw)
+
+
+TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {
+    "ultralytics": _ultralytics,
+    "yolov5-legacy": _yolov5_legacy,
+    "torchvision": _torchvision,
+}
 
 
 def detect_family(spec: str | Path) -> str:
-    """The family of a teacher file: ``yolov5-legacy`` or ``ultralytics``."""
+    """The family of a teacher spec: ``torchvision`` (``torchvision:<builder>[:<weights>]``), ``yolov5-legacy``
+    (a ``.pt`` referencing the YOLOv5 repository's classes) or ``ultralytics``."""
     from detkd.teachers.yolov5_legacy import is_legacy_yolov5
 
+    if str(spec).startswith("torchvision:"):
+        return "torchvision"
     return "yolov5-legacy" if is_legacy_yolov5(spec) else "ultralytics"
 
 
