@@ -167,3 +167,28 @@ def test_non_finite_kd_input_names_the_term_epoch_and_batch():
     crit.start_epoch(3, 10, batches=5)
     with pytest.raises(NonFiniteLossError, match=r"epoch 4, batch 1.*channel_wise_kd.*NaN or Inf"):
         crit(preds, batch)
+
+
+def test_box_kd_only_where_the_teacher_has_a_box():
+    """Teachers that give detections (torchvision) mark where their box targets exist; elsewhere no box KD."""
+    import dataclasses
+
+    student, _, _, crit = _setup(overrides=["box.method=iou", "feature.weight=0", "logit.weight=0"])
+    real = crit.teacher
+
+    def without_boxes(img):
+        out = real(img)
+        h = out.heads["one2many"]
+        out.heads["one2many"] = dataclasses.replace(
+            h, box_valid=torch.zeros(h.cls_logits.shape[0], h.cls_logits.shape[2])
+        )
+        return out
+
+    student.train()
+    batch = _batch()
+    preds = student(batch["img"])
+    _, items = crit(preds, batch)
+    assert items["kd/box"] > 0
+    crit.teacher = without_boxes
+    _, items = crit(preds, batch)
+    assert items["kd/box"] == 0
