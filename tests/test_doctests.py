@@ -18,6 +18,8 @@ MODULES = [
     "detkd.losses.balance",
     "detkd.losses.composite",
     "detkd.engine.positions",
+    "detkd.teachers.dense",
+    "detkd.classmap",
 ]
 
 

@@ -33,20 +33,31 @@ def _torchvision(spec: str | Path, **kw: Any) -> Any:
     return load_torchvision_teacher(spec, **kw)
 
 
+def _rtdetr(spec: str | Path, **kw: Any) -> Any:
+    from detkd.teachers.rtdetr import load_rtdetr_teacher
+
+    return load_rtdetr_teacher(spec, **kw)
+
+
 TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {
     "ultralytics": _ultralytics,
     "yolov5-legacy": _yolov5_legacy,
     "torchvision": _torchvision,
+    "rtdetr": _rtdetr,
 }
 
 
 def detect_family(spec: str | Path) -> str:
-    """The family of a teacher spec: ``torchvision`` (``torchvision:<builder>[:<weights>]``), ``yolov5-legacy``
-    (a ``.pt`` referencing the YOLOv5 repository's classes) or ``ultralytics``."""
+    """The family of a teacher spec: ``torchvision`` (``torchvision:<builder>[:<weights>]``), ``rtdetr`` (an
+    Ultralytics RT-DETR ``.pt`` or YAML), ``yolov5-legacy`` (a ``.pt`` referencing the YOLOv5 repository's classes)
+    or ``ultralytics``."""
+    from detkd.teachers.rtdetr import is_rtdetr
     from detkd.teachers.yolov5_legacy import is_legacy_yolov5
 
     if str(spec).startswith("torchvision:"):
         return "torchvision"
+    if is_rtdetr(spec):
+        return "rtdetr"
     return "yolov5-legacy" if is_legacy_yolov5(spec) else "ultralytics"
 
 

@@ -7,7 +7,8 @@ import torch
 
 from detkd.errors import ConfigError, InputFileError
 from detkd.teachers import build_teacher, detect_family
-from detkd.teachers.torchvision_det import TorchvisionTeacher, detections_to_dense
+from detkd.teachers.dense import detections_to_dense
+from detkd.teachers.torchvision_det import TorchvisionTeacher
 
 BUILDERS = ["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn"]
 
