@@ -19,6 +19,7 @@ MODULES = [
     "detkd.losses.composite",
     "detkd.engine.positions",
     "detkd.teachers.dense",
+    "detkd.teachers.ensemble",
     "detkd.classmap",
 ]
 

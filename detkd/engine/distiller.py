@@ -27,10 +27,10 @@ from detkd import __version__
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
 from detkd.data.dataset import DataSpec, load_data_spec, validate_split
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
-from detkd.errors import PairingError
 from detkd.losses.composite import KDComposite
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
+from detkd.teachers.mapped import paired_classes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -159,30 +159,6 @@ def train_detector(
     return _run(trainer, save_dir, started)
 
 
-def _paired_classes(teacher: Any, names: dict[int, str], class_map: str | Path | None, kd: KDConfig) -> Any:
-    """The teacher, seen through a class map when its classes are not the data's."""
-    from detkd.classmap import load_class_map, map_by_name
-    from detkd.teachers.mapped import ClassMappedTeacher
-
-    if class_map is not None:
-        cmap = load_class_map(class_map, teacher.names, names)
-        LOGGER.info("class map %s: %s", class_map, cmap.describe())
-        return ClassMappedTeacher(teacher, cmap)
-    if teacher.names == names:
-        return teacher
-    by_name = map_by_name(teacher.names, names)
-    if by_name is not None:
-        LOGGER.info("teacher classes mapped to the data's by name: %s", by_name.describe())
-        return ClassMappedTeacher(teacher, by_name)
-    if kd.logit.weight > 0:
-        shown = ", ".join(list(teacher.names.values())[:12]) + (" ..." if len(teacher.names) > 12 else "")
-        raise PairingError(
-            f"the teacher's classes ({shown}) are not the data's ({', '.join(names.values())}); give a class map "
-            "(--class-map map.yaml, e.g. datasets/class_maps/coco80_to_hituav.yaml) or set kd.logit.weight=0"
-        )
-    return teacher
-
-
 class Distiller:
     """Distil ``teacher`` into ``student`` on ``data``.
 
@@ -216,8 +192,11 @@ class Distiller:
             self.kd = load_kd_config(kd, overrides)
         self.data = _checked_data(data)
         self.teacher_spec, self.student_spec = str(teacher), str(student)
-        self.teacher = _paired_classes(
-            build_teacher(teacher, nc=self.data.nc, names=self.data.names), self.data.names, class_map, self.kd
+        self.teacher = paired_classes(
+            build_teacher(teacher, nc=self.data.nc, names=self.data.names),
+            self.data.names,
+            class_map,
+            required=self.kd.logit.weight > 0,
         )
         self.class_map = str(class_map) if class_map else None
         self.student, self.composite = self._build_student(seed=0)  # validates the pairing now, not mid-epoch

@@ -39,7 +39,14 @@ def _rtdetr(spec: str | Path, **kw: Any) -> Any:
     return load_rtdetr_teacher(spec, **kw)
 
 
+def _ensemble(spec: str | Path, **kw: Any) -> Any:
+    from detkd.teachers.ensemble import load_ensemble_teacher
+
+    return load_ensemble_teacher(spec, **kw)
+
+
 TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {
+    "ensemble": _ensemble,
     "ultralytics": _ultralytics,
     "yolov5-legacy": _yolov5_legacy,
     "torchvision": _torchvision,
@@ -48,14 +55,18 @@ TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {
 
 
 def detect_family(spec: str | Path) -> str:
-    """The family of a teacher spec: ``torchvision`` (``torchvision:<builder>[:<weights>]``), ``rtdetr`` (an
+    """The family of a teacher spec: ``ensemble`` (a YAML with an ``ensemble`` key), ``torchvision``
+    (``torchvision:<builder>[:<weights>]``), ``rtdetr`` (an
     Ultralytics RT-DETR ``.pt`` or YAML), ``yolov5-legacy`` (a ``.pt`` referencing the YOLOv5 repository's classes)
     or ``ultralytics``."""
+    from detkd.teachers.ensemble import is_ensemble
     from detkd.teachers.rtdetr import is_rtdetr
     from detkd.teachers.yolov5_legacy import is_legacy_yolov5
 
     if str(spec).startswith("torchvision:"):
         return "torchvision"
+    if is_ensemble(spec):
+        return "ensemble"
     if is_rtdetr(spec):
         return "rtdetr"
     return "yolov5-legacy" if is_legacy_yolov5(spec) else "ultralytics"
