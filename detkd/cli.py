@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train a student with knowledge distillation from a teacher")
     p.add_argument(
-        "--teacher", required=True, help="teacher weights: Ultralytics YOLO .pt (or YAML) or a classic YOLOv5 .pt"
+        "--teacher",
+        required=True,
+        help="Ultralytics YOLO or RT-DETR .pt (or YAML), a classic YOLOv5 .pt, torchvision:<builder>[:<weights>], "
+        "or an ensemble YAML",
     )
     p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's (name or index)")
     p.add_argument("--student", required=True, help="student model YAML (e.g. yolov8n.yaml) or .pt")
