@@ -1,9 +1,17 @@
-"""Adapters that project student feature maps onto the teacher's channels, built from an explicit level pairing."""
+"""Level pairing and adapters: which teacher level each student level imitates, and the projection onto the
+teacher's channels.
+
+Levels pair by stride: each student level takes the teacher level with the nearest stride (in octaves; a tie goes
+to the finer level). When the strides differ the teacher's map is resampled to the student's grid
+(:func:`resample_to`): area-averaged when the teacher is finer, bilinear when it is coarser.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkd.errors import PairingError
@@ -19,8 +27,41 @@ def level_name(spec: FeatureSpec) -> str:
     return f"p{spec.stride.bit_length() - 1}" if spec.stride & (spec.stride - 1) == 0 else f"s{spec.stride}"
 
 
+def pair_levels(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]) -> list[int]:
+    """For each student level, the index of the teacher level with the nearest stride.
+
+    >>> pair_levels([FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32)],
+    ...             [FeatureSpec(64, 4), FeatureSpec(64, 8), FeatureSpec(64, 16)])
+    [1, 2, 2]
+    """
+    if not teacher:
+        raise PairingError("the teacher declares no feature levels")
+    return [
+        min(range(len(teacher)), key=lambda j: (abs(math.log2(teacher[j].stride / s.stride)), teacher[j].stride))
+        for s in student
+    ]
+
+
+def same_grid(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]) -> bool:
+    """True when both predict on the same anchor grid (same levels, same strides, in order)."""
+    return [s.stride for s in student] == [t.stride for t in teacher]
+
+
+def describe_pairing(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec], pairs: Sequence[int]) -> str:
+    """One clause per student level, e.g. ``p5 (stride 32, 64 ch) <- teacher p4 (stride 16, 128 ch, resampled)``."""
+    out = []
+    for s, j in zip(student, pairs):
+        t = teacher[j]
+        note = ", resampled" if t.stride != s.stride else ""
+        out.append(
+            f"{level_name(s)} (stride {s.stride}, {s.channels} ch) <- teacher {level_name(t)} "
+            f"(stride {t.stride}, {t.channels} ch{note})"
+        )
+    return "; ".join(out)
+
+
 def check_pairing(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]) -> None:
-    """Validate that student and teacher levels can be paired one to one (same count, same strides, in order).
+    """Validate that student and teacher predict on the same grid (needed for logit and box KD).
 
     Raises:
         PairingError: naming the levels that do not match.
@@ -36,18 +77,34 @@ def check_pairing(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]
     if len(student) != len(teacher):
         raise PairingError(
             f"student has {len(student)} feature levels [{s_desc}] but teacher has {len(teacher)} [{t_desc}]; "
-            "this version pairs levels one to one"
+            "logit and box KD need the same prediction grid (feature KD resamples: set kd.logit.weight=0 and "
+            "kd.box.weight=0 to distil features only)"
         )
     for i, (s, t) in enumerate(zip(student, teacher)):
         if s.stride != t.stride:
             raise PairingError(
                 f"level {i}: student stride {s.stride} ({level_name(s)}) != teacher stride {t.stride} "
-                f"({level_name(t)}); student levels [{s_desc}], teacher levels [{t_desc}]"
+                f"({level_name(t)}); student levels [{s_desc}], teacher levels [{t_desc}]; logit and box KD need the "
+                "same prediction grid (feature KD resamples: set kd.logit.weight=0 and kd.box.weight=0)"
             )
 
 
+def resample_to(teacher_map: Tensor, size: tuple[int, int]) -> Tensor:
+    """The teacher's map on the student's (H, W): area average when shrinking, bilinear when enlarging.
+
+    >>> import torch
+    >>> resample_to(torch.arange(16.0).view(1, 1, 4, 4), (2, 2))[0, 0].tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    if tuple(teacher_map.shape[-2:]) == tuple(size):
+        return teacher_map
+    if teacher_map.shape[-2] >= size[0] and teacher_map.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(teacher_map, size)
+    return F.interpolate(teacher_map, size=size, mode="bilinear", align_corners=False)
+
+
 class FeatureAdapters(nn.Module):
-    """One learned 1x1 convolution per level, student channels -> teacher channels (FitNets' regressor).
+    """One learned 1x1 convolution per student level, to the channels of its paired teacher level (FitNets' regressor).
 
     The adapters are trained with the student and dropped after training: they never enter the exported model.
 
@@ -59,10 +116,12 @@ class FeatureAdapters(nn.Module):
 
     def __init__(self, student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]) -> None:
         super().__init__()
-        check_pairing(student, teacher)
+        self.pairs = pair_levels(student, teacher)
         self.student_specs = list(student)
-        self.teacher_specs = list(teacher)
-        self.layers = nn.ModuleList(nn.Conv2d(s.channels, t.channels, kernel_size=1) for s, t in zip(student, teacher))
+        self.teacher_specs = [teacher[j] for j in self.pairs]  # the teacher level each student level imitates
+        self.layers = nn.ModuleList(
+            nn.Conv2d(s.channels, t.channels, kernel_size=1) for s, t in zip(student, self.teacher_specs)
+        )
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         if len(features) != len(self.layers):

@@ -202,6 +202,7 @@ class Distiller:
         self.student, self.composite = self._build_student(seed=0)  # validates the pairing now, not mid-epoch
         LOGGER.info("teacher: %s", self.teacher.describe())
         LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_method)
+        LOGGER.info("feature levels: %s", self.composite.pairing)
 
     def _build_student(self, seed: int) -> tuple[Any, KDComposite]:
         """The student and the KD objective (adapters) for this pair, initialised from ``seed``."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from detkd.adapters import FeatureAdapters, level_name
+from detkd.adapters import FeatureAdapters, check_pairing, describe_pairing, level_name, resample_to
 from detkd.config import KDConfig
 from detkd.errors import PairingError
 from detkd.losses.balance import KDBalancer
@@ -113,11 +113,14 @@ class KDComposite(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.adapters = FeatureAdapters(student_specs, teacher_specs)  # validates pairing even when feature KD is off
+        self.adapters = FeatureAdapters(student_specs, teacher_specs)
         self.level_names = [level_name(s) for s in student_specs]
+        self.pairing = describe_pairing(student_specs, teacher_specs, self.adapters.pairs)
         self.use_feature = cfg.feature.weight > 0
         self.use_logit = cfg.logit.weight > 0
         self.use_box = cfg.box.weight > 0
+        if self.use_logit or self.use_box:  # dense head targets need the same grid; features are resampled
+            check_pairing(student_specs, teacher_specs)
         if self.use_logit and student_classes != teacher_classes:
             raise PairingError(
                 f"logit KD needs the same classes: student has {student_classes}, teacher has {teacher_classes}; "
@@ -125,12 +128,13 @@ class KDComposite(nn.Module):
             )
         self.box_method = resolve_box_method(cfg.box.method, student_reg_max, teacher_reg_max)
         method = cfg.feature.method
+        paired = self.adapters.teacher_specs
         self.generators = nn.ModuleList(
-            MGDGenerator(t.channels) for t in teacher_specs if self.use_feature and method == "mgd"
+            MGDGenerator(t.channels) for t in paired if self.use_feature and method == "mgd"
         )
         self.relations = nn.ModuleList(
             GlobalRelation(t.channels)
-            for t in teacher_specs
+            for t in paired
             if self.use_feature and method == "fgd" and cfg.feature.fgd.lambda_global > 0
         )
         self.balancer = (
@@ -210,7 +214,8 @@ class KDComposite(nn.Module):
     def _feature(self, inp: KDInputs, unweighted: dict[str, Tensor]) -> Tensor:
         adapted = self.adapters(inp.student_features)
         level_losses = []
-        for i, (s, t) in enumerate(zip(adapted, inp.teacher.features)):
+        for i, s in enumerate(adapted):
+            t = resample_to(inp.teacher.features[self.adapters.pairs[i]], (int(s.shape[-2]), int(s.shape[-1])))
             if s.shape != t.shape:
                 raise PairingError(
                     f"level {self.level_names[i]}: student map {tuple(s.shape)} vs teacher map {tuple(t.shape)}"
