@@ -7,6 +7,7 @@ Only torch is imported here; third-party model formats are turned into these typ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -99,3 +100,20 @@ class TeacherOutputs:
     features: list[Tensor]
     specs: list[FeatureSpec]
     heads: dict[str, HeadOutputs] = field(default_factory=dict)
+
+
+class Teacher(Protocol):
+    """What every teacher family provides (a frozen ``nn.Module``): its levels, classes and head kind, and
+    ``TeacherOutputs`` for a batch of student inputs (RGB in [0, 1], the student's letterboxed size)."""
+
+    specs: list[FeatureSpec]
+    names: dict[int, str]
+    num_classes: int
+    reg_max: int
+    end2end: bool
+
+    def __call__(self, images: Tensor) -> TeacherOutputs: ...
+
+    def describe(self) -> str: ...
+
+    def to(self, device: torch.device | str) -> Teacher: ...

@@ -18,7 +18,7 @@ from detkd.engine import positions
 from detkd.errors import DetkdError
 from detkd.losses.composite import TERMS, KDComposite, KDInputs
 from detkd.students import ultralytics_yolo as uy
-from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
+from detkd.types import Teacher
 
 KD_ITEM_NAMES = TERMS
 
@@ -43,7 +43,7 @@ class KDCriterion:
         composite: the KD objective (holds the adapters and the method modules).
     """
 
-    def __init__(self, student: Any, teacher: UltralyticsTeacher, composite: KDComposite) -> None:
+    def __init__(self, student: Any, teacher: Teacher, composite: KDComposite) -> None:
         self.det = uy.AssignedDetectionLoss(student)
         self.head = uy.detect_head(student)
         self.teacher = teacher

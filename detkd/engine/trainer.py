@@ -26,7 +26,7 @@ from detkd._offline import ensure_offline
 from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, ratio_item_names
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
-from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
+from detkd.types import Teacher
 
 ensure_offline()
 
@@ -111,7 +111,7 @@ class KDTrainer(DetectorTrainer):
     def __init__(
         self,
         model: nn.Module,
-        teacher: UltralyticsTeacher,
+        teacher: Teacher,
         composite: KDComposite,
         overrides: dict[str, Any],
         threads: int | None = None,
