@@ -9,6 +9,7 @@ MODULES = [
     "detkd.config",
     "detkd.types",
     "detkd.adapters",
+    "detkd.losses._checks",
     "detkd.losses.feature",
     "detkd.losses.fgd",
     "detkd.losses.mgd",

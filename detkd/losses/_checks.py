@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sum")
@@ -19,6 +20,24 @@ def check_same_shape(fn: str, **tensors: Tensor) -> None:
     if len(set(shapes.values())) > 1:
         described = ", ".join(f"{k}={v}" for k, v in shapes.items())
         raise ValueError(f"{fn}: shapes differ: {described}")
+
+
+def check_temperature(fn: str, temperature: float) -> None:
+    """Raise ``ValueError`` naming ``fn`` unless ``temperature > 0``."""
+    if temperature <= 0:
+        raise ValueError(f"{fn}: temperature must be > 0, got {temperature}")
+
+
+def softened_kl(student: Tensor, teacher: Tensor, temperature: float, dim: int) -> Tensor:
+    """``KL(softmax(t / T) || softmax(s / T))`` along ``dim`` (that dim is summed out); the teacher is a constant.
+
+    >>> s = torch.zeros(1, 2); t = torch.tensor([[2.0, 0.0]])
+    >>> round(float(softened_kl(s, t, 1.0, dim=1)), 4)
+    0.3278
+    """
+    log_ps = F.log_softmax(upcast(student) / temperature, dim=dim)
+    log_pt = F.log_softmax(upcast(teacher.detach()) / temperature, dim=dim)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=dim)
 
 
 def check_finite(fn: str, **tensors: Tensor) -> None:

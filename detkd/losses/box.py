@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
+from detkd.losses._checks import check_finite, check_same_shape, check_temperature, masked_reduce, softened_kl, upcast
 
 
 def ld_loss(
@@ -45,14 +44,12 @@ def ld_loss(
     check_same_shape("ld_loss", student=student_dist, teacher=teacher_dist)
     if reg_max < 2 or student_dist.dim() != 3 or student_dist.shape[1] != 4 * reg_max:
         raise ValueError(f"ld_loss: expected (B, 4*reg_max, A) with reg_max > 1, got {tuple(student_dist.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"ld_loss: temperature must be > 0, got {temperature}")
+    check_temperature("ld_loss", temperature)
     check_finite("ld_loss", student=student_dist, teacher=teacher_dist)
     b, _, a = student_dist.shape
     t = temperature
-    log_ps = F.log_softmax(upcast(student_dist).view(b, 4, reg_max, a) / t, dim=2)
-    log_pt = F.log_softmax(upcast(teacher_dist.detach()).view(b, 4, reg_max, a) / t, dim=2)
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=2).mean(dim=1)  # (B, A)
+    kl = softened_kl(student_dist.view(b, 4, reg_max, a), teacher_dist.view(b, 4, reg_max, a), t, dim=2)
+    kl = kl.mean(dim=1)  # (B, A)
     if mask is not None:
         check_same_shape("ld_loss", per_anchor=kl, mask=mask)
     return masked_reduce(kl, mask, reduction) * (t * t)

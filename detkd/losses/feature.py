@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
+from detkd.losses._checks import check_finite, check_same_shape, check_temperature, masked_reduce, softened_kl, upcast
 
 
 def masked_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
@@ -76,12 +75,9 @@ def channel_wise_kd(student: Tensor, teacher: Tensor, *, temperature: float = 1.
     0.3278
     """
     _check_maps("channel_wise_kd", student, teacher)
-    if temperature <= 0:
-        raise ValueError(f"channel_wise_kd: temperature must be > 0, got {temperature}")
+    check_temperature("channel_wise_kd", temperature)
     tau = temperature
-    log_ps = F.log_softmax(upcast(student).flatten(2) / tau, dim=-1)
-    log_pt = F.log_softmax(upcast(teacher.detach()).flatten(2) / tau, dim=-1)
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)  # (B, C)
+    kl = softened_kl(student.flatten(2), teacher.flatten(2), tau, dim=-1)  # (B, C)
     return kl.mean() * (tau * tau)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detkd.losses._checks import check_finite, check_same_shape, upcast
+from detkd.losses._checks import check_finite, check_same_shape, check_temperature, upcast
 
 
 def fgd_attention(x: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -89,8 +89,7 @@ def fgd_loss(
     check_same_shape("fgd_loss", student=student, teacher=teacher)
     if student.dim() != 4:
         raise ValueError(f"fgd_loss: expected (B, C, H, W) maps, got {tuple(student.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"fgd_loss: temperature must be > 0, got {temperature}")
+    check_temperature("fgd_loss", temperature)
     b, _, h, w = student.shape
     expected = student.new_empty(b, 1, h, w)
     for name, weight in (("fg_weight", fg_weight), ("bg_weight", bg_weight)):

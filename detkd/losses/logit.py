@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkd.losses._checks import check_finite, check_same_shape, masked_reduce, upcast
+from detkd.losses._checks import check_finite, check_same_shape, check_temperature, masked_reduce, softened_kl, upcast
 
 WEIGHTINGS = ("none", "bckd", "quality")
 
@@ -78,8 +78,7 @@ def sigmoid_kd(
     check_same_shape("sigmoid_kd", student=student_logits, teacher=teacher_logits)
     if student_logits.dim() != 3:
         raise ValueError(f"sigmoid_kd: expected (B, C, A) logits, got {tuple(student_logits.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"sigmoid_kd: temperature must be > 0, got {temperature}")
+    check_temperature("sigmoid_kd", temperature)
     check_finite("sigmoid_kd", student=student_logits, teacher=teacher_logits)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"sigmoid_kd: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -129,13 +128,10 @@ def softmax_kd(
     check_same_shape("softmax_kd", student=student_logits, teacher=teacher_logits)
     if student_logits.dim() != 3:
         raise ValueError(f"softmax_kd: expected (B, C, A) logits, got {tuple(student_logits.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"softmax_kd: temperature must be > 0, got {temperature}")
+    check_temperature("softmax_kd", temperature)
     check_finite("softmax_kd", student=student_logits, teacher=teacher_logits)
     t = temperature
-    log_ps = F.log_softmax(upcast(student_logits) / t, dim=1)
-    log_pt = F.log_softmax(upcast(teacher_logits.detach()) / t, dim=1)
-    per_anchor = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)  # (B, A)
+    per_anchor = softened_kl(student_logits, teacher_logits, t, dim=1)  # (B, A)
     if mask is not None:
         check_same_shape("softmax_kd", per_anchor=per_anchor, mask=mask)
     return masked_reduce(per_anchor, mask, reduction, normalizer) * (t * t)
