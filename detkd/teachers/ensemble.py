@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from detkd._io import read_yaml
 from detkd.errors import ConfigError, PairingError
+from detkd.teachers.base import FrozenTeacher
 from detkd.types import HeadOutputs, TeacherOutputs
 
 FUSE = ("mean", "max")
@@ -133,7 +134,7 @@ def fuse_heads(heads: list[HeadOutputs], weights: list[float], fuse: str) -> Hea
     )
 
 
-class EnsembleTeacher(nn.Module):
+class EnsembleTeacher(FrozenTeacher):
     """Several frozen teachers (already mapped to the student's classes) fused into one."""
 
     def __init__(self, members: list[Any], weights: list[float], fuse: str, features_from: int, source: str) -> None:
@@ -157,10 +158,7 @@ class EnsembleTeacher(nn.Module):
         self.num_classes = first.num_classes
         self.reg_max = 1
         self.end2end = False
-        super().train(False)
-
-    def train(self, mode: bool = True) -> EnsembleTeacher:
-        return super().train(False)
+        self.freeze()
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> TeacherOutputs:

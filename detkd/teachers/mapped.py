@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from detkd.classmap import ClassMap, load_class_map, map_by_name
 from detkd.errors import PairingError
+from detkd.teachers.base import FrozenTeacher
 from detkd.types import TeacherOutputs
 
 LOGGER = logging.getLogger(__name__)
 
 
-class ClassMappedTeacher(nn.Module):
+class ClassMappedTeacher(FrozenTeacher):
     """Wraps any teacher so that its heads speak the student's classes (see :mod:`detkd.classmap`).
 
     Features are untouched (feature KD does not depend on classes); each head's class logits become the student's
@@ -37,9 +38,7 @@ class ClassMappedTeacher(nn.Module):
         self.num_classes = len(class_map.student_names)
         self.reg_max = teacher.reg_max
         self.end2end = teacher.end2end
-
-    def train(self, mode: bool = True) -> ClassMappedTeacher:
-        return super().train(False)
+        self.freeze()
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> TeacherOutputs:

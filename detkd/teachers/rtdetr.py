@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from detkd._offline import ensure_offline
 from detkd.checkpoints import load_checkpoint
 from detkd.errors import DetkdError, InputFileError
+from detkd.teachers.base import FrozenTeacher
 from detkd.teachers.dense import detections_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
 
@@ -66,7 +67,7 @@ def load_rtdetr_model(spec: str | Path, nc: int | None = None, names: dict[int, 
     return model
 
 
-class RTDETRTeacher(nn.Module):
+class RTDETRTeacher(FrozenTeacher):
     """A frozen RT-DETR returning :class:`TeacherOutputs` (decoder-input features + dense query targets)."""
 
     def __init__(self, model: nn.Module, source: str = "teacher") -> None:
@@ -81,8 +82,7 @@ class RTDETRTeacher(nn.Module):
         self.names = {i: str(raw.get(i, f"class{i}")) for i in range(self.num_classes)}
         self.reg_max = 1
         self.end2end = False
-        self.model.requires_grad_(False)
-        super().train(False)
+        self.freeze()
         self._captured: list[Tensor] = []
         self._hook = head.register_forward_pre_hook(self._capture)
         with torch.no_grad():  # strides and channels of the decoder's inputs, measured once
@@ -92,9 +92,6 @@ class RTDETRTeacher(nn.Module):
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._captured = list(args[0])
-
-    def train(self, mode: bool = True) -> RTDETRTeacher:
-        return super().train(False)
 
     def _run(self, images: Tensor) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
         _, raw = self.model(images)

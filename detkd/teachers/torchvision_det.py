@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from detkd.errors import ConfigError, InputFileError
+from detkd.teachers.base import FrozenTeacher
 from detkd.teachers.dense import detections_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
 
@@ -94,8 +95,11 @@ def build_torchvision_detector(spec: str) -> tuple[nn.Module, str]:
     return model.float().eval(), builder
 
 
-class TorchvisionTeacher(nn.Module):
+class TorchvisionTeacher(FrozenTeacher):
     """A frozen torchvision FPN detector returning :class:`TeacherOutputs` on the student's grid."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, model: nn.Module, builder: str, source: str) -> None:
         super().__init__()
@@ -109,17 +113,23 @@ class TorchvisionTeacher(nn.Module):
         self.specs = [FeatureSpec(int(getattr(model.backbone, "out_channels", 256)), s) for s in STRIDES]
         self.reg_max = 1
         self.end2end = False
-        self.model.requires_grad_(False)
-        super().train(False)
+        m: Any = model
+        self.register_buffer("mean", torch.tensor(m.transform.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(m.transform.image_std).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+        with torch.no_grad():  # which FPN output has which stride, checked once here rather than mid-epoch
+            probe = m.backbone(torch.zeros(1, 3, 64, 64))
+        by_stride = {64 // int(f.shape[-1]): key for key, f in probe.items()}
+        missing = [s for s in STRIDES if s not in by_stride]
+        if missing:
+            raise ConfigError(f"{source}: the backbone has no FPN level of stride {missing}")
+        self.level_keys = [by_stride[s] for s in STRIDES]
 
     def _num_classes(self) -> int:
         m: Any = self.model
         if self.kind == "two-stage":
             return int(m.roi_heads.box_predictor.cls_score.out_features)
         return int(m.head.classification_head.num_classes)
-
-    def train(self, mode: bool = True) -> TorchvisionTeacher:
-        return super().train(False)
 
     def _detect(self, x: Tensor, maps: list[Tensor], feats_dict: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         from torchvision.models.detection.image_list import ImageList
@@ -145,20 +155,15 @@ class TorchvisionTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> TeacherOutputs:
         m: Any = self.model
-        mean = torch.tensor(m.transform.image_mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(m.transform.image_std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        normed = (images - mean) / std
+        normed = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         feats_dict = m.backbone(normed)
         maps = list(feats_dict.values())
-        by_stride = {images.shape[-1] // f.shape[-1]: f for f in maps}
-        missing = [s for s in STRIDES if s not in by_stride]
-        if missing:
-            raise ConfigError(f"{self.source}: the backbone has no FPN level of stride {missing}")
         detections = self._detect(normed, maps, feats_dict)
         dense = detections_to_dense(
             detections, self.num_classes, (int(images.shape[-2]), int(images.shape[-1])), STRIDES
         )
-        return TeacherOutputs(features=[by_stride[s] for s in STRIDES], specs=self.specs, heads={"one2many": dense})
+        features = [feats_dict[k] for k in self.level_keys]
+        return TeacherOutputs(features=features, specs=self.specs, heads={"one2many": dense})
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())

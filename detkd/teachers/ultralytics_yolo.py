@@ -8,10 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from detkd.students import ultralytics_yolo as uy
+from detkd.teachers.base import FrozenTeacher
 from detkd.types import TeacherOutputs
 
 
-class UltralyticsTeacher(nn.Module):
+class UltralyticsTeacher(FrozenTeacher):
     """A frozen Ultralytics detection model that returns :class:`TeacherOutputs`.
 
     Frozen by construction: parameters do not require grad, the module stays in eval mode whatever ``train()`` is
@@ -28,12 +29,7 @@ class UltralyticsTeacher(nn.Module):
         self.num_classes = int(uy.detect_head(model).nc)
         self.reg_max = uy.reg_max(model)
         self.end2end = uy.is_end2end(model)
-        self.model.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> UltralyticsTeacher:
-        """Stay in eval mode: a teacher's BatchNorm statistics must not drift during distillation."""
-        return super().train(False)
+        self.freeze()
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> TeacherOutputs:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from detkd._offline import ensure_offline
 from detkd.checkpoints import load_checkpoint
 from detkd.errors import InputFileError
+from detkd.teachers.base import FrozenTeacher
 from detkd.types import FeatureSpec, HeadOutputs, TeacherOutputs
 
 ensure_offline()
@@ -254,7 +255,7 @@ def dense_targets(head: AnchorHead, raw: list[Tensor], *, eps: float = 1e-6) -> 
     )
 
 
-class LegacyYOLOv5Teacher(nn.Module):
+class LegacyYOLOv5Teacher(FrozenTeacher):
     """A frozen classic YOLOv5 teacher returning :class:`TeacherOutputs` (neck P3-P5 + dense targets)."""
 
     def __init__(self, model: LegacyYOLOv5, source: str = "teacher") -> None:
@@ -266,12 +267,7 @@ class LegacyYOLOv5Teacher(nn.Module):
         self.num_classes = model.nc
         self.reg_max = 1
         self.end2end = False
-        self.model.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> LegacyYOLOv5Teacher:
-        """Stay in eval mode (BatchNorm running statistics are the teacher's)."""
-        return super().train(False)
+        self.freeze()
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> TeacherOutputs:
