@@ -1,4 +1,3 @@
-import os
 import pickle
 import zipfile
 
@@ -8,22 +7,15 @@ import torch
 from detkd.checkpoints import UnsafeCheckpointError, load_checkpoint
 from detkd.errors import InputFileError
 from detkd.students import ultralytics_yolo as uy
+from tests.helpers import Evil
 
 from .conftest import assets_path
-
-
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"model": _Evil(marker)}, path)
+    torch.save({"model": Evil(marker)}, path)
     with pytest.raises(UnsafeCheckpointError, match="evil.pt: refusing to load.*(posix|os).system"):
         load_checkpoint(path)
     with pytest.raises(UnsafeCheckpointError):

@@ -7,6 +7,7 @@ from detkd.errors import ConfigError, PairingError
 from detkd.teachers import build_teacher, detect_family
 from detkd.teachers.ensemble import EnsembleTeacher, fuse_heads
 from detkd.types import HeadOutputs
+from tests.helpers import tiny_distill
 
 NAMES = {0: "a", 1: "b", 2: "c"}
 
@@ -85,14 +86,10 @@ def test_bad_ensembles_are_clear_errors(tmp_path, text, error, message):
 
 @pytest.mark.slow
 def test_distill_from_an_ensemble(tiny_data, tmp_path):
-    import csv
-
     from detkd.engine.distiller import Distiller
 
     path = _write(tmp_path, "ensemble:\n  members:\n    - {teacher: yolov8s.yaml}\n    - {teacher: yolo11s.yaml}\n")
     d = Distiller(path, "yolov8n.yaml", tiny_data)
     assert d.composite.box_method == "iou"
-    result = d.train(project=tmp_path, name="kd", epochs=1, imgsz=32, batch=4, device="cpu", val=False,
-                     plots=False, fraction=0.67, workers=0)  # fmt: skip
-    last = {k.strip(): float(v) for k, v in list(csv.DictReader((result.save_dir / "results.csv").open()))[-1].items()}
+    last = tiny_distill(d, tmp_path)
     assert last["train/kd/feat"] > 0 and last["train/kd/cls"] > 0 and last["train/kd/box"] > 0

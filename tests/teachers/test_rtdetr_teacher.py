@@ -5,6 +5,7 @@ import torch
 
 from detkd.teachers import build_teacher, detect_family
 from detkd.teachers.rtdetr import RTDETRTeacher
+from tests.helpers import tiny_distill
 
 NAMES = {0: "a", 1: "b", 2: "c"}
 
@@ -50,12 +51,8 @@ def test_rtdetr_checkpoint_is_detected_and_loaded_safely(tmp_path):
 
 @pytest.mark.slow
 def test_distill_from_an_rtdetr_teacher(tiny_data, tmp_path):
-    import csv
-
     from detkd.engine.distiller import Distiller
 
     d = Distiller("rtdetr-l.yaml", "yolov8n.yaml", tiny_data, overrides=["feature.method=pkd"])
-    result = d.train(project=tmp_path, name="kd", epochs=1, imgsz=32, batch=4, device="cpu", val=False,
-                     plots=False, fraction=0.67, workers=0)  # fmt: skip
-    last = {k.strip(): float(v) for k, v in list(csv.DictReader((result.save_dir / "results.csv").open()))[-1].items()}
+    last = tiny_distill(d, tmp_path)
     assert last["train/kd/feat"] > 0 and last["train/kd/cls"] > 0 and last["train/kd/box"] > 0

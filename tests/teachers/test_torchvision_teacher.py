@@ -1,7 +1,5 @@
 """torchvision detectors as teachers: FPN features on the student's grid, detections as dense targets."""
 
-import os
-
 import pytest
 import torch
 
@@ -9,6 +7,7 @@ from detkd.errors import ConfigError, InputFileError
 from detkd.teachers import build_teacher, detect_family
 from detkd.teachers.dense import detections_to_dense
 from detkd.teachers.torchvision_det import TorchvisionTeacher
+from tests.helpers import Evil, tiny_distill
 
 BUILDERS = ["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn"]
 
@@ -56,14 +55,6 @@ def test_weights_file_sets_the_classes_and_is_loaded_safely(tmp_path):
     assert teacher.num_classes == 5 and teacher.names == {i: f"class{i}" for i in range(5)}
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_bad_specs_and_files_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown torchvision detector 'yolo'; valid: .*fcos_resnet50_fpn"):
         build_teacher("torchvision:yolo")
@@ -71,7 +62,7 @@ def test_bad_specs_and_files_are_clear_errors(tmp_path):
         build_teacher(f"torchvision:fcos_resnet50_fpn:{tmp_path / 'nope.pth'}")
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    torch.save({"x": _Evil(marker)}, evil)
+    torch.save({"x": Evil(marker)}, evil)
     with pytest.raises(InputFileError, match="evil.pth: not a torchvision state dict"):
         build_teacher(f"torchvision:fcos_resnet50_fpn:{evil}")
     assert not marker.exists()
@@ -83,8 +74,6 @@ def test_bad_specs_and_files_are_clear_errors(tmp_path):
 
 @pytest.mark.slow
 def test_distill_from_a_torchvision_teacher(tiny_data, tmp_path):
-    import csv
-
     from detkd.engine.distiller import Distiller
 
     cmap = tmp_path / "map.yaml"
@@ -92,7 +81,5 @@ def test_distill_from_a_torchvision_teacher(tiny_data, tmp_path):
     d = Distiller("torchvision:fcos_resnet50_fpn", "yolov8n.yaml", tiny_data, overrides=["feature.method=pkd"],
                   class_map=cmap)  # fmt: skip
     assert d.composite.box_method == "iou"
-    result = d.train(project=tmp_path, name="kd", epochs=1, imgsz=32, batch=4, device="cpu", val=False,
-                     plots=False, fraction=0.67, workers=0)  # fmt: skip
-    last = {k.strip(): float(v) for k, v in list(csv.DictReader((result.save_dir / "results.csv").open()))[-1].items()}
+    last = tiny_distill(d, tmp_path)
     assert last["train/kd/feat"] > 0 and last["train/kd/cls"] > 0

@@ -1,7 +1,6 @@
 """Classic YOLOv5 checkpoints: safe loading, exact rebuild, anchor decoding, dense targets, KD and the mAP check."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from detkd.errors import InputFileError
 from detkd.teachers import build_teacher, detect_family, load_eval_model
 from detkd.teachers.yolov5_legacy import AnchorHead, LegacyYOLOv5Teacher, dense_targets, load_legacy_yolov5
 from tests.conftest import assets_path
+from tests.helpers import Evil, tiny_distill
 from tests.teachers.legacy_factory import build_legacy_model, save_legacy_checkpoint
 
 
@@ -101,18 +101,10 @@ def test_ultralytics_checkpoints_are_not_mistaken_for_legacy(tmp_path):
     assert detect_family(path) == "ultralytics" and detect_family("yolov8n.yaml") == "ultralytics"
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_malicious_legacy_checkpoint_is_refused_and_nothing_runs(tmp_path):
     model, _ = build_legacy_model(nc=2)
     marker = tmp_path / "pwned"
-    path = save_legacy_checkpoint(tmp_path / "evil.pt", model, payload=_Evil(marker))
+    path = save_legacy_checkpoint(tmp_path / "evil.pt", model, payload=Evil(marker))
     assert detect_family(path) == "yolov5-legacy"
     with pytest.raises(UnsafeCheckpointError, match="evil.pt: refusing to load.*system"):
         load_legacy_yolov5(path)
@@ -146,8 +138,6 @@ def test_weights_that_do_not_match_the_yaml_are_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_distill_from_a_legacy_teacher(legacy, tiny_data, tmp_path):
-    import csv
-
     from detkd.engine.distiller import Distiller
 
     _, path = legacy
@@ -155,9 +145,7 @@ def test_distill_from_a_legacy_teacher(legacy, tiny_data, tmp_path):
     cmap.write_text("".join(f"{i}: {i}\n" for i in range(6)))
     d = Distiller(path, "yolov8n.yaml", tiny_data, overrides=["feature.method=pkd"], class_map=cmap)
     assert d.composite.box_method == "iou"  # the anchor-based teacher has no DFL bins
-    result = d.train(project=tmp_path, name="kd", epochs=1, imgsz=32, batch=4, device="cpu", val=False,
-                     plots=False, fraction=0.67, workers=0)  # fmt: skip
-    last = {k.strip(): float(v) for k, v in list(csv.DictReader((result.save_dir / "results.csv").open()))[-1].items()}
+    last = tiny_distill(d, tmp_path)
     assert last["train/kd/feat"] > 0 and last["train/kd/cls"] > 0 and last["train/kd/box"] > 0
 
 
