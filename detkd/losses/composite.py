@@ -147,7 +147,7 @@ class KDComposite(nn.Module):
             if cfg.balance.mode != "none"
             else None
         )
-        self.factors = dict.fromkeys(TERMS, 1.0)
+        self.factors: dict[str, float] = {}
         self.set_progress(0.0, 1)
 
     # ---- schedule --------------------------------------------------------------------------------------------
