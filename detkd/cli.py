@@ -117,14 +117,30 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def _cmd_export(ns: argparse.Namespace) -> int:
-    from detkd.export import export_model
+    from detkd.export import export_models
+    from detkd.export.targets import targets_table
 
-    report = export_model(
-        ns.model, ns.format, imgsz=ns.imgsz, data=ns.data, split=ns.split, out_dir=ns.out, threads=ns.threads
-    )
-    print(json.dumps(report.to_dict()))
-    if not report.passed:
-        LOGGER.error("parity check failed: %s", report.parity)
+    if ns.list:
+        for row in targets_table():
+            print(f"{row['format']:<15} {row['precision']:<5} {row['runtime']:<12} {row['status']}")
+        return 0
+    if not ns.model:
+        raise DetkdError("export: --model is required (or --list to see the formats)")
+    table = export_models(
+        ns.model, ns.format, imgsz=ns.imgsz, data=ns.data, split=ns.split, calib_split=ns.calib_split,
+        calib_images=ns.calib_images, out_dir=ns.out, threads=ns.threads, latency_runs=ns.runs, budget=ns.budget,
+        fallback=ns.fallback, skip_unavailable=ns.skip_unavailable, device=ns.device,
+    )  # fmt: skip
+    print(table.to_markdown())
+    summary = {
+        "passed": table.passed,
+        "formats": {r.format: {"passed": r.passed, "bundle": r.bundle_dir, "skipped": r.skipped,
+                               "fallback_to": r.fallback_to, "gate": r.gate and r.gate["reason"]}
+                    for r in table.rows},
+    }  # fmt: skip
+    print(json.dumps(summary))
+    if not table.passed:
+        LOGGER.error("export gate failed: %s", "; ".join(r.gate["reason"] for r in table.rows if r.gate and not r.passed))
         return 1
     return 0
 
@@ -181,14 +197,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default: <model folder>/eval_<split>)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("export", help="export a model, check it against PyTorch, write a deployment bundle")
-    p.add_argument("--model", required=True)
-    p.add_argument("--format", default="onnx")
+    p = sub.add_parser("export", help="export to edge formats, gate each against PyTorch, write deployment bundles")
+    p.add_argument("--model", default=None, help="student weights (.pt)")
+    p.add_argument(
+        "--format", default="onnx", help="comma-separated targets, e.g. onnx,openvino,openvino-int8,ncnn (see --list)"
+    )
+    p.add_argument("--list", action="store_true", help="list every target and whether this machine can produce it")
     p.add_argument("--imgsz", type=int, default=None, help="default: the training image size")
-    p.add_argument("--data", default=None, help="data YAML: parity on real images and mAP of both runtimes")
-    p.add_argument("--split", default="val")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None, help="bundle folder (default: <model folder>/<stem>_<format>)")
+    p.add_argument("--data", default=None, help="data YAML: mAP gate on --split, INT8 calibration on --calib-split")
+    p.add_argument("--split", default="val", help="split the gate and the parity check run on")
+    p.add_argument("--calib-split", default="train", help="split INT8 calibration images come from")
+    p.add_argument("--calib-images", type=int, default=300, help="INT8 calibration images (at most)")
+    p.add_argument(
+        "--budget",
+        default=None,
+        help="mAP50-95 points an export may lose: one number, or e.g. fp32=0.5,fp16=0.5,int8=1.5 (the defaults)",
+    )
+    p.add_argument("--fallback", action="store_true", help="when a target fails its gate, try the next precision up")
+    p.add_argument(
+        "--skip-unavailable", action="store_true", help="skip targets this machine cannot produce instead of failing"
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every runtime (default: all cores)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per format (after 5 warm-up runs)")
+    p.add_argument("--device", default="cpu", help="cpu, or a GPU index to build TensorRT engines on")
+    p.add_argument("--out", default=None, help="output folder (default: <weights folder>/<stem>_export)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("losses", help="list every KD method with its options and defaults")

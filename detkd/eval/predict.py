@@ -9,7 +9,6 @@ pad value 114, scaled to [0, 1].
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -20,42 +19,9 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from detkd.errors import InputFileError
+from detkd.export.standalone import MAX_NMS_CANDIDATES, LetterboxMeta, letterbox, preprocess
 
-PAD_VALUE = 114
-MAX_NMS_CANDIDATES = 30000
-
-
-@dataclass(frozen=True)
-class LetterboxMeta:
-    """How an image was placed in the network input: ``input = original * ratio + (left, top)``."""
-
-    ratio: float
-    left: int
-    top: int
-    orig_h: int
-    orig_w: int
-
-
-def letterbox(img: np.ndarray, size: int, *, scaleup: bool = False) -> tuple[np.ndarray, LetterboxMeta]:
-    """Resize keeping the aspect ratio and pad to ``size`` x ``size`` (centred).
-
-    >>> out, meta = letterbox(np.zeros((50, 100, 3), np.uint8), 64, scaleup=True)
-    >>> out.shape, meta.ratio, meta.top
-    ((64, 64, 3), 0.64, 16)
-    """
-    h, w = img.shape[:2]
-    r = min(size / h, size / w)
-    if not scaleup:
-        r = min(r, 1.0)
-    nw, nh = round(w * r), round(h * r)
-    if (nw, nh) != (w, h):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    left, top = (size - nw) // 2, (size - nh) // 2
-    out = cv2.copyMakeBorder(
-        img, top, size - nh - top, left, size - nw - left, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
-    )
-    return out, LetterboxMeta(ratio=r, left=left, top=top, orig_h=h, orig_w=w)
-
+__all__ = ["LetterboxMeta", "Predictor", "TorchPredictor", "letterbox", "postprocess", "preprocess", "read_image"]
 
 def read_image(path: Path) -> np.ndarray:
     """BGR uint8 image (grayscale and 16-bit files are converted); a clear error when it does not decode."""
@@ -63,16 +29,6 @@ def read_image(path: Path) -> np.ndarray:
     if img is None:
         raise InputFileError(path, "image does not decode")
     return img
-
-
-def preprocess(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, list[LetterboxMeta]]:
-    """BGR images -> float32 (B, 3, size, size) RGB in [0, 1] plus their letterbox metadata."""
-    batch, metas = [], []
-    for img in images:
-        boxed, meta = letterbox(img, size, scaleup=True)
-        batch.append(boxed[:, :, ::-1].transpose(2, 0, 1))
-        metas.append(meta)
-    return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, metas
 
 
 def iterate_batches(

@@ -1,144 +1,328 @@
-"""Export a student, check the result in its own runtime, and package a deployment bundle.
+"""Export a student to edge formats, check each in its own runtime, and package deployment bundles.
 
-``export_model`` exports with Ultralytics' exporter, then checks what that exporter does not: raw-output parity
-against PyTorch on real images, COCO mAP of both runtimes on the data (when given), and CPU latency. The bundle
-folder holds the model, ``labels.json`` and ``metadata.json`` (input size, preprocessing, classes, measured mAP and
-latency, detkd version, teacher and KD recipe).
+``export_models`` exports with Ultralytics' exporter, then does what that exporter does not: it runs every exported
+model through its own runtime on the evaluation split and compares COCO mAP with the PyTorch student (the gate),
+compares raw outputs and top detections on a few images, times the per-frame pipeline (pre-processing, model call,
+NMS) at batch 1, and writes one bundle per format plus a table (Markdown + JSON) of all of them.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from detkd import __version__
-from detkd.errors import ConfigError
+from detkd.errors import DetkdError
+from detkd.export.targets import TARGETS, FormatUnavailableError, Target, check_available, parse_targets
 
 LOGGER = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
-PREPROCESSING = {
-    "color": "RGB",
-    "layout": "NCHW",
-    "dtype": "float32",
-    "scale": "1/255",
-    "resize": "letterbox: long side scaled to the input size (up or down), aspect ratio kept, centred, pad value 114",
-    "output": "(1, 4 + nc, anchors): xywh in input pixels + class probabilities; apply NMS (iou 0.7)",
-}
+__all__ = ["TARGETS", "ExportTable", "FormatResult", "FormatUnavailableError", "export_models"]
 
 
 @dataclass
-class ExportReport:
+class FormatResult:
+    """One exported target: where it is, how it did against PyTorch, how fast it runs."""
+
     format: str
-    model_file: Path
-    bundle_dir: Path
-    imgsz: int
-    parity: dict[str, Any]
-    latency: dict[str, dict[str, Any]]
-    map: dict[str, dict[str, float]] = field(default_factory=dict)
+    precision: str
+    runtime: str
+    hardware: str
+    bundle_dir: str | None = None
+    size_mb: float | None = None
+    map: dict[str, float] | None = None  # this runtime's mAP50-95 / mAP50 on the gate split
+    parity: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    fallback_to: str | None = None  # the target tried because this one failed its gate
+    skipped: str | None = None  # why this target was not produced (unavailable here)
 
     @property
     def passed(self) -> bool:
-        return bool(self.parity.get("passed"))
+        return bool(self.gate and self.gate["passed"])
+
+
+@dataclass
+class ExportTable:
+    source: str
+    imgsz: int
+    data: str | None
+    split: str
+    calibration: dict[str, Any] | None
+    threads: int | None
+    pytorch: dict[str, Any]
+    requested: list[str] = field(default_factory=list)
+    rows: list[FormatResult] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, name: str) -> FormatResult | None:
+        return next((r for r in self.rows if r.format == name), None)
+
+    def deployable(self, name: str) -> FormatResult | None:
+        """The result that stands for ``name``: itself if it passed, else the end of its fallback chain."""
+        r = self.row(name)
+        while r is not None and not r.passed and r.fallback_to:
+            r = self.row(r.fallback_to)
+        return r
+
+    @property
+    def passed(self) -> bool:
+        """Every requested format (or the format it fell back to) passed; skipped formats do not count."""
+        results = [self.deployable(n) for n in self.requested]
+        return all(r is not None and (r.passed or r.skipped) for r in results)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["model_file"], d["bundle_dir"], d["passed"] = str(self.model_file), str(self.bundle_dir), self.passed
+        for row, r in zip(d["rows"], self.rows):
+            row["passed"] = r.passed
+        d["passed"] = self.passed
         return d
 
+    def to_markdown(self) -> str:
+        pt = self.pytorch
+        lines = [
+            f"# Export of `{self.source}`",
+            "",
+            f"Input {self.imgsz}x{self.imgsz}, batch 1; parameters {pt['params_m']:.2f} M, {pt['gflops']:.2f} GFLOPs; "
+            f"gate on `{self.data}` ({self.split} split)" if self.data else "no data given: FP32 gated on raw outputs only",
+            "",
+            "| format | precision | runtime | mAP50-95 | Δ vs PyTorch (points) | mAP50 | pre / model / NMS ms (median) "
+            "| total ms median / p90 | size MB | gate |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            _row_md("pytorch", "fp32", "torch", pt.get("map"), None, pt["latency"], pt["size_mb"], "reference"),
+        ]
+        for r in self.rows:
+            if r.skipped:
+                lines.append(f"| {r.format} | {r.precision} | {r.runtime} | | | | | | | skipped: {r.skipped} |")
+                continue
+            verdict = "pass" if r.passed else "**FAIL**"
+            if r.fallback_to:
+                verdict += f" → fell back to {r.fallback_to}"
+            delta = r.gate.get("delta_points") if r.gate else None
+            lines.append(_row_md(r.format, r.precision, r.runtime, r.map, delta, r.latency, r.size_mb, verdict))
+        lines += ["", "Gate decisions:", ""] + [f"- {r.gate['reason']}" for r in self.rows if r.gate]
+        if self.calibration:
+            c = self.calibration
+            lines += ["", f"INT8 calibration: up to {c['images']} images of the {c['split']} split."]
+        env = self.environment
+        lines += [
+            "",
+            f"Latency: batch 1, {self.threads or 'default'} CPU threads, median over the runs after warm-up; "
+            "pre = letterbox + scaling, NMS at conf 0.25. Measured on "
+            f"{env.get('machine', '?')}; detkd {env.get('detkd', __version__)} (commit {env.get('commit', '?')}), "
+            f"Ultralytics {env.get('ultralytics', '?')}.",
+            "",
+        ]
+        return "\n".join(lines)
 
-def _exporter(fmt: str) -> tuple[Callable[..., Path], Callable[..., Any], str]:
-    if fmt != "onnx":
-        raise ConfigError(f"export format '{fmt}' is not available yet; available: {', '.join(FORMATS)}")
-    from detkd.export.onnx import OnnxPredictor, export_onnx
 
-    return export_onnx, OnnxPredictor, ".onnx"
-
-
-def _recipe(weights: Path) -> dict[str, Any] | None:
-    """The teacher and KD recipe recorded by ``detkd distill`` beside the run's weights, if any."""
-    run_json = weights.resolve().parent.parent / "detkd_run.json"
-    if not run_json.is_file():
-        return None
-    meta = json.loads(run_json.read_text())
-    return {k: meta.get(k) for k in ("kind", "teacher", "student", "kd", "box_kd_mode", "data")}
+def _row_md(name, precision, runtime, maps, delta, lat, size, verdict) -> str:  # type: ignore[no-untyped-def]
+    m = f"{maps['mAP50-95']:.4f}" if maps else ""
+    m50 = f"{maps['mAP50']:.4f}" if maps else ""
+    d = f"{delta:+.2f}" if delta is not None else ""
+    stages = (
+        f"{lat['preprocess']['median_ms']:.1f} / {lat['inference']['median_ms']:.1f} / "
+        f"{lat['postprocess']['median_ms']:.1f}"
+        if lat
+        else ""
+    )
+    total = f"{lat['total']['median_ms']:.1f} / {lat['total']['p90_ms']:.1f}" if lat else ""
+    return f"| {name} | {precision} | {runtime} | {m} | {d} | {m50} | {stages} | {total} | {size:.1f} | {verdict} |"
 
 
-def export_model(
+def export_models(
     weights: str | Path,
-    fmt: str = "onnx",
+    formats: str | list[str] = "onnx",
     *,
     imgsz: int | None = None,
     data: str | Path | None = None,
     split: str = "val",
+    calib_split: str = "train",
+    calib_images: int = 300,
     out_dir: str | Path | None = None,
-    parity_images: int = 8,
-    latency_runs: int = 50,
     threads: int | None = None,
-) -> ExportReport:
-    """Export ``weights`` to ``fmt``, verify it against PyTorch and write a bundle."""
+    latency_runs: int = 50,
+    parity_images: int = 8,
+    budget: str | dict[str, float] | None = None,
+    fallback: bool = False,
+    skip_unavailable: bool = False,
+    device: str = "cpu",
+) -> ExportTable:
+    """Export ``weights`` to every format in ``formats``, gate each against PyTorch, write bundles and a table."""
     import numpy as np
 
     from detkd.data.dataset import list_images, load_data_spec
+    from detkd.engine.distiller import run_environment
     from detkd.engine.trainer import set_cpu_threads
-    from detkd.eval.coco import evaluate
-    from detkd.eval.predict import TorchPredictor
-    from detkd.export.checks import measure_latency, raw_parity
+    from detkd.eval.predict import TorchPredictor, read_image
+    from detkd.export.checks import parse_budget
     from detkd.students import ultralytics_yolo as uy
 
-    export_fn, predictor_cls, suffix = _exporter(fmt)
+    targets = parse_targets(formats)
+    budgets = parse_budget(budget)
+    device = f"cuda:{device}" if str(device).isdigit() else str(device)
+    skipped: dict[str, str] = {}
+    for t in targets:
+        try:
+            check_available(t, device=device, has_data=data is not None)
+        except FormatUnavailableError as e:
+            if not skip_unavailable:
+                raise
+            skipped[t.name] = str(e).split(": ", 1)[-1]
+            LOGGER.warning("skipping %s", e)
+
     weights = Path(weights)
     model = uy.load_detection_model(weights)
     spec = load_data_spec(data) if data is not None else None
     train_args = getattr(model, "args", None) or {}
     imgsz = int(imgsz or (train_args.get("imgsz") if isinstance(train_args, dict) else None) or 640)
-    bundle = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_{fmt}"
-    bundle.mkdir(parents=True, exist_ok=True)
-
-    model_file = export_fn(model, bundle / f"model{suffix}", imgsz)
-    set_cpu_threads(threads)
-    torch_pred = TorchPredictor(model, "cpu")
-    candidate = predictor_cls(model_file, threads=threads)
+    out = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_export"
+    out.mkdir(parents=True, exist_ok=True)
+    threads = set_cpu_threads(threads)
 
     if spec is not None:
         images: Any = list_images(spec, split)[:parity_images]
-    else:  # no data: compare on a fixed random batch (weaker than real images; say so in the report)
+        if not images:
+            raise DetkdError(f"{data}: split '{split}' has no images to check the exports on")
+        frame = read_image(images[0])
+    else:  # no data: compare on a fixed random batch (weaker than real images; the report says so)
         images = np.random.default_rng(0).random((2, 3, imgsz, imgsz), dtype=np.float32)
-    parity = raw_parity(torch_pred, candidate, images, imgsz).to_dict()
-    parity["inputs"] = f"{parity['images']} images from {split}" if spec is not None else "random tensors (no --data)"
-    LOGGER.info("parity %s vs pytorch: %s", fmt, parity)
+        frame = None
 
-    maps: dict[str, dict[str, float]] = {}
-    if spec is not None:
-        for name, pred in (("pytorch", torch_pred), (fmt, candidate)):
-            res = evaluate(pred, spec, split, imgsz=imgsz)
-            maps[name] = {"mAP50-95": res.map50_95, "mAP50": res.map50}
-        maps["delta"] = {k: maps[fmt][k] - maps["pytorch"][k] for k in ("mAP50-95", "mAP50")}
+    ctx = _Context(model, weights, spec, split, imgsz, images, frame, threads, latency_runs, budgets, out,
+                   data, calib_split, calib_images, device)  # fmt: skip
+    reference = TorchPredictor(model, "cpu")
+    pytorch = {
+        "params_m": uy.count_parameters(model) / 1e6,
+        "gflops": _gflops(model, imgsz),
+        "size_mb": weights.stat().st_size / 2**20,
+        "map": ctx.evaluate(reference),
+        "latency": ctx.latency(reference),
+    }
+    ctx.reference, ctx.reference_map = reference, pytorch["map"]
+    table = ExportTable(
+        source=str(weights),
+        imgsz=imgsz,
+        data=str(data) if data is not None else None,
+        split=split,
+        calibration={"split": calib_split, "images": calib_images} if any(t.calibrates for t in targets) else None,
+        threads=threads,
+        pytorch=pytorch,
+        requested=[t.name for t in targets],
+        environment=run_environment(),
+    )
+    queue = list(targets)
+    while queue:
+        t = queue.pop(0)
+        if table.row(t.name):
+            continue
+        if t.name in skipped:
+            table.rows.append(FormatResult(t.name, t.precision, t.runtime, t.hardware, skipped=skipped[t.name]))
+            continue
+        result = ctx.export_one(t)
+        table.rows.append(result)
+        LOGGER.info("%s", result.gate["reason"] if result.gate else result)
+        if not result.passed and fallback and t.fallback:
+            result.fallback_to = t.fallback
+            LOGGER.warning("%s failed its gate; falling back to %s", t.name, t.fallback)
+            queue.insert(0, TARGETS[t.fallback])
+    (out / "export_table.md").write_text(table.to_markdown())
+    (out / "export_table.json").write_text(json.dumps(table.to_dict(), indent=2))
+    return table
 
-    latency = {
-        "pytorch": measure_latency(torch_pred, imgsz, runs=latency_runs).to_dict(),
-        fmt: measure_latency(candidate, imgsz, runs=latency_runs).to_dict(),
-    }
-    names = uy.class_names(model)
-    (bundle / "labels.json").write_text(json.dumps([names[i] for i in sorted(names)], indent=2))
-    metadata = {
-        "format": fmt,
-        "model": model_file.name,
-        "imgsz": [imgsz, imgsz],
-        "preprocessing": PREPROCESSING,
-        "classes": {str(k): v for k, v in names.items()},
-        "map": maps or None,
-        "latency_ms": {k: {"median": v["median_ms"], "p90": v["p90_ms"]} for k, v in latency.items()},
-        "parity": parity,
-        "detkd_version": __version__,
-        "source_weights": str(weights),
-        "recipe": _recipe(weights),
-    }
-    (bundle / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    report = ExportReport(fmt, model_file, bundle, imgsz, parity, latency, maps)
-    (bundle / "export_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    return report
+
+def _gflops(model: Any, imgsz: int) -> float:
+    from ultralytics.utils.torch_utils import get_flops
+
+    return float(get_flops(model, imgsz))
+
+
+@dataclass
+class _Context:
+    """What every target's export and checks share."""
+
+    model: Any
+    weights: Path
+    spec: Any
+    split: str
+    imgsz: int
+    images: Any
+    frame: Any
+    threads: int | None
+    latency_runs: int
+    budgets: dict[str, float]
+    out: Path
+    data: Any
+    calib_split: str
+    calib_images: int
+    device: str
+    reference: Any = None
+    reference_map: dict[str, float] | None = None
+
+    def evaluate(self, predictor: Any) -> dict[str, float] | None:
+        if self.spec is None:
+            return None
+        from detkd.eval.coco import evaluate
+
+        res = evaluate(predictor, self.spec, self.split, imgsz=self.imgsz)
+        return {"mAP50-95": res.map50_95, "mAP50": res.map50}
+
+    def latency(self, predictor: Any) -> dict[str, Any]:
+        from detkd.export.checks import measure_latency
+
+        return measure_latency(
+            predictor, self.imgsz, image=self.frame, runs=self.latency_runs, threads=self.threads
+        ).to_dict()
+
+    def export_one(self, target: Target) -> FormatResult:
+        from detkd.export.bundle import model_size_mb, recipe_of, runtime_metadata, write_bundle
+        from detkd.export.checks import gate, raw_parity
+        from detkd.export.convert import convert
+        from detkd.export.standalone import RUNTIMES
+        from detkd.students import ultralytics_yolo as uy
+
+        bundle = self.out / target.name
+        LOGGER.info("exporting %s (%s, %s) to %s", target.name, target.precision, target.runtime, bundle)
+        model_path = convert(
+            self.model, target, bundle, self.imgsz, data=self.data, calib_split=self.calib_split,
+            calib_images=self.calib_images, device=self.device,
+        )  # fmt: skip
+        names = uy.class_names(self.model)
+        meta = runtime_metadata(target, model_path, self.imgsz, bool(getattr(self.model, "end2end", False)), names)
+        runtime = RUNTIMES[target.runtime](model_path, meta, threads=self.threads, device=_runtime_device(target))
+        try:
+            parity = raw_parity(self.reference, runtime, self.images, self.imgsz, precision=target.precision)
+            maps = self.evaluate(runtime)
+            gate_maps = {"pytorch": self.reference_map, target.name: maps} if maps and self.reference_map else None
+            decision = gate(target.name, target.precision, parity, gate_maps, self.budgets)
+            latency = self.latency(runtime)
+        finally:
+            del runtime  # free its threads before the next runtime is timed
+            gc.collect()
+        result = FormatResult(
+            target.name, target.precision, target.runtime, target.hardware, bundle_dir=str(bundle),
+            size_mb=model_size_mb(model_path), map=maps, parity=parity.to_dict(), latency=latency,
+            gate=decision.to_dict(),
+        )  # fmt: skip
+        meta |= {
+            "map": {"pytorch": self.reference_map, target.name: maps} if maps else None,
+            "latency_ms": {k: {"median": v["median_ms"], "p90": v["p90_ms"]}
+                           for k, v in latency.items() if isinstance(v, dict)},
+            "parity": result.parity,
+            "gate": result.gate,
+            "size_mb": result.size_mb,
+            "hardware": target.hardware,
+            "detkd_version": __version__,
+            "source_weights": str(self.weights),
+            "recipe": recipe_of(self.weights),
+        }  # fmt: skip
+        write_bundle(bundle, target, meta)
+        return result
+
+
+def _runtime_device(target: Target) -> str:
+    return "GPU" if target.needs_gpu else "CPU"

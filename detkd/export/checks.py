@@ -1,86 +1,231 @@
-"""Checks that an exported model still is the model: raw-output parity and CPU latency."""
+"""Checks that an exported model still is the model: raw-output parity, matched detections, latency, the mAP gate."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from detkd.eval.predict import Predictor, preprocess, read_image
+from detkd.errors import ConfigError
+from detkd.eval.predict import Predictor, read_image
+from detkd.export.standalone import postprocess, preprocess
 
-# Tolerances for FP32 exports: class probabilities and box coordinates (input pixels).
-SCORE_TOLERANCE = 2e-3
-BOX_TOLERANCE = 0.05
+# Raw-output tolerances (class probabilities; box coordinates in input pixels) per precision. FP32 conversions must
+# be numerically the model; FP16 and INT8 are judged by mAP, their raw differences are reported, not gated.
+RAW_TOLERANCE = {"fp32": {"scores": 2e-3, "boxes": 0.05}, "fp16": {"scores": 0.03, "boxes": 1.0}}
+DEFAULT_BUDGET = {"fp32": 0.5, "fp16": 0.5, "int8": 1.5}  # mAP50-95 points (1 point = 0.01)
+MATCH_IOU = 0.5
+TOP_K = 10
 
 
 @dataclass
 class Parity:
-    """Largest differences between two runtimes' raw outputs on the same inputs."""
+    """Two runtimes on the same inputs: largest raw differences and how many top detections agree."""
 
     images: int
-    max_abs_diff: float
     max_abs_diff_boxes: float
     max_abs_diff_scores: float
-    passed: bool
+    top_detections: int  # reference detections compared (the top ``TOP_K`` per image above the deploy threshold)
+    matched: int  # of those, found by the candidate with the same class and IoU >= MATCH_IOU
+    mean_iou: float | None  # over matched detections
+    passed: bool  # raw differences within the precision's tolerance (always True where none applies)
+    tolerance: dict[str, float] | None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def matched_fraction(self) -> float | None:
+        return self.matched / self.top_detections if self.top_detections else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "matched_fraction": self.matched_fraction}
 
 
-def raw_parity(reference: Predictor, candidate: Predictor, images: Sequence[Path] | np.ndarray, imgsz: int) -> Parity:
-    """Compare raw predictions (before NMS) of two runtimes on real images (or a given input batch)."""
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.prod((rb - lt).clip(0), axis=2)
+    area = lambda x: np.prod((x[:, 2:4] - x[:, :2]).clip(0), axis=1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def load_inputs(images: Sequence[Path] | np.ndarray, imgsz: int) -> tuple[np.ndarray, list[Any]]:
+    """A preprocessed batch from image files, or a given (B, 3, S, S) batch as is (identity letterbox)."""
     if isinstance(images, np.ndarray):
-        x = images
-    else:
-        x, _ = preprocess([read_image(p) for p in images], imgsz)
+        from detkd.export.standalone import LetterboxMeta
+
+        return images, [LetterboxMeta(1.0, 0, 0, imgsz, imgsz)] * len(images)
+    return preprocess([read_image(p) for p in images], imgsz)
+
+
+def raw_parity(
+    reference: Predictor,
+    candidate: Predictor,
+    images: Sequence[Path] | np.ndarray,
+    imgsz: int,
+    *,
+    precision: str = "fp32",
+    conf: float = 0.25,
+    iou: float = 0.7,
+) -> Parity:
+    """Compare raw predictions (before NMS) and the top detections (after NMS) of two runtimes."""
+    x, metas = load_inputs(images, imgsz)
     a, b = reference(x), candidate(x)
+    tol = RAW_TOLERANCE.get(precision)
     if a.shape != b.shape:
-        return Parity(len(x), float("inf"), float("inf"), float("inf"), passed=False)
+        return Parity(len(x), float("inf"), float("inf"), 0, 0, None, passed=False, tolerance=tol)
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    if reference.end2end:  # (B, N, 6): boxes, score, class
-        boxes, scores = diff[..., :4], diff[..., 4:5]
-    else:  # (B, 4 + nc, A)
-        boxes, scores = diff[:, :4], diff[:, 4:]
+    boxes, scores = (diff[..., :4], diff[..., 4:5]) if reference.end2end else (diff[:, :4], diff[:, 4:])
     box_d, score_d = float(boxes.max()), float(scores.max())
-    return Parity(
-        images=len(x),
-        max_abs_diff=float(diff.max()),
-        max_abs_diff_boxes=box_d,
-        max_abs_diff_scores=score_d,
-        passed=box_d <= BOX_TOLERANCE and score_d <= SCORE_TOLERANCE,
-    )
+    ref_dets = postprocess(a, metas, end2end=reference.end2end, conf=conf, iou=iou)
+    cand_dets = postprocess(b, metas, end2end=candidate.end2end, conf=conf, iou=iou)
+    total = matched = 0
+    ious: list[float] = []
+    for r, c in zip(ref_dets, cand_dets):
+        r = r[:TOP_K]
+        total += len(r)
+        if len(r) == 0 or len(c) == 0:
+            continue
+        overlap = _box_iou(r, c) * (r[:, None, 5] == c[None, :, 5])
+        best = overlap.max(axis=1)
+        matched += int((best >= MATCH_IOU).sum())
+        ious += best[best >= MATCH_IOU].tolist()
+    passed = tol is None or (box_d <= tol["boxes"] and score_d <= tol["scores"])
+    return Parity(len(x), box_d, score_d, total, matched, float(np.mean(ious)) if ious else None, passed, tol)
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p90_ms: float
+
+    @classmethod
+    def of(cls, times_ms: list[float]) -> Timing:
+        s = sorted(times_ms)
+        return cls(statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))])
 
 
 @dataclass
 class Latency:
-    """Batch-1 latency of the model call alone (no pre/post-processing), after warm-up."""
+    """Batch-1 latency after warm-up: preprocessing (letterbox, scale), the model call, postprocessing (NMS)."""
 
     runtime: str
-    median_ms: float
-    p90_ms: float
     runs: int
+    threads: int | None
+    preprocess: Timing
+    inference: Timing
+    postprocess: Timing
+    total: Timing
 
-    def to_dict(self) -> dict:
+    @property
+    def median_ms(self) -> float:  # the model call, the figure runtimes are usually compared by
+        return self.inference.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def measure_latency(predictor: Predictor, imgsz: int, *, runs: int = 50, warmup: int = 5) -> Latency:
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    for _ in range(warmup):
-        predictor(x)
-    times = []
-    for _ in range(runs):
+def measure_latency(
+    predictor: Predictor,
+    imgsz: int,
+    *,
+    image: np.ndarray | None = None,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    conf: float = 0.25,
+    iou: float = 0.7,
+) -> Latency:
+    """Time the whole per-frame pipeline on ``image`` (a BGR frame; a 640x480 noise frame when not given)."""
+    if image is None:
+        image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    pre, inf, post, total = [], [], [], []
+    for i in range(warmup + runs):
         t0 = time.perf_counter()
-        predictor(x)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return Latency(
-        runtime=predictor.name,
-        median_ms=statistics.median(times),
-        p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
-        runs=runs,
-    )
+        x, metas = preprocess([image], imgsz)
+        t1 = time.perf_counter()
+        raw = predictor(x)
+        t2 = time.perf_counter()
+        postprocess(raw, metas, end2end=predictor.end2end, conf=conf, iou=iou)
+        t3 = time.perf_counter()
+        if i >= warmup:
+            pre.append((t1 - t0) * 1e3)
+            inf.append((t2 - t1) * 1e3)
+            post.append((t3 - t2) * 1e3)
+            total.append((t3 - t0) * 1e3)
+    return Latency(predictor.name, runs, threads, Timing.of(pre), Timing.of(inf), Timing.of(post), Timing.of(total))
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    reason: str
+    budget_points: float
+    delta_points: float | None = None  # exported minus PyTorch mAP50-95, in points
+    checks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_budget(spec: str | float | dict[str, float] | None) -> dict[str, float]:
+    """``"1.0"`` (every precision) or ``"fp32=0.5,int8=2"`` -> budget in mAP50-95 points per precision.
+
+    >>> parse_budget("int8=2")["int8"], parse_budget("int8=2")["fp32"]
+    (2.0, 0.5)
+    """
+    budget = dict(DEFAULT_BUDGET)
+    if spec is None:
+        return budget
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    elif isinstance(spec, (int, float)) or "=" not in str(spec):
+        try:
+            return dict.fromkeys(budget, float(spec))
+        except ValueError:
+            raise ConfigError(f"--budget {spec!r}: expected a number of mAP points or PRECISION=POINTS,...") from None
+    else:
+        items = [tuple(part.split("=", 1)) for part in str(spec).split(",") if part.strip()]  # type: ignore[misc]
+    for key, value in items:
+        key = str(key).strip().lower()
+        if key not in budget:
+            raise ConfigError(f"--budget: unknown precision '{key}'; choose from: {', '.join(budget)}")
+        try:
+            budget[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--budget {key}={value!r}: expected a number of mAP50-95 points") from None
+        if budget[key] < 0:
+            raise ConfigError(f"--budget {key}={value}: must be >= 0 (mAP50-95 points the export may lose)")
+    return budget
+
+
+def gate(
+    name: str, precision: str, parity: Parity, maps: dict[str, dict[str, float]] | None, budget: dict[str, float]
+) -> GateResult:
+    """Pass or fail an export: mAP50-95 within the precision's budget of PyTorch's (when data was given), and for FP32
+    (and FP16 without data) the raw outputs within tolerance."""
+    points = budget[precision]
+    checks, ok = [], True
+    delta = None
+    if maps is not None:
+        delta = (maps[name]["mAP50-95"] - maps["pytorch"]["mAP50-95"]) * 100
+        map_ok = delta >= -points
+        ok &= map_ok
+        checks.append(
+            f"mAP50-95 {maps[name]['mAP50-95']:.4f} vs PyTorch {maps['pytorch']['mAP50-95']:.4f} "
+            f"({delta:+.2f} points; budget {points:.2f}): {'pass' if map_ok else 'FAIL'}"
+        )
+    if parity.tolerance is not None and (precision == "fp32" or maps is None):
+        ok &= parity.passed
+        checks.append(
+            f"raw outputs max |diff| boxes {parity.max_abs_diff_boxes:.2g} px (tolerance {parity.tolerance['boxes']}), "
+            f"scores {parity.max_abs_diff_scores:.2g} (tolerance {parity.tolerance['scores']}): "
+            f"{'pass' if parity.passed else 'FAIL'}"
+        )
+    if not checks:
+        raise ConfigError(f"{name}: an {precision} export can only be gated on mAP: pass --data")
+    reason = f"{name}: " + "; ".join(checks)
+    return GateResult(bool(ok), reason, points, delta, checks)
