@@ -9,10 +9,52 @@ internet and must never download at run time, so every detkd module that imports
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 
 def ensure_offline() -> None:
     """Set the environment switches that keep Ultralytics from touching the network (idempotent)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+
+def _local_font_only(font: str = "Arial.ttf") -> Path | None:
+    """Ultralytics' ``check_font`` without the download: the font from its settings folder, if one is there."""
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    path = Path(USER_CONFIG_DIR) / Path(font).name
+    return path if path.exists() else None
+
+
+@contextlib.contextmanager
+def offline_guards() -> Iterator[None]:
+    """Switch off the network calls Ultralytics and its export toolchain make even with ``YOLO_OFFLINE=1``.
+
+    * ``check_det_dataset`` fetches Arial.ttf for plotting on every dataset check (training, INT8 calibration):
+      only a local font is used;
+    * the AMP self-test downloads yolo26n.pt on CUDA: skipped, AMP stays on (as when the test passes);
+    * OpenVINO's converter and NNCF send usage telemetry to Google Analytics unless the user opted out: declined.
+    """
+    _decline_openvino_telemetry()
+    import ultralytics.data.utils as ul_data
+    import ultralytics.engine.trainer as ul_trainer
+
+    saved = (ul_data.check_font, ul_trainer.check_amp)
+    ul_data.check_font = _local_font_only
+    ul_trainer.check_amp = lambda model: True
+    try:
+        yield
+    finally:
+        ul_data.check_font, ul_trainer.check_amp = saved
+
+
+def _decline_openvino_telemetry() -> None:
+    """Answer OpenVINO's telemetry consent check with "declined" in this process (its opt-out is a file in $HOME)."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED

@@ -140,7 +140,9 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     }  # fmt: skip
     print(json.dumps(summary))
     if not table.passed:
-        LOGGER.error("export gate failed: %s", "; ".join(r.gate["reason"] for r in table.rows if r.gate and not r.passed))
+        LOGGER.error(
+            "export gate failed: %s", "; ".join(r.gate["reason"] for r in table.rows if r.gate and not r.passed)
+        )
         return 1
     return 0
 

@@ -73,8 +73,34 @@ def test_non_detection_student(capsys, tiny_data, tmp_path):
 
 
 def test_unknown_export_format(capsys, distilled_run):
-    rc, err = _run(capsys, "export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "tflite9")
-    assert rc == 2 and "export format 'tflite9' is not available yet; available: onnx" in err[-1]
+    rc, err = _run(capsys, "export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "onnx,ncn")
+    assert rc == 2 and "unknown export format 'ncn' (did you mean 'ncnn'?); choose from: onnx, openvino" in err[-1]
+
+
+def test_export_int8_without_data_and_without_model(capsys, distilled_run):
+    rc, err = _run(
+        capsys, "export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "ncnn-fp16,openvino-int8"
+    )
+    assert rc == 2 and "openvino-int8 needs calibration images: pass --data" in err[-1]
+    rc, err = _run(capsys, "export", "--format", "onnx")
+    assert rc == 2 and "--model is required" in err[-1]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_export_tensorrt_without_gpu_is_a_clear_error(capsys, distilled_run, tmp_path):
+    rc, err = _run(capsys, "export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "onnx,tensorrt",
+                   "--out", str(tmp_path))  # fmt: skip
+    assert rc == 2 and "tensorrt: TensorRT engines are built on the NVIDIA GPU" in err[-1] and "no CUDA" in err[-1]
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_export_list_shows_every_target_and_its_status(capsys):
+    assert main(["export", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    from detkd.export import TARGETS
+
+    assert [line.split()[0] for line in lines] == list(TARGETS)
+    assert any(line.startswith("onnx ") and line.endswith("available") for line in lines)
 
 
 def test_help_lists_commands(capsys):

@@ -67,16 +67,19 @@ def test_eval_cli_prints_metrics_json_last(distilled_run, tiny_data, capsys):
 
 @pytest.mark.export
 def test_export_cli_onnx_parity_and_bundle(distilled_run, tiny_data, capsys):
-    bundle = distilled_run / "onnx_bundle"
+    out = distilled_run / "export"
     rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "onnx",
-               "--data", str(tiny_data), "--out", str(bundle)])  # fmt: skip
+               "--data", str(tiny_data), "--out", str(out), "--runs", "5"])  # fmt: skip
     assert rc == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["passed"] and report["parity"]["max_abs_diff_scores"] < 1e-3
-    assert report["imgsz"] == 64  # taken from the training arguments
-    assert abs(report["map"]["delta"]["mAP50-95"]) < 1e-3
-    assert report["latency"]["onnx"]["median_ms"] > 0
-    assert {p.name for p in bundle.iterdir()} >= {"model.onnx", "labels.json", "metadata.json"}
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["passed"] and summary["formats"]["onnx"]["bundle"] == str(out / "onnx")
+    table = json.loads((out / "export_table.json").read_text())
+    assert table["imgsz"] == 64  # taken from the training arguments
+    [row] = table["rows"]
+    assert row["parity"]["max_abs_diff_scores"] < 1e-3 and abs(row["gate"]["delta_points"]) < 0.1
+    assert row["latency"]["inference"]["median_ms"] > 0 and table["pytorch"]["latency"]["total"]["median_ms"] > 0
+    bundle = out / "onnx"
+    assert {p.name for p in bundle.iterdir()} >= {"model.onnx", "labels.json", "metadata.json", "infer.py"}
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["recipe"]["kd"]["logit"]["weight"] == 2.0 and meta["classes"]["0"] == "disk"
     assert json.loads((bundle / "labels.json").read_text())[1] == "ring"

@@ -12,17 +12,14 @@ and checkpoints, using every CPU core and no network. ``KDTrainer`` adds a froze
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from detkd._offline import ensure_offline
+from detkd._offline import ensure_offline, offline_guards
 from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, ratio_item_names
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
@@ -41,33 +38,6 @@ def set_cpu_threads(threads: int | None) -> int:
     n = threads or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
-
-
-def _local_font_only(font: str = "Arial.ttf") -> Path | None:
-    """Ultralytics' ``check_font`` without the download: the font from its settings folder, if one is there."""
-    from ultralytics.utils import USER_CONFIG_DIR
-
-    path = Path(USER_CONFIG_DIR) / Path(font).name
-    return path if path.exists() else None
-
-
-@contextlib.contextmanager
-def offline_guards() -> Iterator[None]:
-    """Switch off the two downloads Ultralytics' trainer makes even with ``YOLO_OFFLINE=1``.
-
-    * ``check_det_dataset`` fetches Arial.ttf for plotting on every dataset check: only a local font is used;
-    * the AMP self-test downloads yolo26n.pt on CUDA: skipped, AMP stays on (as when the test passes).
-    """
-    import ultralytics.data.utils as ul_data
-    import ultralytics.engine.trainer as ul_trainer
-
-    saved = (ul_data.check_font, ul_trainer.check_amp)
-    ul_data.check_font = _local_font_only
-    ul_trainer.check_amp = lambda model: True
-    try:
-        yield
-    finally:
-        ul_data.check_font, ul_trainer.check_amp = saved
 
 
 class DetectorTrainer(DetectionTrainer):

@@ -23,6 +23,7 @@ from detkd.export.standalone import MAX_NMS_CANDIDATES, LetterboxMeta, letterbox
 
 __all__ = ["LetterboxMeta", "Predictor", "TorchPredictor", "letterbox", "postprocess", "preprocess", "read_image"]
 
+
 def read_image(path: Path) -> np.ndarray:
     """BGR uint8 image (grayscale and 16-bit files are converted); a clear error when it does not decode."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)

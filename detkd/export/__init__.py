@@ -88,7 +88,7 @@ class ExportTable:
             f"# Export of `{self.source}`",
             "",
             f"Input {self.imgsz}x{self.imgsz}, batch 1; parameters {pt['params_m']:.2f} M, {pt['gflops']:.2f} GFLOPs; "
-            f"gate on `{self.data}` ({self.split} split)" if self.data else "no data given: FP32 gated on raw outputs only",
+            + (f"gate on `{self.data}` ({self.split} split)" if self.data else "no data: gated on raw outputs only"),
             "",
             "| format | precision | runtime | mAP50-95 | Δ vs PyTorch (points) | mAP50 | pre / model / NMS ms (median) "
             "| total ms median / p90 | size MB | gate |",
@@ -120,7 +120,16 @@ class ExportTable:
         return "\n".join(lines)
 
 
-def _row_md(name, precision, runtime, maps, delta, lat, size, verdict) -> str:  # type: ignore[no-untyped-def]
+def _row_md(
+    name: str,
+    precision: str,
+    runtime: str,
+    maps: dict[str, float] | None,
+    delta: float | None,
+    lat: dict[str, Any] | None,
+    size: float | None,
+    verdict: str,
+) -> str:
     m = f"{maps['mAP50-95']:.4f}" if maps else ""
     m50 = f"{maps['mAP50']:.4f}" if maps else ""
     d = f"{delta:+.2f}" if delta is not None else ""
@@ -131,7 +140,8 @@ def _row_md(name, precision, runtime, maps, delta, lat, size, verdict) -> str:  
         else ""
     )
     total = f"{lat['total']['median_ms']:.1f} / {lat['total']['p90_ms']:.1f}" if lat else ""
-    return f"| {name} | {precision} | {runtime} | {m} | {d} | {m50} | {stages} | {total} | {size:.1f} | {verdict} |"
+    mb = f"{size:.1f}" if size is not None else ""
+    return f"| {name} | {precision} | {runtime} | {m} | {d} | {m50} | {stages} | {total} | {mb} | {verdict} |"
 
 
 def export_models(
@@ -196,7 +206,7 @@ def export_models(
     ctx = _Context(model, weights, spec, split, imgsz, images, frame, threads, latency_runs, budgets, out,
                    data, calib_split, calib_images, device)  # fmt: skip
     reference = TorchPredictor(model, "cpu")
-    pytorch = {
+    pytorch: dict[str, Any] = {
         "params_m": uy.count_parameters(model) / 1e6,
         "gflops": _gflops(model, imgsz),
         "size_mb": weights.stat().st_size / 2**20,

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from detkd._offline import ensure_offline
+from detkd._offline import ensure_offline, offline_guards
 from detkd.errors import DetkdError
 from detkd.export.targets import Target
 
@@ -74,7 +74,8 @@ def convert(
         clone.pt_path = str(Path(scratch) / "model.pt")  # the exporter names its outputs after this path
         ul_logger.setLevel(logging.WARNING)  # its per-export banner and "Predict: yolo predict ..." hints
         try:
-            produced = Path(Exporter(overrides=overrides)(model=clone))
+            with offline_guards():
+                produced = Path(Exporter(overrides=overrides)(model=clone))
         except Exception as e:  # the exporter's converters raise anything; say which target and why
             raise DetkdError(f"{target.name}: Ultralytics' {target.ultralytics_format} export failed: {e}") from e
         finally:

@@ -248,7 +248,7 @@ class LiteRTRuntime(Runtime):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:  # the older standalone interpreter package
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import Interpreter
 
         self.interpreter = Interpreter(str(self.path), num_threads=self.threads)
         self.interpreter.allocate_tensors()
@@ -286,7 +286,7 @@ class TensorRTRuntime(Runtime):
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:  # cuda-python < 12.6
-            from cuda import cudart  # type: ignore[no-redef]
+            from cuda import cudart
 
         self.cudart = cudart
         data = self.path.read_bytes()
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             "source": name,
             "frame": frame_idx,
             "detections": [
-                {"box": [round(v, 2) for v in d[:4]], "score": round(d[4], 4), "class_id": int(d[5]),
+                {"box": [round(v, 2) for v in d[:4]], "score": float(f"{d[4]:.6g}"), "class_id": int(d[5]),
                  "label": labels[int(d[5])]}
                 for d in dets.tolist()
             ],
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             if Path(name).suffix.lower() in VIDEO_SUFFIXES:
                 if writer is None:
                     fps = cv2.VideoCapture(name).get(cv2.CAP_PROP_FPS) or 25.0
-                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                    fourcc = cv2.VideoWriter.fourcc(*"mp4v")
                     writer = cv2.VideoWriter(str(save / (Path(name).stem + ".mp4")), fourcc, fps, drawn.shape[1::-1])
                 writer.write(drawn)
             else:

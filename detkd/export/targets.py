@@ -64,7 +64,7 @@ TARGETS: dict[str, Target] = {
                _NCNN),
         Target("ncnn-fp16", "ncnn", "fp16", "ncnn", "ARM boards with FP16 arithmetic (ARMv8.2+), half-size weights",
                _NCNN, fallback="ncnn"),
-        Target("litert", "litert", "fp32", "litert", "Android/iOS phones and microcontroller-class CPUs (LiteRT/TFLite)",
+        Target("litert", "litert", "fp32", "litert", "Android/iOS phones and small ARM CPUs (LiteRT/TFLite)",
                _LITERT),
         Target("litert-int8", "litert", "int8", "litert", "phones' NPUs/DSPs and INT8 CPUs (static INT8 LiteRT)",
                _LITERT, fallback="litert"),

@@ -90,7 +90,9 @@ def test_tensorrt_without_gpu_says_why_and_where():
 def test_missing_runtime_package_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ncnn" else real(name, *a))
-    with pytest.raises(FormatUnavailableError, match=r"ncnn: needs ncnn, not installed here. Install with `pip install ncnn`"):
+    with pytest.raises(
+        FormatUnavailableError, match=r"ncnn: needs ncnn, not installed here. Install with `pip install ncnn`"
+    ):
         check_available(TARGETS["ncnn"])
 
 

@@ -1,0 +1,159 @@
+"""Real exports of a tiny distilled student: ONNX, OpenVINO FP32 and INT8, NCNN; gate, bundles, standalone script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from detkd.cli import main
+from detkd.data.dataset import list_images, load_data_spec
+from detkd.eval.predict import postprocess, preprocess, read_image
+from detkd.export import export_models, standalone
+
+pytestmark = [pytest.mark.export, pytest.mark.slow]
+FORMATS = ["onnx", "openvino", "openvino-int8", "ncnn"]
+# Runs a bundle's infer.py with detkd and torch made unimportable, as on a device that has only the runtime.
+NO_DETKD = "import runpy, sys; sys.modules['detkd'] = None; sys.modules['torch'] = None; "
+
+
+@pytest.fixture(scope="module")
+def exported(distilled_run, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    table = export_models(distilled_run / "weights" / "best.pt", FORMATS, data=tiny_data, calib_images=4,
+                          latency_runs=3, out_dir=out, threads=2)  # fmt: skip
+    return table, out
+
+
+def test_every_format_is_exported_gated_and_timed(exported):
+    table, out = exported
+    assert [r.format for r in table.rows] == FORMATS and table.passed
+    for r in table.rows:
+        assert r.passed, r.gate
+        assert r.map is not None and 0 <= r.map["mAP50-95"] <= 1
+        assert r.latency["inference"]["median_ms"] > 0 and r.latency["postprocess"]["median_ms"] > 0
+        assert r.size_mb > 0.5
+        if r.precision == "fp32":  # numerically the same model: raw outputs and mAP agree
+            assert r.parity["passed"] and r.parity["max_abs_diff_scores"] < 2e-3
+            assert abs(r.gate["delta_points"]) < 0.05
+    assert table.row("openvino-int8").size_mb < 0.5 * table.row("openvino").size_mb  # weights really are INT8
+    saved = json.loads((out / "export_table.json").read_text())
+    assert saved["passed"] and [r["format"] for r in saved["rows"]] == FORMATS
+    md = (out / "export_table.md").read_text()
+    assert "| openvino-int8 | int8 | openvino |" in md and "Gate decisions:" in md
+
+
+def test_bundle_holds_model_labels_metadata_and_script(exported, distilled_run):
+    _, out = exported
+    bundle = out / "openvino-int8"
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["runtime"] == "openvino" and meta["precision"] == "int8" and meta["imgsz"] == [64, 64]
+    assert (bundle / meta["model"]).is_dir() and any((bundle / meta["model"]).glob("*.xml"))
+    assert meta["classes"]["0"] == "disk" and json.loads((bundle / "labels.json").read_text())[1] == "ring"
+    assert meta["recipe"]["kd"]["logit"]["weight"] == 2.0 and meta["gate"]["passed"]
+    assert meta["map"]["openvino-int8"]["mAP50-95"] >= 0 and meta["latency_ms"]["inference"]["median"] > 0
+    assert (bundle / "infer.py").read_text() == Path(standalone.__file__).read_text()
+    assert "pip install numpy opencv-python-headless openvino" in (bundle / "README.md").read_text()
+
+
+def _script(bundle: Path, *args: str) -> list[dict]:
+    code = NO_DETKD + f"sys.argv = ['infer.py', *{list(args)!r}]; runpy.run_path('infer.py', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_standalone_script_matches_detkds_prediction(exported, tiny_data, fmt):
+    _, out = exported
+    bundle = out / fmt
+    image = list_images(load_data_spec(tiny_data), "val")[0]
+    [record] = _script(bundle, str(image), "--conf", "0.0002")
+    ours = np.array([[*d["box"], d["score"], d["class_id"]] for d in record["detections"]]).reshape(-1, 6)
+
+    runtime, meta = standalone.load_bundle(bundle)  # detkd's own prediction: same runtime, torchvision NMS
+    x, metas = preprocess([read_image(image)], meta["imgsz"][0])
+    ref = postprocess(runtime(x), metas, conf=0.0002, iou=meta["thresholds"]["iou"])[0]
+    assert len(ours) == len(ref) > 0
+    unmatched = list(range(len(ours)))
+    for det in ref:  # the script rounds boxes to 0.01 px and scores to 6 significant digits
+        close = [i for i in unmatched if ours[i, 5] == det[5] and np.abs(ours[i, :4] - det[:4]).max() <= 0.011
+                 and abs(ours[i, 4] - det[4]) <= 1e-5 * det[4]]  # fmt: skip
+        assert close, f"detkd's detection {det} is missing from the script's output"
+        unmatched.remove(close[0])
+    assert {d["label"] for d in record["detections"]} <= set(meta["classes"].values())
+
+
+def test_standalone_script_runs_a_folder_and_a_video(exported, tiny_data, tmp_path):
+    _, out = exported
+    images = list_images(load_data_spec(tiny_data), "val")[:3]
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 5, (64, 64))
+    for p in images:
+        writer.write(cv2.resize(read_image(p), (64, 64)))
+    writer.release()
+    frames = _script(out / "onnx", str(video), "--conf", "0.01", "--save", str(tmp_path / "drawn"))
+    assert [r["frame"] for r in frames] == [0, 1, 2] and (tmp_path / "drawn" / "clip.mp4").stat().st_size > 0
+    folder = _script(out / "onnx", str(images[0].parent), "--conf", "0.01", "--save", str(tmp_path / "drawn"))
+    assert len(folder) == len(list(images[0].parent.iterdir()))
+    assert (tmp_path / "drawn" / images[0].name).is_file()
+
+
+def test_a_broken_export_fails_the_gate(distilled_run, tiny_data, tmp_path, monkeypatch, capsys):
+    """An ONNX file whose class head was damaged after conversion: the gate must catch it and exit non-zero."""
+    import onnx
+    from onnx import numpy_helper
+
+    from detkd.export import convert as convert_mod
+
+    real = convert_mod.convert
+    damaged: list[str] = []
+
+    def broken(*args, **kwargs):
+        path = real(*args, **kwargs)
+        model = onnx.load(path)
+        for init in model.graph.initializer:  # the class logits' bias (last conv of each class branch) shifted
+            if ".cv3." in init.name and init.name.endswith(".2.bias"):
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 3.0, init.name))
+                damaged.append(init.name)
+        onnx.save(model, path)
+        return path
+
+    monkeypatch.setattr(convert_mod, "convert", broken)
+    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "onnx",
+               "--data", str(tiny_data), "--runs", "2", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 1 and len(damaged) == 3
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not summary["passed"] and "raw outputs" in summary["formats"]["onnx"]["gate"]
+    assert summary["formats"]["onnx"]["gate"].endswith("FAIL")
+    assert not json.loads((tmp_path / "onnx" / "metadata.json").read_text())["gate"]["passed"]
+
+
+def test_fallback_exports_the_next_precision_when_int8_fails(distilled_run, tiny_data, tmp_path, monkeypatch):
+    from detkd.export import checks
+
+    real = checks.gate
+
+    def strict_int8(name, precision, parity, maps, budget):
+        result = real(name, precision, parity, maps, budget)
+        if precision == "int8":  # as if INT8 had lost too much accuracy on this model
+            result.passed, result.reason = False, result.reason + " (forced FAIL for the test)"
+        return result
+
+    monkeypatch.setattr(checks, "gate", strict_int8)
+    table = export_models(distilled_run / "weights" / "best.pt", "openvino-int8", data=tiny_data, calib_images=4,
+                          latency_runs=2, out_dir=tmp_path, fallback=True)  # fmt: skip
+    assert [r.format for r in table.rows] == ["openvino-int8", "openvino-fp16"]
+    assert table.row("openvino-int8").fallback_to == "openvino-fp16" and not table.row("openvino-int8").passed
+    assert table.deployable("openvino-int8").format == "openvino-fp16" and table.passed
+    assert "fell back to openvino-fp16" in (tmp_path / "export_table.md").read_text()
+
+
+def test_litert_export_when_its_converter_is_installed(distilled_run, tiny_data, tmp_path):
+    pytest.importorskip("litert_torch", reason="LiteRT converter not installed (pip install 'detkd[litert]')")
+    table = export_models(distilled_run / "weights" / "best.pt", "litert", data=tiny_data, latency_runs=2,
+                          out_dir=tmp_path)  # fmt: skip
+    assert table.passed and table.row("litert").parity["passed"]
