@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -64,6 +65,17 @@ def _git_commit() -> str | None:
         return None
 
 
+def _cpu_name() -> str | None:
+    """The processor's model name (Linux), e.g. 'AMD EPYC 7B13'; None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def run_environment() -> dict[str, Any]:
     """Versions and machine facts recorded beside every result."""
     import ultralytics
@@ -75,6 +87,8 @@ def run_environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
+        "cpu_cores": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "command": " ".join(sys.argv),
     }
