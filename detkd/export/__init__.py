@@ -113,7 +113,8 @@ class ExportTable:
             "",
             f"Latency: batch 1, {self.threads or 'default'} CPU threads, median over the runs after warm-up; "
             "pre = letterbox + scaling, NMS at conf 0.25. Measured on "
-            f"{env.get('cpu') or env.get('machine', '?')} ({env.get('cpu_cores')} cores); detkd {env.get('detkd', __version__)} (commit {env.get('commit', '?')}), "
+            f"{env.get('cpu') or env.get('machine', '?')} ({env.get('cpu_cores')} cores); "
+            f"detkd {env.get('detkd', __version__)} (commit {env.get('commit', '?')}), "
             f"Ultralytics {env.get('ultralytics', '?')}.",
             "",
         ]
