@@ -22,6 +22,8 @@ MODULES = [
     "detkd.teachers.dense",
     "detkd.teachers.ensemble",
     "detkd.classmap",
+    "detkd.export.standalone",
+    "detkd.export.checks",
 ]
 
 

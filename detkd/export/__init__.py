@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from detkd import __version__
-from detkd.errors import DetkdError
+from detkd.errors import ConfigError, DetkdError, InputFileError
 from detkd.export.targets import TARGETS, FormatUnavailableError, Target, check_available, parse_targets
 
 LOGGER = logging.getLogger(__name__)
@@ -175,6 +175,11 @@ def export_models(
 
     targets = parse_targets(formats)
     budgets = parse_budget(budget)
+    for name, value in (("--runs", latency_runs), ("--calib-images", calib_images), ("parity_images", parity_images)):
+        if value < 1:
+            raise ConfigError(f"{name} {value}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads}: must be at least 1")
     device = f"cuda:{device}" if str(device).isdigit() else str(device)
     skipped: dict[str, str] = {}
     for t in targets:
@@ -304,7 +309,10 @@ class _Context:
         )  # fmt: skip
         names = uy.class_names(self.model)
         meta = runtime_metadata(target, model_path, self.imgsz, bool(getattr(self.model, "end2end", False)), names)
-        runtime = RUNTIMES[target.runtime](model_path, meta, threads=self.threads, device=_runtime_device(target))
+        try:
+            runtime = RUNTIMES[target.runtime](model_path, meta, threads=self.threads, device=_runtime_device(target))
+        except Exception as e:  # each runtime raises its own types for a model it cannot load
+            raise InputFileError(model_path, f"{target.runtime} cannot load the exported model ({e})") from e
         try:
             parity = raw_parity(self.reference, runtime, self.images, self.imgsz, precision=target.precision)
             maps = self.evaluate(runtime)

@@ -274,6 +274,22 @@ class LiteRTRuntime(Runtime):
         return y
 
 
+def strip_engine_header(data: bytes) -> bytes:
+    """A serialized TensorRT engine without the metadata header Ultralytics writes before it, if there is one.
+
+    The header is a little-endian int32 length followed by that many bytes of JSON.
+
+    >>> strip_engine_header((7).to_bytes(4, "little") + b'{"a":1}' + b"ENGINE")
+    b'ENGINE'
+    >>> strip_engine_header(b"ENGINE-without-header")
+    b'ENGINE-without-header'
+    """
+    n = int.from_bytes(data[:4], "little", signed=True)
+    if 0 < n < len(data) - 4 and data[4 : 4 + n].lstrip().startswith(b"{"):
+        return data[4 + n :]
+    return data
+
+
 class TensorRTRuntime(Runtime):
     """A serialized TensorRT engine (built on, and only valid for, the GPU model and TensorRT version it ran on)."""
 
@@ -289,11 +305,7 @@ class TensorRTRuntime(Runtime):
             from cuda import cudart
 
         self.cudart = cudart
-        data = self.path.read_bytes()
-        # Ultralytics prefixes the engine with its metadata: a little-endian int32 length, then that much JSON
-        n = int.from_bytes(data[:4], "little")
-        if 0 < n < len(data) and data[4 : 4 + n].lstrip().startswith(b"{"):
-            data = data[4 + n :]
+        data = strip_engine_header(self.path.read_bytes())
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(data)
         if self.engine is None:
             raise RuntimeError(f"{self.path}: TensorRT cannot load this engine (built for another GPU or version?)")
@@ -370,7 +382,10 @@ def load_bundle(bundle: str | Path, threads: int | None = None, device: str = "C
     runtime = RUNTIMES.get(meta.get("runtime", ""))
     if runtime is None:
         raise ValueError(f"{meta_file}: unknown runtime {meta.get('runtime')!r}; known: {', '.join(RUNTIMES)}")
-    return runtime(bundle / meta["model"], meta, threads=threads, device=device), meta
+    model = bundle / str(meta.get("model", ""))
+    if not meta.get("model") or not model.exists():
+        raise FileNotFoundError(f"{model}: the bundle's model is missing (metadata.json names {meta.get('model')!r})")
+    return runtime(model, meta, threads=threads, device=device), meta
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -386,7 +401,7 @@ def _frames(source: Path) -> Any:
     elif source.suffix.lower() in VIDEO_SUFFIXES:
         cap = cv2.VideoCapture(str(source))
         if not cap.isOpened():
-            raise SystemExit(f"error: {source}: video does not open")
+            raise OSError(f"{source}: video does not open")
         i = 0
         while True:
             ok, frame = cap.read()
@@ -398,7 +413,7 @@ def _frames(source: Path) -> Any:
     else:
         img = cv2.imread(str(source), cv2.IMREAD_COLOR)
         if img is None:
-            raise SystemExit(f"error: {source}: not found or does not decode as an image")
+            raise OSError(f"{source}: not found or does not decode as an image")
         yield str(source), 0, img
 
 
@@ -417,18 +432,7 @@ def detect(runtime: Runtime, images: list[np.ndarray], conf: float, iou: float) 
     return postprocess(runtime(x), metas, end2end=runtime.end2end, conf=conf, iou=iou)
 
 
-def main(argv: list[str] | None = None) -> int:
-    here = Path(__file__).resolve().parent
-    parser = argparse.ArgumentParser(description="Run a detkd deployment bundle.")
-    parser.add_argument("source", help="image, folder of images, or video file")
-    parser.add_argument("--bundle", default=str(here), help="bundle folder (default: this script's folder)")
-    parser.add_argument("--conf", type=float, default=None, help="score threshold (default: the bundle's)")
-    parser.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the bundle's)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU, NPU) or VULKAN for NCNN")
-    parser.add_argument("--save", default=None, help="folder for images/video with the boxes drawn")
-    args = parser.parse_args(argv)
-
+def _run(args: argparse.Namespace) -> int:
     runtime, meta = load_bundle(args.bundle, threads=args.threads, device=args.device)
     labels = [meta["classes"][str(i)] for i in range(len(meta["classes"]))]
     conf = meta["thresholds"]["conf"] if args.conf is None else args.conf
@@ -462,6 +466,26 @@ def main(argv: list[str] | None = None) -> int:
     if writer is not None:
         writer.release()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description="Run a detkd deployment bundle.")
+    parser.add_argument("source", help="image, folder of images, or video file")
+    parser.add_argument("--bundle", default=str(here), help="bundle folder (default: this script's folder)")
+    parser.add_argument("--conf", type=float, default=None, help="score threshold (default: the bundle's)")
+    parser.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the bundle's)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU, NPU) or VULKAN for NCNN")
+    parser.add_argument("--save", default=None, help="folder for images/video with the boxes drawn")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ImportError as e:  # the runtime is not installed on this machine
+        print(f"error: this bundle needs its runtime: {e}; see README.md for the pip install line", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError, StopIteration) as e:
+        print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

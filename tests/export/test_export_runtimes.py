@@ -59,11 +59,28 @@ def test_bundle_holds_model_labels_metadata_and_script(exported, distilled_run):
     assert "pip install numpy opencv-python-headless openvino" in (bundle / "README.md").read_text()
 
 
+def _script_proc(bundle: Path, *args: str, block: str = "") -> subprocess.CompletedProcess:
+    code = (NO_DETKD + block + f"sys.argv = ['infer.py', *{list(args)!r}]; "
+            "runpy.run_path('infer.py', run_name='__main__')")  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=300)
+
+
 def _script(bundle: Path, *args: str) -> list[dict]:
-    code = NO_DETKD + f"sys.argv = ['infer.py', *{list(args)!r}]; runpy.run_path('infer.py', run_name='__main__')"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=300)
+    proc = _script_proc(bundle, *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_standalone_script_errors_are_one_clear_line(exported, tmp_path):
+    _, out = exported
+    cases = [
+        ((str(tmp_path / "missing.jpg"),), "", "missing.jpg: not found or does not decode as an image"),
+        (("x.jpg", "--bundle", str(tmp_path)), "", "metadata.json: not found; is"),
+        (("x.jpg",), "sys.modules['onnxruntime'] = None; ", "this bundle needs its runtime"),
+    ]
+    for args, block, words in cases:
+        proc = _script_proc(out / "onnx", *args, block=block)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -150,6 +167,14 @@ def test_fallback_exports_the_next_precision_when_int8_fails(distilled_run, tiny
     assert table.row("openvino-int8").fallback_to == "openvino-fp16" and not table.row("openvino-int8").passed
     assert table.deployable("openvino-int8").format == "openvino-fp16" and table.passed
     assert "fell back to openvino-fp16" in (tmp_path / "export_table.md").read_text()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--runs", "0"), ("--calib-images", "0"), ("--threads", "-1")])
+def test_bad_export_numbers_are_refused_before_work(distilled_run, tmp_path, capsys, option, value):
+    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), option, value,
+               "--out", str(tmp_path / "x")])  # fmt: skip
+    assert rc == 2 and f"{option} {value}: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_litert_export_when_its_converter_is_installed(distilled_run, tiny_data, tmp_path):
