@@ -129,7 +129,7 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     table = export_models(
         ns.model, ns.format, imgsz=ns.imgsz, data=ns.data, split=ns.split, calib_split=ns.calib_split,
         calib_images=ns.calib_images, out_dir=ns.out, threads=ns.threads, latency_runs=ns.runs, budget=ns.budget,
-        fallback=ns.fallback, skip_unavailable=ns.skip_unavailable, device=ns.device,
+        fallback=ns.fallback, skip_unavailable=ns.skip_unavailable, device=ns.device, end2end=ns.end2end,
     )  # fmt: skip
     print(table.to_markdown())
     summary = {
@@ -214,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         default=None,
         help="mAP50-95 points an export may lose: one number, or e.g. fp32=0.5,fp16=0.5,int8=1.5 (the defaults)",
+    )
+    p.add_argument(
+        "--end2end",
+        action="store_true",
+        help="YOLO26: export the one-to-one head (NMS-free; boxes, score, class) where the format supports top-k",
     )
     p.add_argument("--fallback", action="store_true", help="when a target fails its gate, try the next precision up")
     p.add_argument(

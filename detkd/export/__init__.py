@@ -162,6 +162,7 @@ def export_models(
     fallback: bool = False,
     skip_unavailable: bool = False,
     device: str = "cpu",
+    end2end: bool = False,
 ) -> ExportTable:
     """Export ``weights`` to every format in ``formats``, gate each against PyTorch, write bundles and a table."""
     import numpy as np
@@ -169,7 +170,7 @@ def export_models(
     from detkd.data.dataset import list_images, load_data_spec
     from detkd.engine.distiller import run_environment
     from detkd.engine.trainer import set_cpu_threads
-    from detkd.eval.predict import TorchPredictor, read_image
+    from detkd.eval.predict import read_image
     from detkd.export.checks import parse_budget
     from detkd.students import ultralytics_yolo as uy
 
@@ -193,6 +194,8 @@ def export_models(
 
     weights = Path(weights)
     model = uy.load_detection_model(weights)
+    if end2end and not uy.is_end2end(model):
+        raise ConfigError(f"{weights}: --end2end needs a one-to-one (NMS-free) head, as YOLO26's; this model has none")
     spec = load_data_spec(data) if data is not None else None
     train_args = getattr(model, "args", None) or {}
     imgsz = int(imgsz or (train_args.get("imgsz") if isinstance(train_args, dict) else None) or 640)
@@ -210,16 +213,14 @@ def export_models(
         frame = None
 
     ctx = _Context(model, weights, spec, split, imgsz, images, frame, threads, latency_runs, budgets, out,
-                   data, calib_split, calib_images, device)  # fmt: skip
-    reference = TorchPredictor(model, "cpu")
+                   data, calib_split, calib_images, device, end2end)  # fmt: skip
     pytorch: dict[str, Any] = {
         "params_m": uy.count_parameters(model) / 1e6,
         "gflops": _gflops(model, imgsz),
         "size_mb": weights.stat().st_size / 2**20,
-        "map": ctx.evaluate(reference),
-        "latency": ctx.latency(reference),
+        "end2end": end2end,
+        **ctx.reference(end2end)[1],
     }
-    ctx.reference, ctx.reference_map = reference, pytorch["map"]
     table = ExportTable(
         source=str(weights),
         imgsz=imgsz,
@@ -276,8 +277,22 @@ class _Context:
     calib_split: str
     calib_images: int
     device: str
-    reference: Any = None
-    reference_map: dict[str, float] | None = None
+    end2end: bool
+    references: dict[bool, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+
+    def reference(self, end2end: bool) -> tuple[Any, dict[str, Any]]:
+        """PyTorch in the same head mode as an export (one-to-one, or one-to-many + NMS), with its mAP and latency."""
+        if end2end not in self.references:
+            import copy
+
+            from detkd.eval.predict import TorchPredictor
+
+            model = copy.deepcopy(self.model)
+            model.end2end = end2end
+            predictor = TorchPredictor(model, "cpu")
+            measured = {"map": self.evaluate(predictor), "latency": self.latency(predictor)}
+            self.references[end2end] = (predictor, measured)
+        return self.references[end2end]
 
     def evaluate(self, predictor: Any) -> dict[str, float] | None:
         if self.spec is None:
@@ -303,20 +318,25 @@ class _Context:
 
         bundle = self.out / target.name
         LOGGER.info("exporting %s (%s, %s) to %s", target.name, target.precision, target.runtime, bundle)
+        end2end = self.end2end and target.end2end_capable
+        if self.end2end and not end2end:
+            LOGGER.warning("%s has no top-k support: exported with the one-to-many head and NMS outside", target.name)
         model_path = convert(
             self.model, target, bundle, self.imgsz, data=self.data, calib_split=self.calib_split,
-            calib_images=self.calib_images, device=self.device,
+            calib_images=self.calib_images, device=self.device, end2end=end2end,
         )  # fmt: skip
+        reference, ref = self.reference(end2end)
+        reference_map = ref["map"]
         names = uy.class_names(self.model)
-        meta = runtime_metadata(target, model_path, self.imgsz, bool(getattr(self.model, "end2end", False)), names)
+        meta = runtime_metadata(target, model_path, self.imgsz, end2end, names)
         try:
             runtime = RUNTIMES[target.runtime](model_path, meta, threads=self.threads, device=_runtime_device(target))
         except Exception as e:  # each runtime raises its own types for a model it cannot load
             raise InputFileError(model_path, f"{target.runtime} cannot load the exported model ({e})") from e
         try:
-            parity = raw_parity(self.reference, runtime, self.images, self.imgsz, precision=target.precision)
+            parity = raw_parity(reference, runtime, self.images, self.imgsz, precision=target.precision)
             maps = self.evaluate(runtime)
-            gate_maps = {"pytorch": self.reference_map, target.name: maps} if maps and self.reference_map else None
+            gate_maps = {"pytorch": reference_map, target.name: maps} if maps and reference_map else None
             decision = gate(target.name, target.precision, parity, gate_maps, self.budgets)
             latency = self.latency(runtime)
         finally:
@@ -328,7 +348,7 @@ class _Context:
             gate=decision.to_dict(),
         )  # fmt: skip
         meta |= {
-            "map": {"pytorch": self.reference_map, target.name: maps} if maps else None,
+            "map": {"pytorch": reference_map, target.name: maps} if maps else None,
             "latency_ms": {k: {"median": v["median_ms"], "p90": v["p90_ms"]}
                            for k, v in latency.items() if isinstance(v, dict)},
             "parity": result.parity,

@@ -44,6 +44,7 @@ def convert(
     calib_split: str = "train",
     calib_images: int = 300,
     device: str = "cpu",
+    end2end: bool = False,
 ) -> Path:
     """Export ``model`` for ``target``; returns the model file (or folder, for OpenVINO/NCNN) inside ``dest``."""
     from ultralytics.engine.exporter import Exporter
@@ -57,6 +58,7 @@ def convert(
         "dynamic": False,
         "verbose": False,
         "quantize": target.quantize,
+        "nms": False if end2end else None,  # Ultralytics exports the one-to-one head exactly when nms=False
     }
     if target.ultralytics_format in ("onnx", "engine"):
         overrides["simplify"] = True

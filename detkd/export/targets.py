@@ -34,6 +34,11 @@ class Target:
     fallback: str | None = None  # the target to try when this one fails its gate and fallback is on
 
     @property
+    def end2end_capable(self) -> bool:
+        """Whether the format can hold a one-to-one head's top-k (Ultralytics drops it for NCNN and LiteRT INT8)."""
+        return self.runtime != "ncnn" and not (self.runtime == "litert" and self.precision == "int8")
+
+    @property
     def quantize(self) -> int | None:
         return {"fp32": None, "fp16": 16, "int8": 8}[self.precision]
 

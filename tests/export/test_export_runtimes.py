@@ -182,3 +182,43 @@ def test_litert_export_when_its_converter_is_installed(distilled_run, tiny_data,
     table = export_models(distilled_run / "weights" / "best.pt", "litert", data=tiny_data, latency_runs=2,
                           out_dir=tmp_path)  # fmt: skip
     assert table.passed and table.row("litert").parity["passed"]
+
+
+@pytest.fixture(scope="module")
+def yolo26_weights(tmp_path_factory):
+    import torch
+
+    from detkd.students import ultralytics_yolo as uy
+
+    model = uy.build_model_from_yaml("yolo26n.yaml", 3, {0: "a", 1: "b", 2: "c"})
+    weights = tmp_path_factory.mktemp("y26") / "yolo26n.pt"
+    torch.save({"model": model}, weights)
+    return weights
+
+
+def test_yolo26_exports_nms_free_where_the_format_can(yolo26_weights, tmp_path):
+    """--end2end: the one-to-one head (boxes, score, class; no NMS) in ONNX/OpenVINO; NCNN keeps NMS outside."""
+    table = export_models(yolo26_weights, "onnx,openvino,ncnn", imgsz=64, latency_runs=2, out_dir=tmp_path,
+                          end2end=True)  # fmt: skip
+    for r in table.rows:
+        assert r.passed, r.gate
+        assert r.map is None and "raw outputs" in r.gate["reason"]
+    for fmt, e2e in (("onnx", True), ("openvino", True), ("ncnn", False)):
+        runtime, meta = standalone.load_bundle(tmp_path / fmt)
+        assert meta["end2end"] is e2e, fmt
+        out = runtime(np.zeros((2, 3, 64, 64), np.float32))
+        # 84 anchor points at 64 px: the one-to-one head keeps min(300, 84) boxes of (x1, y1, x2, y2, score, class)
+        assert out.shape[1:] == ((84, 6) if e2e else (4 + 3, 84)), (fmt, out.shape)
+    assert table.pytorch["end2end"] is True
+
+
+def test_end2end_needs_a_one_to_one_head(distilled_run, capsys):
+    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--end2end"])
+    assert rc == 2 and "--end2end needs a one-to-one (NMS-free) head" in capsys.readouterr().err
+
+
+def test_yolo26_default_export_uses_the_one_to_many_head_and_nms(yolo26_weights, tmp_path):
+    table = export_models(yolo26_weights, "onnx", imgsz=64, latency_runs=2, out_dir=tmp_path)
+    assert table.passed
+    runtime, meta = standalone.load_bundle(tmp_path / "onnx")
+    assert meta["end2end"] is False and runtime(np.zeros((1, 3, 64, 64), np.float32)).shape[1] == 4 + 3
