@@ -134,15 +134,15 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     print(table.to_markdown())
     summary = {
         "passed": table.passed,
-        "formats": {r.format: {"passed": r.passed, "bundle": r.bundle_dir, "skipped": r.skipped,
+        "formats": {r.format: {"passed": r.passed, "bundle": r.bundle_dir, "skipped": r.skipped, "error": r.error,
                                "fallback_to": r.fallback_to, "gate": r.gate and r.gate["reason"]}
                     for r in table.rows},
     }  # fmt: skip
     print(json.dumps(summary))
     if not table.passed:
-        LOGGER.error(
-            "export gate failed: %s", "; ".join(r.gate["reason"] for r in table.rows if r.gate and not r.passed)
-        )
+        failed = [r.gate["reason"] if r.gate else f"{r.format}: {r.error}" for r in table.rows
+                  if not r.passed and not r.skipped and not r.fallback_to]  # fmt: skip
+        LOGGER.error("export failed: %s", "; ".join(failed) or "a fallback did not pass")
         return 1
     return 0
 

@@ -39,7 +39,8 @@ class FormatResult:
     latency: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     fallback_to: str | None = None  # the target tried because this one failed its gate
-    skipped: str | None = None  # why this target was not produced (unavailable here)
+    skipped: str | None = None  # why this target was not produced (unavailable here; does not fail the table)
+    error: str | None = None  # why its conversion or its checks failed (fails the table)
 
     @property
     def passed(self) -> bool:
@@ -96,8 +97,9 @@ class ExportTable:
             _row_md("pytorch", "fp32", "torch", pt.get("map"), None, pt["latency"], pt["size_mb"], "reference"),
         ]
         for r in self.rows:
-            if r.skipped:
-                lines.append(f"| {r.format} | {r.precision} | {r.runtime} | | | | | | | skipped: {r.skipped} |")
+            if r.skipped or r.error:
+                why = f"skipped: {r.skipped}" if r.skipped else f"**ERROR**: {r.error}"
+                lines.append(f"| {r.format} | {r.precision} | {r.runtime} | | | | | | | {why} |")
                 continue
             verdict = "pass" if r.passed else "**FAIL**"
             if r.fallback_to:
@@ -182,15 +184,7 @@ def export_models(
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads}: must be at least 1")
     device = f"cuda:{device}" if str(device).isdigit() else str(device)
-    skipped: dict[str, str] = {}
-    for t in targets:
-        try:
-            check_available(t, device=device, has_data=data is not None)
-        except FormatUnavailableError as e:
-            if not skip_unavailable:
-                raise
-            skipped[t.name] = str(e).split(": ", 1)[-1]
-            LOGGER.warning("skipping %s", e)
+    skipped = _unavailable(targets, device, data is not None, skip_unavailable)
 
     weights = Path(weights)
     model = uy.load_detection_model(weights)
@@ -240,7 +234,11 @@ def export_models(
         if t.name in skipped:
             table.rows.append(FormatResult(t.name, t.precision, t.runtime, t.hardware, skipped=skipped[t.name]))
             continue
-        result = ctx.export_one(t)
+        try:
+            result = ctx.export_one(t)
+        except DetkdError as e:  # one format failing does not lose the others: recorded, and the table fails
+            LOGGER.error("%s", e)
+            result = FormatResult(t.name, t.precision, t.runtime, t.hardware, error=str(e))
         table.rows.append(result)
         LOGGER.info("%s", result.gate["reason"] if result.gate else result)
         if not result.passed and fallback and t.fallback:
@@ -250,6 +248,20 @@ def export_models(
     (out / "export_table.md").write_text(table.to_markdown())
     (out / "export_table.json").write_text(json.dumps(table.to_dict(), indent=2))
     return table
+
+
+def _unavailable(targets: list[Target], device: str, has_data: bool, skip: bool) -> dict[str, str]:
+    """Targets this machine cannot produce, with the reason; raises on the first unless ``skip``."""
+    skipped: dict[str, str] = {}
+    for t in targets:
+        try:
+            check_available(t, device=device, has_data=has_data)
+        except FormatUnavailableError as e:
+            if not skip:
+                raise
+            skipped[t.name] = str(e).split(": ", 1)[-1]
+            LOGGER.warning("skipping %s", e)
+    return skipped
 
 
 def _gflops(model: Any, imgsz: int) -> float:

@@ -149,6 +149,28 @@ def test_a_broken_export_fails_the_gate(distilled_run, tiny_data, tmp_path, monk
     assert not json.loads((tmp_path / "onnx" / "metadata.json").read_text())["gate"]["passed"]
 
 
+def test_one_format_failing_to_convert_does_not_lose_the_others(distilled_run, tmp_path, monkeypatch, capsys, caplog):
+    from detkd.errors import DetkdError
+    from detkd.export import convert as convert_mod
+
+    real = convert_mod.convert
+
+    def flaky(model, target, *args, **kwargs):
+        if target.name == "ncnn":
+            raise DetkdError("ncnn: Ultralytics' ncnn export failed: simulated converter crash")
+        return real(model, target, *args, **kwargs)
+
+    monkeypatch.setattr(convert_mod, "convert", flaky)
+    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "ncnn,onnx",
+               "--runs", "2", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 1
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["formats"]["onnx"]["passed"] and "simulated converter crash" in summary["formats"]["ncnn"]["error"]
+    assert "**ERROR**: ncnn: Ultralytics' ncnn export failed" in (tmp_path / "export_table.md").read_text()
+    assert "export failed: ncnn: ncnn: Ultralytics' ncnn export failed" in caplog.text
+
+
 def test_fallback_exports_the_next_precision_when_int8_fails(distilled_run, tiny_data, tmp_path, monkeypatch):
     from detkd.export import checks
 
