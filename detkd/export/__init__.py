@@ -193,6 +193,10 @@ def export_models(
     spec = load_data_spec(data) if data is not None else None
     train_args = getattr(model, "args", None) or {}
     imgsz = int(imgsz or (train_args.get("imgsz") if isinstance(train_args, dict) else None) or 640)
+    stride = int(max(model.stride.tolist()))
+    if imgsz < stride or imgsz % stride:
+        nearest = max(stride, round(imgsz / stride) * stride)
+        raise ConfigError(f"--imgsz {imgsz}: must be a multiple of the model's stride {stride} (e.g. {nearest})")
     out = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_export"
     out.mkdir(parents=True, exist_ok=True)
     threads = set_cpu_threads(threads)

@@ -191,6 +191,12 @@ def test_fallback_exports_the_next_precision_when_int8_fails(distilled_run, tiny
     assert "fell back to openvino-fp16" in (tmp_path / "export_table.md").read_text()
 
 
+def test_image_size_must_fit_the_stride(distilled_run, tmp_path, capsys):
+    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--imgsz", "150",
+               "--out", str(tmp_path / "x")])  # fmt: skip
+    assert rc == 2 and "--imgsz 150: must be a multiple of the model's stride 32 (e.g. 160)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("option", "value"), [("--runs", "0"), ("--calib-images", "0"), ("--threads", "-1")])
 def test_bad_export_numbers_are_refused_before_work(distilled_run, tmp_path, capsys, option, value):
     rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), option, value,
