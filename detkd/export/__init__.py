@@ -230,6 +230,7 @@ def export_models(
         requested=[t.name for t in targets],
         environment=run_environment(),
     )
+    ctx.environment = table.environment
     queue = list(targets)
     while queue:
         t = queue.pop(0)
@@ -295,6 +296,7 @@ class _Context:
     device: str
     end2end: bool
     references: dict[bool, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def reference(self, end2end: bool) -> tuple[Any, dict[str, Any]]:
         """PyTorch in the same head mode as an export (one-to-one, or one-to-many + NMS), with its mAP and latency."""
@@ -371,6 +373,8 @@ class _Context:
             "gate": result.gate,
             "size_mb": result.size_mb,
             "hardware": target.hardware,
+            "measured_on": {k: self.environment.get(k) for k in ("cpu", "cpu_cores", "cuda", "commit", "ultralytics")}
+            | {"threads": self.threads},
             "detkd_version": __version__,
             "source_weights": str(self.weights),
             "recipe": recipe_of(self.weights),

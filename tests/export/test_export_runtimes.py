@@ -55,6 +55,7 @@ def test_bundle_holds_model_labels_metadata_and_script(exported, distilled_run):
     assert meta["classes"]["0"] == "disk" and json.loads((bundle / "labels.json").read_text())[1] == "ring"
     assert meta["recipe"]["kd"]["logit"]["weight"] == 2.0 and meta["gate"]["passed"]
     assert meta["map"]["openvino-int8"]["mAP50-95"] >= 0 and meta["latency_ms"]["inference"]["median"] > 0
+    assert meta["measured_on"]["threads"] == 2 and meta["measured_on"]["cpu_cores"] >= 1
     assert (bundle / "infer.py").read_text() == Path(standalone.__file__).read_text()
     assert "pip install numpy opencv-python-headless openvino" in (bundle / "README.md").read_text()
 
