@@ -251,3 +251,22 @@ def test_yolo26_default_export_uses_the_one_to_many_head_and_nms(yolo26_weights,
     assert table.passed
     runtime, meta = standalone.load_bundle(tmp_path / "onnx")
     assert meta["end2end"] is False and runtime(np.zeros((1, 3, 64, 64), np.float32)).shape[1] == 4 + 3
+
+
+def test_tensorrt_export_on_a_gpu(distilled_run, tiny_data, tmp_path):
+    """Runs only where an NVIDIA GPU, TensorRT and cuda-python are installed (skipped on CPU machines and in CI)."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs an NVIDIA GPU; this machine has none")
+    for module in ("tensorrt", "cuda"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install tensorrt cuda-python)")
+    table = export_models(distilled_run / "weights" / "best.pt", "tensorrt,tensorrt-fp16", data=tiny_data,
+                          latency_runs=5, out_dir=tmp_path, device="0")  # fmt: skip
+    assert table.passed, [r.gate for r in table.rows]
+    assert table.row("tensorrt").parity["passed"]
+    [record] = _script(tmp_path / "tensorrt", str(list_images(load_data_spec(tiny_data), "val")[0]), "--conf", "0.0002")
+    assert record["detections"]
