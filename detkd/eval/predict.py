@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from detkd.errors import InputFileError
-from detkd.export.standalone import MAX_NMS_CANDIDATES, LetterboxMeta, letterbox, preprocess
+from detkd.export.standalone import LetterboxMeta, letterbox, preprocess
+from detkd.export.standalone import postprocess as bundle_postprocess
 
 __all__ = ["LetterboxMeta", "Predictor", "TorchPredictor", "letterbox", "postprocess", "preprocess", "read_image"]
 
@@ -75,6 +76,10 @@ class TorchPredictor:
         return out.float().cpu().numpy()
 
 
+def _torchvision_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    return nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+
+
 def postprocess(
     raw: np.ndarray,
     metas: Sequence[LetterboxMeta],
@@ -84,34 +89,12 @@ def postprocess(
     iou: float = 0.7,
     max_det: int = 300,
 ) -> list[np.ndarray]:
-    """NMS (class-aware, multi-label) and mapping back to original pixels.
+    """NMS (class-aware, multi-label) and mapping back to original pixels: the bundle's own postprocessing
+    (:func:`detkd.export.standalone.postprocess`) with torchvision's NMS and the evaluation threshold.
 
     Returns:
         One (n, 6) array per image: x1, y1, x2, y2, score, class.
     """
-    t = torch.from_numpy(np.asarray(raw, dtype=np.float32))
-    results = []
-    for b, meta in enumerate(metas):
-        p = t[b]
-        if end2end:  # (N, 6): the one-to-one head already gives one box per object
-            keep = p[:, 4] > conf
-            boxes, scores, classes = p[keep, :4], p[keep, 4], p[keep, 5]
-            order = scores.argsort(descending=True)[:max_det]
-            boxes, scores, classes = boxes[order], scores[order], classes[order]
-        else:
-            p = p.transpose(0, 1)  # (A, 4 + nc)
-            cls_scores = p[:, 4:]
-            a_idx, c_idx = (cls_scores > conf).nonzero(as_tuple=True)
-            scores = cls_scores[a_idx, c_idx]
-            if scores.numel() > MAX_NMS_CANDIDATES:
-                top = scores.topk(MAX_NMS_CANDIDATES).indices
-                a_idx, c_idx, scores = a_idx[top], c_idx[top], scores[top]
-            xywh = p[a_idx, :4]
-            boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), dim=1)
-            keep = batched_nms(boxes, scores, c_idx, iou)[:max_det]
-            boxes, scores, classes = boxes[keep], scores[keep], c_idx[keep].float()
-        boxes = boxes.clone()
-        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - meta.left) / meta.ratio).clamp(0, meta.orig_w)
-        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - meta.top) / meta.ratio).clamp(0, meta.orig_h)
-        results.append(torch.cat((boxes, scores[:, None], classes[:, None]), dim=1).numpy())
-    return results
+    return bundle_postprocess(
+        raw, list(metas), end2end=end2end, conf=conf, iou=iou, max_det=max_det, nms_fn=_torchvision_nms
+    )

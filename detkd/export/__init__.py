@@ -211,7 +211,7 @@ def export_models(
         frame = None
 
     ctx = _Context(model, weights, spec, split, imgsz, images, frame, threads, latency_runs, budgets, out,
-                   data, calib_split, calib_images, device, end2end)  # fmt: skip
+                   data, calib_split, calib_images, device, end2end, environment=run_environment())  # fmt: skip
     pytorch: dict[str, Any] = {
         "params_m": uy.count_parameters(model) / 1e6,
         "gflops": _gflops(model, imgsz),
@@ -228,9 +228,8 @@ def export_models(
         threads=threads,
         pytorch=pytorch,
         requested=[t.name for t in targets],
-        environment=run_environment(),
+        environment=ctx.environment,
     )
-    ctx.environment = table.environment
     queue = list(targets)
     while queue:
         t = queue.pop(0)

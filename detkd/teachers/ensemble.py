@@ -156,8 +156,6 @@ class EnsembleTeacher(FrozenTeacher):
         self.specs = members[features_from].specs
         self.names = first.names
         self.num_classes = first.num_classes
-        self.reg_max = 1
-        self.end2end = False
         self.freeze()
 
     @torch.no_grad()

@@ -80,8 +80,6 @@ class RTDETRTeacher(FrozenTeacher):
         raw_names = getattr(model, "names", None) or {}
         raw = dict(enumerate(raw_names)) if isinstance(raw_names, (list, tuple)) else dict(raw_names)
         self.names = {i: str(raw.get(i, f"class{i}")) for i in range(self.num_classes)}
-        self.reg_max = 1
-        self.end2end = False
         self.freeze()
         self._captured: list[Tensor] = []
         self._hook = head.register_forward_pre_hook(self._capture)

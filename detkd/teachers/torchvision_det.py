@@ -111,8 +111,6 @@ class TorchvisionTeacher(FrozenTeacher):
         cats = _coco_categories() if self.num_classes == 91 else []
         self.names = {i: (cats[i] if cats else f"class{i}") for i in range(self.num_classes)}
         self.specs = [FeatureSpec(int(getattr(model.backbone, "out_channels", 256)), s) for s in STRIDES]
-        self.reg_max = 1
-        self.end2end = False
         m: Any = model
         self.register_buffer("mean", torch.tensor(m.transform.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(m.transform.image_std).view(1, 3, 1, 1), persistent=False)

@@ -265,8 +265,6 @@ class LegacyYOLOv5Teacher(FrozenTeacher):
         self.specs = model.specs
         self.names = model.names
         self.num_classes = model.nc
-        self.reg_max = 1
-        self.end2end = False
         self.freeze()
 
     @torch.no_grad()
