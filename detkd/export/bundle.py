@@ -21,7 +21,10 @@ PREPROCESSING = {
     "dtype": "float32",
     "scale": "1/255",
     "resize": "letterbox: long side scaled to the input size (up or down), aspect ratio kept, centred, pad value 114",
-    "output": "(1, 4 + nc, anchors): xywh in input pixels + class probabilities; class-aware NMS outside the model",
+}
+OUTPUT = {
+    False: "(1, 4 + nc, anchors): xywh in input pixels + class probabilities; class-aware NMS outside the model",
+    True: "(1, N, 6): x1, y1, x2, y2 in input pixels, score, class (one-to-one head; no NMS needed)",
 }
 
 # What a device needs to run a bundle's infer.py (besides Python 3.9+): numpy, OpenCV and the runtime.
@@ -60,7 +63,7 @@ def runtime_metadata(target: Target, model_path: Path, imgsz: int, end2end: bool
         "end2end": end2end,
         "boxes_normalized": target.runtime == "litert",  # Ultralytics' LiteRT export divides boxes by the input size
         **target.runtime_options,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": {**PREPROCESSING, "output": OUTPUT[end2end]},
         "classes": {str(k): v for k, v in sorted(names.items())},
         "thresholds": {"conf": 0.25, "iou": 0.7},
     }

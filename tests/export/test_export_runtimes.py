@@ -235,6 +235,7 @@ def test_yolo26_exports_nms_free_where_the_format_can(yolo26_weights, tmp_path):
     for fmt, e2e in (("onnx", True), ("openvino", True), ("ncnn", False)):
         runtime, meta = standalone.load_bundle(tmp_path / fmt)
         assert meta["end2end"] is e2e, fmt
+        assert meta["preprocessing"]["output"].startswith("(1, N, 6)" if e2e else "(1, 4 + nc"), fmt
         out = runtime(np.zeros((2, 3, 64, 64), np.float32))
         # 84 anchor points at 64 px: the one-to-one head keeps min(300, 84) boxes of (x1, y1, x2, y2, score, class)
         assert out.shape[1:] == ((84, 6) if e2e else (4 + 3, 84)), (fmt, out.shape)
