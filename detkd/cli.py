@@ -1,4 +1,4 @@
-"""Command line: ``detkd distill | train | eval | export | demo | losses``.
+"""Command line: ``detkd distill | train | eval | export | bench | demo | losses``.
 
 Options mirror the Python API (``Distiller(...).train(epochs=..., imgsz=...)``). User errors print one line naming
 the file and the problem and exit with status 2; anything else is a bug and keeps its traceback.
@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny run that only proves the pipeline (about a minute)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_demo)
+
+    from detkd.bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,91 @@
+"""One benchmark job (train one model, or only evaluate one) in its own process: ``python -m detkd.bench.job SPEC``.
+
+A process per job keeps torch state, thread settings and peak memory separate between runs, and lets a crashed run
+be reported instead of ending the whole benchmark. The spec (JSON) says what to train; the job writes its result
+(JSON) to ``spec["result"]``: COCO metrics of the final model on the val split, training seconds, peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def peak_memory_mb(device: str) -> dict[str, float | None]:
+    """Peak resident memory of this process and, on a GPU, peak allocated CUDA memory (MiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" and torch.cuda.is_available() else None
+    return {"peak_rss_mb": round(rss, 1), "peak_gpu_mb": None if gpu is None else round(gpu, 1)}
+
+
+def _evaluate(weights: str | Path, spec: Any, imgsz: int, device: str) -> dict[str, Any]:
+    from detkd.eval.coco import evaluate
+    from detkd.eval.predict import TorchPredictor
+    from detkd.students import ultralytics_yolo as uy
+    from detkd.teachers import load_eval_model
+
+    model = load_eval_model(weights)
+    torch_device = "cpu" if device == "cpu" else f"cuda:{device}"
+    started = time.time()
+    ev = evaluate(TorchPredictor(model, torch_device), spec, "val", imgsz=imgsz)
+    m = ev.metrics
+    return {
+        "mAP50-95": ev.map50_95,
+        "mAP50": ev.map50,
+        "APs": m.get("APs"),
+        "APm": m.get("APm"),
+        "APl": m.get("APl"),
+        "params": uy.count_parameters(model),
+        "eval_s": round(time.time() - started, 1),
+    }
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Do one job; returns (and the caller writes) its result."""
+    from detkd.data.dataset import load_data_spec
+    from detkd.engine.distiller import Distiller, train_detector
+
+    data = load_data_spec(spec["data"])
+    device = str(spec["device"])
+    kind = spec["kind"]
+    result: dict[str, Any] = {"name": spec["name"], "run": spec.get("run"), "seed": spec.get("seed"), "kind": kind}
+    train_s = 0.0
+    if kind == "eval":
+        weights = spec["model"]
+    else:
+        common = {"project": spec["project"], "name": spec["name"], "exist_ok": True, "threads": spec.get("threads")}
+        started = time.time()
+        if kind == "distill":
+            res = Distiller(spec["teacher"], spec["model"], data, overrides=spec["kd"], class_map=spec.get("class_map"))
+            out = res.train(**common, **spec["train"])
+        else:  # "train": a teacher, a baseline, or Ultralytics' built-in KD (distill_model= in spec["train"])
+            out = train_detector(spec["model"], data, **common, **spec["train"])
+        train_s = time.time() - started
+        weights = out.best if spec["train"].get("val", True) else out.last
+        result.update(weights=str(weights), results_csv=str(out.results_csv))
+    result.update(train_s=round(train_s, 1), **peak_memory_mb(device))
+    result.update(_evaluate(weights, data, int(spec["imgsz"]), device))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    args = argv if argv is not None else sys.argv[1:]
+    spec = json.loads(Path(args[0]).read_text())
+    result = run(spec)
+    out = Path(spec["result"])
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**result, "spec_key": spec["key"]}, indent=2))
+    tmp.replace(out)  # a result file exists only for a job that finished
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""``detkd bench quality``: every run of a suite at the same budget and seeds, scored with detkd's COCO evaluator.
+
+Plan: prepare the data (synthetic data is generated once, the same for every seed), get the teacher (trained by
+the harness and cached by a content hash of data + config, or given), then one job per (run, seed), each in its own
+process. Finished jobs are kept (``<work>/jobs``), so an interrupted benchmark continues where it stopped. The
+result (JSON, Markdown, PNG) goes to ``--out`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from detkd.bench import stats
+from detkd.bench.suites import BUILTIN_KD_ARGS, FAMILY_ONLY, Suite
+from detkd.errors import DetkdError
+
+LOGGER = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when what a cached teacher means changes
+TEACHER_FIELDS = ("weights", "source", "key", "mAP50-95", "mAP50", "APs", "APm", "APl", "params", "train_s")
+
+
+def cache_root() -> Path:
+    """Where harness-trained teachers are kept: ``$DETKD_CACHE`` or ``~/.cache/detkd``."""
+    return Path(os.environ.get("DETKD_CACHE") or Path.home() / ".cache" / "detkd")
+
+
+def data_fingerprint(data_yaml: Path) -> str:
+    """SHA-256 of a dataset's content: class names and every train/val image and label file (names and bytes)."""
+    from detkd.data.dataset import label_path_for, list_images, load_data_spec
+
+    spec = load_data_spec(data_yaml)
+    h = hashlib.sha256(json.dumps(spec.names, sort_keys=True).encode())
+    for split in ("train", "val"):
+        for image in sorted(list_images(spec, split)):
+            h.update(f"{split}/{image.name}".encode())
+            h.update(image.read_bytes())
+            label = label_path_for(image)
+            h.update(label.read_bytes() if label.is_file() else b"<none>")
+    return h.hexdigest()
+
+
+def student_yaml(spec: str, folder: Path) -> str:
+    """The student spec; ``yolov8p.yaml`` (YOLOv8 at width 0.125, a third of YOLOv5n) is written to ``folder``."""
+    if Path(spec).name != "yolov8p.yaml" or Path(spec).is_file():
+        return spec
+    import yaml
+    from ultralytics.nn.tasks import yaml_model_load
+
+    cfg = yaml_model_load("yolov8n.yaml")
+    cfg.update(scales={"p": [0.33, 0.125, 1024]}, scale="p")
+    cfg.pop("yaml_file", None)
+    path = folder / "yolov8p.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
+
+
+def prepare_data(suite: Suite, work: Path) -> Path:
+    """The suite's data YAML; synthetic data is generated under ``work/data`` (seed 0, the same for every run)."""
+    if not suite.synthetic:
+        return suite.resolve(suite.data).resolve()
+    from detkd.data.synthetic import SceneConfig, generate_dataset
+
+    return generate_dataset(work / "data", SceneConfig(**dict(suite.scenes)), seed=0) / "data.yaml"
+
+
+@dataclass
+class Plan:
+    """What a quality benchmark will run."""
+
+    suite: Suite
+    runs: tuple[str, ...]
+    seeds: tuple[int, ...]
+    device: str
+    work: Path
+    out: Path
+    parallel: int = 1
+    cache: Path | None = None
+
+    @property
+    def threads(self) -> int | None:
+        """Torch CPU threads per job: the cores shared between parallel jobs (None on a GPU)."""
+        return max(1, (os.cpu_count() or 1) // self.parallel) if self.device == "cpu" else None
+
+
+class QualityBench:
+    """Runs a :class:`Plan`; ``run()`` returns the result dict written to ``plan.out``."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.suite = plan.suite
+        self.work = plan.work.resolve()
+        self.jobs_dir = self.work / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._data_yaml: Path | None = None
+
+    # ----------------------------------------------------------------------------------------------- inputs
+    def data_yaml(self) -> Path:
+        return prepare_data(self.suite, self.work)
+
+    def train_args(self, epochs: int, seed: int) -> dict[str, Any]:
+        s = self.suite
+        args = {"epochs": epochs, "imgsz": s.imgsz, "batch": s.batch, "seed": seed, "device": self.plan.device}
+        args.update({"plots": False, "verbose": False, **dict(s.train_args)})
+        return args
+
+    def teacher_key(self, data_fp: str) -> str:
+        s = self.suite
+        import ultralytics
+
+        config = {
+            "v": CACHE_VERSION,
+            "data": data_fp,
+            "model": s.teacher,
+            "train": self.train_args(s.teacher_epochs or s.epochs, 0) | {"device": None},
+            "ultralytics": ultralytics.__version__,
+        }
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
+
+    def teacher(self, data_yaml: Path) -> dict[str, Any]:
+        """The teacher's weights and val metrics: given, cached, or trained now (and cached)."""
+        s = self.suite
+        if s.teacher_given:
+            weights = s.teacher if s.teacher.startswith("torchvision:") else str(s.resolve(s.teacher).resolve())
+            job = self._job("teacher", "eval", None, 0, model=weights)
+            res = self._run_job(job)
+            return {**res, "weights": weights, "source": "given", "key": None}
+        fp = data_fingerprint(data_yaml)
+        key = self.teacher_key(fp)
+        folder = (self.plan.cache or cache_root()) / "teachers" / key
+        meta = folder / "teacher.json"
+        if meta.is_file():
+            cached = json.loads(meta.read_text())
+            if Path(cached["weights"]).is_file():
+                LOGGER.info("teacher: cached %s (%s, mAP50-95 %.4f)", cached["weights"], s.teacher, cached["mAP50-95"])
+                return {**cached, "source": "cache"}
+        LOGGER.info("teacher: training %s for %d epochs (cache key %s)", s.teacher, s.teacher_epochs or s.epochs, key)
+        job = self._job("teacher", "train", None, 0, model=s.teacher, epochs=s.teacher_epochs or s.epochs)
+        job["project"] = str(folder)
+        res = self._run_job(job)
+        res.update(key=key, data_fingerprint=fp, model=s.teacher)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = meta.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=2))
+        tmp.replace(meta)
+        return {**res, "source": "trained"}
+
+    def builtin_teacher(self, teacher: dict[str, Any]) -> str:
+        """A checkpoint of the teacher that Ultralytics' own loader can read, made from the safely loaded model.
+
+        Ultralytics loads ``distill_model`` with plain pickle; detkd gives it a file detkd wrote itself from a model
+        it loaded with its restricted unpickler, so the built-in KD run never unpickles the user's file.
+        """
+        import torch
+
+        from detkd.students import ultralytics_yolo as uy
+
+        path = self.work / "teacher_for_ultralytics_kd.pt"
+        if not path.is_file():
+            model = uy.load_detection_model(teacher["weights"])
+            tmp = path.with_suffix(".tmp")
+            torch.save({"model": model.half(), "train_args": {}}, tmp)
+            tmp.replace(path)
+        return str(path)
+
+    # ------------------------------------------------------------------------------------------------- jobs
+    def _job(
+        self, run: str, kind: str, seed: int | None, train_seed: int, train: dict[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        s = self.suite
+        name = run if seed is None else f"{run}_s{seed}"
+        epochs = kw.pop("epochs", s.epochs)
+        job: dict[str, Any] = {
+            "name": name,
+            "run": run,
+            "seed": seed,
+            "kind": kind,
+            "data": str(self._data_yaml),
+            "imgsz": s.imgsz,
+            "device": self.plan.device,
+            "threads": self.plan.threads,
+            "project": str(self.work / "runs"),
+            "train": {**self.train_args(epochs, train_seed), **(train or {})},
+            "kd": [],
+            **kw,
+        }
+        identity = {k: v for k, v in job.items() if k not in ("threads", "project")}
+        job["key"] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        job["result"] = str(self.jobs_dir / f"{name}.json")
+        return job
+
+    def _run_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        result = Path(job["result"])
+        if result.is_file():
+            done = json.loads(result.read_text())
+            if done.get("spec_key") == job["key"]:
+                LOGGER.info("%s: done earlier (%s)", job["name"], result)
+                return dict(done)
+        spec_path = self.jobs_dir / f"{job['name']}.spec.json"
+        spec_path.write_text(json.dumps(job, indent=2))
+        log = self.work / "logs" / f"{job['name']}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        LOGGER.info("%s: started (log %s)", job["name"], log)
+        started = time.time()
+        env = {**os.environ, "YOLO_OFFLINE": "1"}
+        with open(log, "w") as f:
+            rc = subprocess.run(
+                [sys.executable, "-m", "detkd.bench.job", str(spec_path)], stdout=f, stderr=subprocess.STDOUT, env=env
+            ).returncode
+        if rc != 0 or not result.is_file():
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise DetkdError(f"benchmark job {job['name']} failed (exit {rc}); log {log}: {' | '.join(tail)}")
+        done = json.loads(result.read_text())
+        LOGGER.info("%s: mAP50-95 %.4f (%.0f s)", job["name"], done["mAP50-95"], time.time() - started)
+        return dict(done)
+
+    def student_jobs(self, teacher: dict[str, Any]) -> list[dict[str, Any]]:
+        s, jobs = self.suite, []
+        student = student_yaml(s.student, self.work)
+        for seed in self.plan.seeds:
+            for run in self.plan.runs:
+                if run == "baseline":
+                    jobs.append(self._job(run, "train", seed, seed, model=student))
+                elif run == "ultralytics-kd":
+                    builtin = {"distill_model": self.builtin_teacher(teacher), **BUILTIN_KD_ARGS}
+                    jobs.append(self._job(run, "train", seed, seed, train=builtin, model=student))
+                else:
+                    kd = [*s.kd, *FAMILY_ONLY[run]]
+                    class_map = str(s.resolve(s.class_map)) if s.class_map else None
+                    jobs.append(self._job(run, "distill", seed, seed, model=student, teacher=teacher["weights"], kd=kd,
+                                          class_map=class_map))  # fmt: skip
+        return jobs
+
+    def run(self, command: str) -> dict[str, Any]:
+        from detkd.engine.distiller import run_environment
+
+        s, started = self.suite, time.time()
+        self._data_yaml = self.data_yaml()
+        teacher = self.teacher(self._data_yaml)
+        jobs = self.student_jobs(teacher)
+        with ThreadPoolExecutor(self.plan.parallel) as pool:
+            results = list(pool.map(self._run_job, jobs))
+        env = run_environment()
+        env["command"] = command
+        payload = {
+            "kind": "quality",
+            "suite": {**asdict(self.suite), "scenes": dict(s.scenes), "train_args": dict(s.train_args)},
+            "runs": list(self.plan.runs),
+            "seeds": list(self.plan.seeds),
+            "device": self.plan.device,
+            "device_name": env["cuda"] if self.plan.device != "cpu" else env["cpu"],
+            "parallel": self.plan.parallel,
+            "threads_per_job": self.plan.threads,
+            "environment": env,
+            "teacher": {k: teacher.get(k) for k in TEACHER_FIELDS},
+            "jobs": results,
+            "summary": stats.summarize(results, teacher, self.plan.runs, self.plan.seeds),
+            "wall_s": round(time.time() - started, 1),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        return payload
+
+
+def device_tag(payload: dict[str, Any]) -> str:
+    """A short device name for file names: ``cpu``, ``h100``, ``h200``, ``gpu``."""
+    if payload["device"] == "cpu":
+        return "cpu"
+    name = str(payload.get("device_name") or "").lower()
+    return next((t for t in ("h100", "h200", "a100", "l4", "t4") if t in name), "gpu")
+
+
+def write_quality(payload: dict[str, Any], out: Path) -> Path:
+    """Write ``quality_<suite>_<device>_<date>.{json,md,png}`` to ``out``; returns the JSON path."""
+    from detkd.bench import report
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"quality_{payload['suite']['name']}_{device_tag(payload)}_{payload['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    report.plot_quality(payload, stem.with_suffix(".png"))
+    stem.with_suffix(".md").write_text(report.quality_markdown(payload, plot=stem.with_suffix(".png").name))
+    return stem.with_suffix(".json")
+
+
+def clear_work(work: Path) -> None:
+    """Remove a benchmark's work folder (runs, logs, finished jobs)."""
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,176 @@
+"""Benchmark reports: one Markdown + PNG per result file, and ``benchmarks/RESULTS.md`` gathering all of them.
+
+``RESULTS.md`` is generated (``detkd bench report``) from the JSON results; the reading of each result is written by
+a person in ``<result stem>.notes.md`` beside it and included verbatim, so regenerating never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RUN_LABELS = {
+    "baseline": "baseline (no KD)",
+    "ultralytics-kd": "Ultralytics built-in KD (dis=6.0)",
+    "detkd-feature": "detkd: feature only",
+    "detkd-logit": "detkd: logit only",
+    "detkd-box": "detkd: box only",
+    "detkd": "detkd: recommended (all three)",
+}
+
+
+def _f(v: float | None, fmt: str = ".4f", signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return format(v, ("+" if signed else "") + fmt)
+
+
+def _pm(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "–"
+    return _f(stat["mean"]) + (f" ± {stat['std']:.4f}" if stat["std"] is not None else "")
+
+
+def _environment_lines(payload: dict[str, Any]) -> list[str]:
+    env = payload["environment"]
+    device = payload.get("device_name") or payload["device"]
+    cores = f", {env.get('cpu_cores')} cores" if payload["device"] == "cpu" else ""
+    return [
+        f"- command: `{env.get('command')}`",
+        f"- device: {device}{cores}; commit {env.get('commit')}; detkd {env.get('detkd')}, Ultralytics "
+        f"{env.get('ultralytics')}, torch {env.get('torch')}, Python {env.get('python')}",
+        f"- date {payload.get('date')}, wall time {payload['wall_s'] / 60:.1f} min",
+    ]
+
+
+def quality_markdown(payload: dict[str, Any], plot: str | None = None, heading: str = "#") -> str:
+    """The Markdown report of one quality benchmark."""
+    s, t, summary = payload["suite"], payload["teacher"], payload["summary"]
+    seeds = ", ".join(map(str, payload["seeds"]))
+    lines = [
+        f"{heading} Quality: `{s['name']}`: {s['description']}",
+        "",
+        *_environment_lines(payload),
+        f"- budget: {s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}, seeds {seeds} (same data for "
+        f"every seed); extra training arguments {s['train_args'] or 'none'}; KD overrides {list(s['kd']) or 'none'}",
+        f"- teacher `{s['teacher']}` ({t.get('source')}; {_f(t.get('params'), ',.0f')} params): mAP50-95 "
+        f"{_f(t.get('mAP50-95'))}, mAP50 {_f(t.get('mAP50'))}; student `{s['student']}`",
+        "",
+        "| run | mAP50-95 (mean ± std) | mAP50 | gain vs baseline [95% CI] | seeds better | gap closed "
+        "| APs / APm / APl | train s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run, row in summary.items():
+        gain = row.get("gain")
+        if gain and gain["mean"] is not None:
+            ci = f" [{_f(gain['ci_low'], signed=True)}, {_f(gain['ci_high'], signed=True)}]" if gain["std"] else ""
+            gain_txt = _f(gain["mean"], signed=True) + ci
+            won = f"{row['seeds_won']}/{gain['n']}"
+        else:
+            gain_txt, won = "", ""
+        gap = "" if row.get("gap_closed") is None else f"{row['gap_closed'] * 100:.0f}%"
+        aps = " / ".join(_f(row[k]["mean"], ".3f") for k in ("APs", "APm", "APl"))
+        mem = row["peak_gpu_mb"] if row.get("peak_gpu_mb") is not None else row["peak_rss_mb"]
+        lines.append(
+            f"| {RUN_LABELS.get(run, run)} | {_pm(row['mAP50-95'])} | {_pm(row['mAP50'])} | {gain_txt} | {won} | "
+            f"{gap} | {aps} | {_f(row['train_s'], '.0f')} | {_f(mem, '.0f')} |"
+        )
+    lines += [
+        "",
+        "Gain: paired by seed (same data, init and order per seed). Gap closed: (run - baseline) / (teacher - "
+        "baseline) on mAP50-95. The final model of each run is scored (no per-epoch selection on the val split).",
+    ]
+    if plot:
+        lines += ["", f"![mAP50-95 per run]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality(payload: dict[str, Any], path: Path) -> None:
+    """Bar chart: mAP50-95 per run (mean, std bars, per-seed dots), teacher and baseline as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = payload["summary"]
+    runs = list(summary)
+    fig, ax = plt.subplots(figsize=(7.2, 3.8), dpi=120)
+    means = [summary[r]["mAP50-95"]["mean"] or 0.0 for r in runs]
+    stds = [summary[r]["mAP50-95"]["std"] or 0.0 for r in runs]
+    colors = ["#9a9a9a" if r == "baseline" else "#c98b3a" if r == "ultralytics-kd" else "#3b6ea8" for r in runs]
+    ax.bar(range(len(runs)), means, yerr=stds, color=colors, capsize=3)
+    for i, r in enumerate(runs):
+        vals = list(summary[r]["per_seed"].values())
+        ax.scatter([i] * len(vals), vals, s=10, color="black", zorder=3)
+    teacher = payload["teacher"].get("mAP50-95")
+    if teacher is not None:
+        ax.axhline(teacher, color="#2a8a4a", linestyle="--", linewidth=1, label=f"teacher {teacher:.3f}")
+    if summary.get("baseline", {}).get("mAP50-95", {}).get("mean") is not None:
+        ax.axhline(summary["baseline"]["mAP50-95"]["mean"], color="#9a9a9a", linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(runs)), [RUN_LABELS.get(r, r).replace(": ", ":\n").replace(" (", "\n(") for r in runs],
+                  fontsize=7)  # fmt: skip
+    ax.set_ylabel("COCO mAP50-95 (val)")
+    ax.set_title(f"{payload['suite']['name']}: {len(payload['seeds'])} seed(s), {payload.get('device_name')}",
+                 fontsize=9)  # fmt: skip
+    if teacher is not None:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
+    """The Markdown report of one speed benchmark."""
+    cfg = payload["config"]
+    lines = [
+        f"{heading} Speed: `{cfg['suite']}` step time, {payload.get('device_name') or payload['device']}",
+        "",
+        *_environment_lines(payload),
+        f"- one training step (forward, loss, backward, optimizer) at batch {cfg['batch']}, imgsz {cfg['imgsz']}; "
+        f"teacher `{cfg['teacher']}`, student `{cfg['student']}`; {cfg['reps']} interleaved repetitions of "
+        f"{cfg['steps']} steps after {cfg['warmup']} warm-up steps, one process; median per step",
+        "",
+        "| variant | s / step (median) | spread (min–max of reps) | vs floor | vs plain student | peak memory MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in payload["variants"].values():
+        mem = row.get("peak_gpu_mb") if row.get("peak_gpu_mb") is not None else row.get("peak_rss_mb")
+        lines.append(
+            f"| {row['label']} | {row['median_s']:.4f} | {row['min_s']:.4f}–{row['max_s']:.4f} | "
+            f"{row['vs_floor']:.3f} | {row['vs_plain']:.3f} | {_f(mem, '.0f')} |"
+        )
+    lines += [
+        "",
+        "Floor: the student's own step plus one teacher forward pass under no_grad (the least any KD can cost). "
+        "Memory on CPU is each variant's peak resident memory in a process of its own; on a GPU, peak allocated "
+        "CUDA memory.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results_md(results_dir: Path, out: Path) -> Path:
+    """Regenerate ``RESULTS.md`` from every ``quality_*.json`` and ``speed_*.json`` in ``results_dir``."""
+    rel = Path(results_dir.name) if out.parent.resolve() == results_dir.parent.resolve() else results_dir
+    parts = [
+        "# detkd benchmark results",
+        "",
+        "Generated by `detkd bench report` from the JSON files in `benchmarks/results/`; every number was measured "
+        "by `detkd bench` with the command shown. Each reading below it was written by the person who ran it "
+        "(`<result>.notes.md`).",
+        "",
+    ]
+    files = sorted(results_dir.glob("quality_*.json")) + sorted(results_dir.glob("speed_*.json"))
+    for path in files:
+        payload = json.loads(path.read_text())
+        if payload.get("kind") == "quality":
+            png = path.with_suffix(".png")
+            body = quality_markdown(payload, plot=str(rel / png.name) if png.is_file() else None, heading="##")
+        else:
+            body = speed_markdown(payload, heading="##")
+        parts += [body, f"Raw: [`{rel / path.name}`]({rel / path.name})", ""]
+        notes = path.with_suffix(".notes.md")
+        if notes.is_file():
+            parts += ["**Reading.**", "", notes.read_text().strip(), ""]
+    out.write_text("\n".join(parts))
+    return out

@@ -1,0 +1,69 @@
+"""Statistics of a quality benchmark: per-run mean and spread over seeds, paired gains with confidence intervals,
+and the fraction of the teacher-student gap closed."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+METRICS = ("mAP50-95", "mAP50", "APs", "APm", "APl")
+
+
+def t_critical(df: int, confidence: float = 0.95) -> float:
+    """Two-sided Student-t critical value (``df`` degrees of freedom)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, df))
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float | None]:
+    """Mean, sample standard deviation and the t confidence interval of the mean (None below two values)."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "ci_low": None, "ci_high": None, "n": 0}
+    mean = statistics.fmean(values)
+    if n < 2:
+        return {"mean": mean, "std": None, "ci_low": None, "ci_high": None, "n": 1}
+    std = statistics.stdev(values)
+    half = t_critical(n - 1, confidence) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def gap_closed(gain: float | None, teacher: float | None, baseline: float | None) -> float | None:
+    """``(KD - baseline) / (teacher - baseline)``; None where the teacher is not better than the baseline."""
+    if gain is None or teacher is None or baseline is None or teacher - baseline <= 1e-9:
+        return None
+    return gain / (teacher - baseline)
+
+
+def _values(jobs: dict[tuple[str, int], dict[str, Any]], run: str, seeds: Sequence[int], metric: str) -> list[float]:
+    return [float(jobs[(run, s)][metric]) for s in seeds if (run, s) in jobs and jobs[(run, s)].get(metric) is not None]
+
+
+def summarize(
+    results: list[dict[str, Any]], teacher: dict[str, Any], runs: Sequence[str], seeds: Sequence[int]
+) -> dict[str, Any]:
+    """Per run: each metric's mean/std, the gain over the baseline paired by seed (mean, 95% CI, seeds won), the
+    gap closed, training seconds and peak memory."""
+    jobs = {(r["run"], int(r["seed"])): r for r in results if r.get("seed") is not None}
+    base = {s: jobs[("baseline", s)] for s in seeds if ("baseline", s) in jobs}
+    base_mean = statistics.fmean(float(b["mAP50-95"]) for b in base.values()) if base else None
+    out: dict[str, Any] = {}
+    for run in runs:
+        row: dict[str, Any] = {m: mean_ci(_values(jobs, run, seeds, m)) for m in METRICS}
+        row["per_seed"] = {str(s): jobs[(run, s)]["mAP50-95"] for s in seeds if (run, s) in jobs}
+        if run != "baseline" and base:
+            paired = [float(jobs[(run, s)]["mAP50-95"]) - float(base[s]["mAP50-95"]) for s in base if (run, s) in jobs]
+            gain = mean_ci(paired)
+            row["gain"] = gain
+            row["seeds_won"] = sum(d > 0 for d in paired)
+            row["gap_closed"] = gap_closed(gain["mean"], teacher.get("mAP50-95"), base_mean)
+        row["train_s"] = mean_ci(_values(jobs, run, seeds, "train_s"))["mean"]
+        mems = _values(jobs, run, seeds, "peak_rss_mb")
+        gpu = _values(jobs, run, seeds, "peak_gpu_mb")
+        row["peak_rss_mb"] = max(mems) if mems else None
+        row["peak_gpu_mb"] = max(gpu) if gpu else None
+        out[run] = row
+    return out
