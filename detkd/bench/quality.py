@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -287,11 +286,5 @@ def write_quality(payload: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"quality_{payload['suite']['name']}_{device_tag(payload)}_{payload['date']}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    report.plot_quality(payload, stem.with_suffix(".png"))
-    stem.with_suffix(".md").write_text(report.quality_markdown(payload, plot=stem.with_suffix(".png").name))
+    report.render_quality(payload, stem.with_suffix(".json"))
     return stem.with_suffix(".json")
-
-
-def clear_work(work: Path) -> None:
-    """Remove a benchmark's work folder (runs, logs, finished jobs)."""
-    shutil.rmtree(work, ignore_errors=True)

@@ -113,11 +113,24 @@ def plot_quality(payload: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("COCO mAP50-95 (val)")
     ax.set_title(f"{payload['suite']['name']}: {len(payload['seeds'])} seed(s), {payload.get('device_name')}",
                  fontsize=9)  # fmt: skip
+    top = max([teacher or 0.0, *(m + d for m, d in zip(means, stds))])
+    ax.set_ylim(0, max(top * 1.15, 0.01))
     if teacher is not None:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def render_quality(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Recompute a quality result's summary from its jobs (the single source of truth) and rewrite its ``.md`` and
+    ``.png`` beside ``path``; returns the payload with the fresh summary."""
+    from detkd.bench.stats import summarize
+
+    payload = {**payload, "summary": summarize(payload["jobs"], payload["teacher"], payload["runs"], payload["seeds"])}
+    plot_quality(payload, path.with_suffix(".png"))
+    path.with_suffix(".md").write_text(quality_markdown(payload, plot=path.with_suffix(".png").name))
+    return payload
 
 
 def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
@@ -129,7 +142,8 @@ def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
         *_environment_lines(payload),
         f"- one training step (forward, loss, backward, optimizer) at batch {cfg['batch']}, imgsz {cfg['imgsz']}; "
         f"teacher `{cfg['teacher']}`, student `{cfg['student']}`; {cfg['reps']} interleaved repetitions of "
-        f"{cfg['steps']} steps after {cfg['warmup']} warm-up steps, one process; median per step",
+        f"{cfg['steps']} steps after {cfg['warmup']} warm-up steps, one process; median per step; ratios are "
+        "medians of per-repetition ratios (variants of a repetition run back to back)",
         "",
         "| variant | s / step (median) | spread (min–max of reps) | vs floor | vs plain student | peak memory MB |",
         "|---|---|---|---|---|---|",
@@ -164,8 +178,8 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
     for path in files:
         payload = json.loads(path.read_text())
         if payload.get("kind") == "quality":
-            png = path.with_suffix(".png")
-            body = quality_markdown(payload, plot=str(rel / png.name) if png.is_file() else None, heading="##")
+            payload = render_quality(payload, path)
+            body = quality_markdown(payload, plot=str(rel / path.with_suffix(".png").name), heading="##")
         else:
             body = speed_markdown(payload, heading="##")
         parts += [body, f"Raw: [`{rel / path.name}`]({rel / path.name})", ""]

@@ -328,8 +328,10 @@ def run_speed(cfg: SpeedConfig, work: Path, memory: bool = True, log: Callable[[
     variants: dict[str, Any] = {}
     for n, t in times.items():
         row: dict[str, Any] = {"label": LABELS[n], "median_s": med[n], "min_s": min(t), "max_s": max(t), "reps_s": t}
-        row["vs_floor"] = med[n] / med["floor"] if "floor" in med else float("nan")
-        row["vs_plain"] = med[n] / med["plain"] if "plain" in med else float("nan")
+        # ratios paired by repetition (the variants of one repetition ran back to back), then the median
+        for ref in ("floor", "plain"):
+            paired = [a / b for a, b in zip(t, times[ref])] if ref in times else [float("nan")]
+            row[f"vs_{ref}"] = statistics.median(paired)
         if memory:
             log(f"memory: {n}")
             row.update(_memory_in_subprocess(cfg, n, work))

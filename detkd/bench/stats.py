@@ -31,9 +31,13 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
 
 
+MIN_GAP = 0.002  # mAP50-95: below this the teacher-student gap is noise and a fraction of it means nothing
+
+
 def gap_closed(gain: float | None, teacher: float | None, baseline: float | None) -> float | None:
-    """``(KD - baseline) / (teacher - baseline)``; None where the teacher is not better than the baseline."""
-    if gain is None or teacher is None or baseline is None or teacher - baseline <= 1e-9:
+    """``(KD - baseline) / (teacher - baseline)``; None where the teacher is not better than the baseline by at least
+    :data:`MIN_GAP`."""
+    if gain is None or teacher is None or baseline is None or teacher - baseline < MIN_GAP:
         return None
     return gain / (teacher - baseline)
 
