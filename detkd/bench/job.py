@@ -79,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     args = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(args[0]).read_text())
-    result = run(spec)
+    from detkd.errors import DetkdError
+
+    try:
+        result = run(spec)
+    except DetkdError as e:  # a user error: one line (the harness shows the log's last lines), exit 2 as the CLI does
+        print(f"detkd: error: {e}", file=sys.stderr)
+        return 2
     out = Path(spec["result"])
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({**result, "spec_key": spec["key"]}, indent=2))

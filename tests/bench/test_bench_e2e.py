@@ -18,8 +18,8 @@ TINY = {"n_train": 12, "n_val": 6, "size": 64, "min_size": 5.0}
 
 
 def _plan(tmp_path: Path, work: str, runs: tuple[str, ...], **suite_changes: object) -> Plan:
-    suite = get_suite("smoke").with_overrides(scenes=TINY, epochs=1, teacher_epochs=1, imgsz=64, batch=4,
-                                              **suite_changes)  # fmt: skip
+    changes = {"scenes": TINY, "epochs": 1, "teacher_epochs": 1, "imgsz": 64, "batch": 4, **suite_changes}
+    suite = get_suite("smoke").with_overrides(**changes)
     return Plan(suite=suite, runs=runs, seeds=(0,), device="cpu", work=tmp_path / work, out=tmp_path / "out",
                 cache=tmp_path / "cache")  # fmt: skip
 
