@@ -163,6 +163,18 @@ def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _missing_suites(files: list[Path]) -> list[str]:
+    """Lines naming the suites that have no recorded quality result yet."""
+    from detkd.bench.suites import SUITES
+
+    done = {json.loads(p.read_text())["suite"]["name"] for p in files if p.name.startswith("quality_")}
+    missing = [name for name in SUITES if name not in done]
+    if not missing:
+        return []
+    cmds = ", ".join(f"`detkd bench quality --suite {name}`" for name in missing)
+    return [f"Not recorded yet: {cmds}.", ""]
+
+
 def write_results_md(results_dir: Path, out: Path) -> Path:
     """Regenerate ``RESULTS.md`` from every ``quality_*.json`` and ``speed_*.json`` in ``results_dir``."""
     rel = Path(results_dir.name) if out.parent.resolve() == results_dir.parent.resolve() else results_dir
@@ -175,6 +187,7 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
         "",
     ]
     files = sorted(results_dir.glob("quality_*.json")) + sorted(results_dir.glob("speed_*.json"))
+    parts += _missing_suites(files)
     for path in files:
         payload = json.loads(path.read_text())
         if payload.get("kind") == "quality":

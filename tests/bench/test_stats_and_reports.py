@@ -130,6 +130,7 @@ def test_quality_markdown_and_results_md(tmp_path: Path) -> None:
     out = report.write_results_md(results, tmp_path / "RESULTS.md")
     text = out.read_text()
     assert "## Quality: `unit`" in text and "KD helped on both seeds." in text
+    assert "Not recorded yet: `detkd bench quality --suite smoke`" in text  # suites without a result are named
     assert "(results/quality_unit_cpu_2026-11-24.png)" in text
     assert (results / "quality_unit_cpu_2026-11-24.png").stat().st_size > 1000  # re-rendered from the jobs
     assert "0.1350 ± 0.0071" in (results / "quality_unit_cpu_2026-11-24.md").read_text()
