@@ -15,21 +15,7 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
 ASSETS = Path(os.environ.get("DETKD_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
-
-
-def student_yaml(out: Path) -> Path:
-    from ultralytics.nn.tasks import yaml_model_load
-
-    cfg = yaml_model_load("yolov8n.yaml")
-    cfg["scales"] = {"p": [0.33, 0.125, 1024]}
-    cfg["scale"] = "p"
-    cfg.pop("yaml_file", None)
-    path = out / "yolov8p.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
 
 
 def main() -> None:
@@ -43,6 +29,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=["feature.method=pkd"], help="KD overrides")
     args = p.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    from detkd.bench.quality import student_yaml
     from detkd.data.dataset import load_data_spec
     from detkd.engine.distiller import Distiller, run_environment, train_detector
     from detkd.eval.coco import evaluate
@@ -54,7 +41,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     teacher = ASSETS / "weights" / "yolov5n-coco-legacy.pt"
     spec = load_data_spec(ASSETS / "coco_tiny" / "coco_tiny.yaml")
-    student = student_yaml(out)
+    student = student_yaml("yolov8p.yaml", out)
     train = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "seed": args.seed,
              "device": args.device, "val": False, "plots": False}  # fmt: skip
     device = "cpu" if args.device == "cpu" else f"cuda:{args.device}"

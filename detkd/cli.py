@@ -89,7 +89,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
 def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.data.dataset import load_data_spec
-    from detkd.engine.trainer import set_cpu_threads
+    from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor
     from detkd.eval.report import write_eval_report
@@ -97,11 +97,9 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
 
     spec = load_data_spec(ns.data)
     model = load_eval_model(ns.model)
-    device = ns.device or "cpu"
+    device = torch_device_name(ns.device)
     if device == "cpu":
         set_cpu_threads(ns.threads)
-    elif device.isdigit():
-        device = f"cuda:{device}"
     result = evaluate(
         TorchPredictor(model, device), spec, ns.split, imgsz=ns.imgsz, batch=ns.batch, conf=ns.conf, iou=ns.iou
     )

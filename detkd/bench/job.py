@@ -32,9 +32,10 @@ def _evaluate(weights: str | Path, spec: Any, imgsz: int, device: str) -> dict[s
     from detkd.teachers import load_eval_model
 
     model = load_eval_model(weights)
-    torch_device = "cpu" if device == "cpu" else f"cuda:{device}"
+    from detkd.engine.trainer import torch_device_name
+
     started = time.time()
-    ev = evaluate(TorchPredictor(model, torch_device), spec, "val", imgsz=imgsz)
+    ev = evaluate(TorchPredictor(model, torch_device_name(device)), spec, "val", imgsz=imgsz)
     m = ev.metrics
     return {
         "mAP50-95": ev.map50_95,

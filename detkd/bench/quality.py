@@ -131,7 +131,7 @@ class QualityBench:
         """The teacher's weights and val metrics: given, cached, or trained now (and cached)."""
         s = self.suite
         if s.teacher_given:
-            weights = s.teacher if s.teacher.startswith("torchvision:") else str(s.resolve(s.teacher).resolve())
+            weights = s.teacher_spec()
             job = self._job("teacher", "eval", None, 0, model=weights)
             res = self._run_job(job)
             return {**res, "weights": weights, "source": "given", "key": None}
@@ -236,7 +236,7 @@ class QualityBench:
                     jobs.append(self._job(run, "train", seed, seed, train=builtin, model=student))
                 else:
                     kd = [*s.kd, *FAMILY_ONLY[run]]
-                    class_map = str(s.resolve(s.class_map)) if s.class_map else None
+                    class_map = s.class_map_path()
                     jobs.append(self._job(run, "distill", seed, seed, model=student, teacher=teacher["weights"], kd=kd,
                                           class_map=class_map))  # fmt: skip
         return jobs

@@ -62,10 +62,6 @@ class SpeedConfig:
     variants: tuple[str, ...] = VARIANTS
 
 
-def _torch_device(device: str) -> torch.device:
-    return torch.device("cpu" if device == "cpu" else f"cuda:{device}")
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,10 +76,10 @@ class _Context:
         from ultralytics.utils import DEFAULT_CFG
 
         from detkd.data.dataset import load_data_spec
-        from detkd.engine.trainer import set_cpu_threads
+        from detkd.engine.trainer import set_cpu_threads, torch_device_name
 
         self.cfg = cfg
-        self.device = _torch_device(cfg.device)
+        self.device = torch.device(torch_device_name(cfg.device))
         if self.device.type == "cpu":
             set_cpu_threads(None)
         self.spec = load_data_spec(cfg.data)
@@ -164,20 +160,11 @@ def build_variant(name: str, ctx: _Context) -> _Variant:
         return _Variant(name, lambda b: dm.loss(b)[0], [p for p in dm.parameters() if p.requires_grad], (dm,))
     from detkd.config import load_kd_config
     from detkd.engine.criterion import KDCriterion
-    from detkd.losses.composite import KDComposite
-    from detkd.students import ultralytics_yolo as uy
+    from detkd.engine.distiller import build_composite
 
     teacher = ctx.teacher()
     kd = load_kd_config(None, [*ctx.cfg.kd, *FAMILY_ONLY[name]])
-    composite = KDComposite(
-        kd,
-        student_specs=uy.feature_specs(student),
-        teacher_specs=teacher.specs,
-        student_classes=ctx.spec.nc,
-        teacher_classes=teacher.num_classes,
-        student_reg_max=uy.reg_max(student),
-        teacher_reg_max=teacher.reg_max,
-    ).to(ctx.device)
+    composite = build_composite(kd, student, teacher, ctx.spec.nc).to(ctx.device)
     criterion = KDCriterion(student, teacher, composite)
     criterion.start_epoch(0, 1, 1_000_000)
     student.criterion = criterion
@@ -299,14 +286,9 @@ def speed_config(suite: Suite, data_yaml: Path, **kw: Any) -> SpeedConfig:
     """The speed benchmark's settings for a suite (its data, models, image size and batch)."""
     from detkd.bench.suites import builtin_kd_applies
 
-    teacher = (
-        suite.teacher
-        if suite.teacher.startswith("torchvision:") or not suite.teacher_given
-        else str(suite.resolve(suite.teacher))
-    )
-    cfg = SpeedConfig(suite=suite.name, data=str(data_yaml), teacher=teacher, student=suite.student,
+    cfg = SpeedConfig(suite=suite.name, data=str(data_yaml), teacher=suite.teacher_spec(), student=suite.student,
                       imgsz=suite.imgsz, batch=suite.batch, kd=tuple(suite.kd),
-                      class_map=str(suite.resolve(suite.class_map)) if suite.class_map else None)  # fmt: skip
+                      class_map=suite.class_map_path())  # fmt: skip
     for k, v in kw.items():
         if v is not None:
             setattr(cfg, k, v)

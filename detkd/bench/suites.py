@@ -29,7 +29,9 @@ FAMILY_ONLY: Mapping[str, tuple[str, ...]] = {
     "detkd-box": ("feature.weight=0", "logit.weight=0"),
     "detkd": (),
 }
-BUILTIN_KD_ARGS: Mapping[str, Any] = {"dis": 6.0}  # Ultralytics 8.4's default weight, passed explicitly
+BUILTIN_KD_ARGS: Mapping[str, Any] = {"dis": 6.0}
+# No per-epoch validation: the final model is scored (no selection on the evaluation split)
+FINAL_MODEL: Mapping[str, Any] = {"val": False}  # Ultralytics 8.4's default weight, passed explicitly
 
 
 def assets_dir() -> Path:
@@ -55,10 +57,10 @@ class Suite:
         teacher_epochs: the teacher's schedule when the harness trains it (default: ``epochs``).
         seeds: default training seeds (the data is the same for every seed).
         scenes: :class:`~detkd.data.synthetic.SceneConfig` fields for synthetic data.
-        train_args: extra Ultralytics training arguments shared by every run (teacher included).
+        train_args: extra Ultralytics training arguments shared by every run (teacher included); by default
+            :data:`FINAL_MODEL`.
         kd: KD overrides of the recommended recipe, applied to every detkd run (e.g. ``feature.method=pkd``).
         class_map: a class-map YAML for teachers trained on other classes.
-        note: what the suite is for and what it needs.
     """
 
     name: str
@@ -72,10 +74,9 @@ class Suite:
     teacher_epochs: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     scenes: Mapping[str, Any] = field(default_factory=dict)
-    train_args: Mapping[str, Any] = field(default_factory=dict)
+    train_args: Mapping[str, Any] = field(default_factory=lambda: dict(FINAL_MODEL))
     kd: tuple[str, ...] = ()
     class_map: str | None = None
-    note: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -85,6 +86,16 @@ class Suite:
     def teacher_given(self) -> bool:
         """True when the teacher is weights to use as they are (not a YAML the harness trains)."""
         return not self.teacher.endswith((".yaml", ".yml"))
+
+    def teacher_spec(self) -> str:
+        """The teacher as detkd's loaders take it: a YAML name, ``torchvision:...``, or a resolved weights path."""
+        if not self.teacher_given or self.teacher.startswith("torchvision:"):
+            return self.teacher
+        return str(self.resolve(self.teacher).resolve())
+
+    def class_map_path(self) -> str | None:
+        """The class-map YAML, resolved (None without one)."""
+        return str(self.resolve(self.class_map)) if self.class_map else None
 
     def resolve(self, value: str) -> Path:
         """A path of this suite, with ``assets:`` resolved; a missing file is a clear error."""
@@ -99,8 +110,6 @@ class Suite:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_FINAL_MODEL = {"val": False}  # no per-epoch validation: the final model is scored (no selection on the eval split)
-
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
@@ -114,10 +123,7 @@ SUITES: dict[str, Suite] = {
             epochs=8,
             teacher_epochs=15,
             imgsz=96,
-            batch=16,
             seeds=(0, 1),
-            train_args=_FINAL_MODEL,
-            note="minutes on CPU; the numbers prove the plumbing, not KD",
         ),
         Suite(
             name="synthetic",
@@ -128,9 +134,6 @@ SUITES: dict[str, Suite] = {
             student="yolov8n.yaml",
             epochs=25,
             imgsz=160,
-            batch=16,
-            train_args=_FINAL_MODEL,
-            note="the demo's data and budget; about an hour on 2 CPU cores with 3 seeds",
         ),
         Suite(
             name="hit-uav",
@@ -141,9 +144,6 @@ SUITES: dict[str, Suite] = {
             epochs=60,
             teacher_epochs=100,
             imgsz=640,
-            batch=16,
-            train_args=_FINAL_MODEL,
-            note="the full schedule: a GPU run (needs ../shared/assets)",
         ),
         Suite(
             name="hit-uav-cpu",
@@ -154,10 +154,8 @@ SUITES: dict[str, Suite] = {
             epochs=10,
             teacher_epochs=15,
             imgsz=320,
-            batch=16,
             seeds=(0, 1),
-            train_args={**_FINAL_MODEL, "fraction": 0.25},
-            note="the reduced CPU variant of hit-uav (a few hours on 2 cores; needs ../shared/assets)",
+            train_args={**FINAL_MODEL, "fraction": 0.25},
         ),
         Suite(
             name="coco-legacy",
@@ -167,11 +165,8 @@ SUITES: dict[str, Suite] = {
             student="yolov8p.yaml",
             epochs=100,
             imgsz=320,
-            batch=16,
             seeds=(0,),
-            train_args=_FINAL_MODEL,
             kd=("feature.method=pkd", "box.method=iou"),
-            note="a legacy anchor-based teacher (no DFL bins: IoU box KD; pkd features across families)",
         ),
     )
 }
@@ -188,7 +183,7 @@ def get_suite(name: str) -> Suite:
 
 def custom_suite(data: str, teacher: str, student: str, **kw: Any) -> Suite:
     """A suite for a user's own data YAML (``detkd bench quality --data D.yaml --teacher T --student S``)."""
-    defaults: dict[str, Any] = {"epochs": 50, "imgsz": 640, "batch": 16, "train_args": _FINAL_MODEL}
+    defaults: dict[str, Any] = {"epochs": 50, "imgsz": 640}
     defaults.update({k: v for k, v in kw.items() if v is not None})
     return Suite(name=f"custom-{Path(data).stem}", description=f"{data}", data=data, teacher=teacher,
                  student=student, **defaults)  # fmt: skip
@@ -215,4 +210,4 @@ def builtin_kd_applies(suite: Suite) -> bool:
         return True
     from detkd.teachers import detect_family
 
-    return detect_family(suite.resolve(suite.teacher)) == "ultralytics"
+    return detect_family(suite.teacher_spec()) == "ultralytics"

@@ -32,6 +32,7 @@ from detkd.losses.composite import KDComposite
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
 from detkd.teachers.mapped import paired_classes
+from detkd.types import Teacher
 
 LOGGER = logging.getLogger(__name__)
 
@@ -173,6 +174,19 @@ def train_detector(
     return _run(trainer, save_dir, started)
 
 
+def build_composite(kd: KDConfig, student: Any, teacher: Teacher, nc: int) -> KDComposite:
+    """The KD objective (adapters, method modules) for a student/teacher pair; pairing errors are raised here."""
+    return KDComposite(
+        kd,
+        student_specs=uy.feature_specs(student),
+        teacher_specs=teacher.specs,
+        student_classes=nc,
+        teacher_classes=teacher.num_classes,
+        student_reg_max=uy.reg_max(student),
+        teacher_reg_max=teacher.reg_max,
+    )
+
+
 class Distiller:
     """Distil ``teacher`` into ``student`` on ``data``.
 
@@ -222,15 +236,7 @@ class Distiller:
         """The student and the KD objective (adapters) for this pair, initialised from ``seed``."""
         with seeded(seed):
             student = uy.build_student(self.student_spec, self.data.nc, self.data.names)
-            composite = KDComposite(
-                self.kd,
-                student_specs=uy.feature_specs(student),
-                teacher_specs=self.teacher.specs,
-                student_classes=self.data.nc,
-                teacher_classes=self.teacher.num_classes,
-                student_reg_max=uy.reg_max(student),
-                teacher_reg_max=self.teacher.reg_max,
-            )
+            composite = build_composite(self.kd, student, self.teacher, self.data.nc)
         return student, composite
 
     def train(

@@ -171,7 +171,7 @@ def export_models(
 
     from detkd.data.dataset import list_images, load_data_spec
     from detkd.engine.distiller import run_environment
-    from detkd.engine.trainer import set_cpu_threads
+    from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.predict import read_image
     from detkd.export.checks import parse_budget
     from detkd.students import ultralytics_yolo as uy
@@ -183,7 +183,7 @@ def export_models(
             raise ConfigError(f"{name} {value}: must be at least 1")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads}: must be at least 1")
-    device = f"cuda:{device}" if str(device).isdigit() else str(device)
+    device = torch_device_name(device)
     skipped = _unavailable(targets, device, data is not None, skip_unavailable)
 
     weights = Path(weights)
