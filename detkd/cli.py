@@ -40,7 +40,7 @@ def _train_args(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
-    p.add_argument("--data", required=True, help="Ultralytics data YAML")
+    p.add_argument("--data", default=None, help="Ultralytics data YAML (required unless --resume)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=16)
@@ -52,6 +52,12 @@ def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--name", default=name)
     p.add_argument("--exist-ok", action="store_true", help="reuse the run folder instead of numbering a new one")
     p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a killed run from its last complete epoch (only --device, --workers, --threads may change)",
+    )
+    p.add_argument(
         "--train-arg",
         action="append",
         metavar="KEY=VALUE",
@@ -59,14 +65,42 @@ def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
     )
 
 
+def _required(ns: argparse.Namespace, *names: str) -> None:
+    missing = [f"--{n}" for n in names if getattr(ns, n) is None]
+    if missing:
+        raise DetkdError(f"{ns.command}: {', '.join(missing)} required (or --resume RUN_DIR to continue a run)")
+
+
+def _print_result(result: Any) -> None:
+    from detkd.engine import distributed
+
+    if distributed.is_main():
+        print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
+
+
+def _resumed(ns: argparse.Namespace) -> Any:
+    from detkd.engine.distiller import resume
+
+    return resume(ns.resume, device=ns.device, workers=ns.workers, threads=ns.threads)
+
+
 def _cmd_distill(ns: argparse.Namespace) -> int:
     from detkd.engine.distiller import Distiller
 
+    if ns.resume:
+        _print_result(_resumed(ns))
+        return 0
+    _required(ns, "teacher", "student", "data")
     distiller = Distiller(ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set, class_map=ns.class_map)
     result = distiller.train(
-        project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns)
+        project=ns.project,
+        name=ns.name,
+        exist_ok=ns.exist_ok,
+        threads=ns.threads,
+        on_nonfinite=ns.on_nonfinite,
+        **_train_args(ns),
     )
-    print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
+    _print_result(result)
     return 0
 
 
@@ -80,10 +114,14 @@ def _cmd_losses(ns: argparse.Namespace) -> int:
 def _cmd_train(ns: argparse.Namespace) -> int:
     from detkd.engine.distiller import train_detector
 
+    if ns.resume:
+        _print_result(_resumed(ns))
+        return 0
+    _required(ns, "model", "data")
     result = train_detector(
         ns.model, ns.data, project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns)
     )
-    print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
+    _print_result(result)
     return 0
 
 
@@ -163,12 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="train a student with knowledge distillation from a teacher")
     p.add_argument(
         "--teacher",
-        required=True,
+        default=None,
         help="Ultralytics YOLO or RT-DETR .pt (or YAML), a classic YOLOv5 .pt, torchvision:<builder>[:<weights>], "
         "or an ensemble YAML",
     )
     p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's (name or index)")
-    p.add_argument("--student", required=True, help="student model YAML (e.g. yolov8n.yaml) or .pt")
+    p.add_argument("--student", default=None, help="student model YAML (e.g. yolov8n.yaml) or .pt")
     p.add_argument("--kd", default=None, help="KD config YAML (default: detkd's recipe)")
     p.add_argument(
         "--set",
@@ -176,11 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a KD setting, e.g. kd.feature.method=cwd or kd.logit.weight=2 (all keys: detkd losses)",
     )
+    p.add_argument(
+        "--on-nonfinite",
+        choices=("stop", "skip"),
+        default="stop",
+        help="a NaN/Inf loss: stop (naming term, epoch, batch; default) or skip that optimizer step",
+    )
     _add_training_options(p, "distill")
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("train", help="train a detector without KD (a teacher, or a baseline)")
-    p.add_argument("--model", required=True, help="model YAML or .pt")
+    p.add_argument("--model", default=None, help="model YAML or .pt")
     _add_training_options(p, "train")
     p.set_defaults(func=_cmd_train)
 

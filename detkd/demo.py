@@ -207,7 +207,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     kd_cfg: KDConfig = load_kd_config(None, list(cfg.kd_overrides))
     # val=False: Ultralytics validates only after the last epoch, so the reported model is the final one (not the
     # epoch that scored best on the very split it is reported on) and no time goes to per-epoch validation.
-    train = {
+    train: dict[str, Any] = {
         "epochs": cfg.epochs,
         "imgsz": cfg.imgsz,
         "batch": cfg.batch,

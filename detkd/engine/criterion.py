@@ -9,6 +9,7 @@ teacher once under ``no_grad`` (not at all while every KD term is scheduled off)
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -20,7 +21,10 @@ from detkd.losses.composite import TERMS, KDComposite, KDInputs
 from detkd.students import ultralytics_yolo as uy
 from detkd.types import Teacher
 
+LOGGER = logging.getLogger(__name__)
 KD_ITEM_NAMES = TERMS
+NONFINITE_MODES = ("stop", "skip")
+MAX_CONSECUTIVE_SKIPS = 50  # in ``skip`` mode, this many non-finite steps in a row means the run has diverged
 
 
 class NonFiniteLossError(DetkdError):
@@ -41,9 +45,17 @@ class KDCriterion:
         student: the Ultralytics student model (its hyperparameters ``model.args`` set by the trainer).
         teacher: the frozen teacher.
         composite: the KD objective (holds the adapters and the method modules).
+        on_nonfinite: ``stop`` raises :class:`NonFiniteLossError` naming the terms, epoch and batch; ``skip`` warns,
+            returns a finite stand-in loss and flags the step so the trainer drops it (:meth:`take_skip`).
     """
 
-    def __init__(self, student: Any, teacher: Teacher, composite: KDComposite) -> None:
+    def __init__(self, student: Any, teacher: Teacher, composite: KDComposite, on_nonfinite: str = "stop") -> None:
+        if on_nonfinite not in NONFINITE_MODES:
+            raise DetkdError(f"on_nonfinite must be one of {NONFINITE_MODES}, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.skipped = 0  # steps skipped since the last epoch report
+        self._consecutive = 0
+        self._skip_pending = False
         self.det = uy.AssignedDetectionLoss(student)
         self.head = uy.detect_head(student)
         self.teacher = teacher
@@ -75,24 +87,50 @@ class KDCriterion:
         ratios: dict[str, Tensor] = {}
         if self.composite.any_on:
             terms = self._kd(preds, batch, branches, det, det_loss.sum())
-            weighted, ratios = terms.weighted, terms.ratios
-            self.last_unweighted = {k: v.detach() for k, v in terms.unweighted.items()}
+            if terms is None:  # the KD inputs were non-finite (skip mode): every KD term counts as non-finite
+                weighted = {k: zero + float("nan") for k in KD_ITEM_NAMES}
+            else:
+                weighted, ratios = terms.weighted, terms.ratios
+                self.last_unweighted = {k: v.detach() for k, v in terms.unweighted.items()}
         kd = torch.stack([weighted.get(k, zero).to(det_loss.dtype) for k in KD_ITEM_NAMES])
         total = torch.cat((det_loss, kd))
-        if not bool(torch.isfinite(total).all()):
-            names = (*det.items, *KD_ITEM_NAMES)
-            bad = [n for n, v in zip(names, total.detach().cpu()) if not torch.isfinite(v)]
-            raise NonFiniteLossError(
-                f"non-finite loss term(s) {bad} at {self._where()}; stopping instead of training on NaN/Inf "
-                "(the last saved checkpoint is intact)"
-            )
+        finite = bool(torch.isfinite(total).all())
+        if finite:
+            self._consecutive = 0
+        else:
+            total = self._nonfinite(total, (*det.items, *KD_ITEM_NAMES))
         # Detection items exactly as Ultralytics reports them (comparable with a run without KD); KD items weighted.
         items = dict(det.items)
         items.update({k: v.detach() for k, v in zip(KD_ITEM_NAMES, kd.detach())})
         for name in self.item_names[len(KD_ITEM_NAMES) :]:
             items[name] = ratios.get(f"kd/{name.rsplit('/', 1)[1]}", zero).detach()
+        if not finite:  # a skipped step adds zeros to the epoch means, not NaN
+            items = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in items.items()}
         self.step += 1
         return total * batch["img"].shape[0], items
+
+    def _nonfinite(self, total: Tensor, names: tuple[str, ...]) -> Tensor:
+        bad = [n for n, v in zip(names, total.detach().cpu()) if not torch.isfinite(v)]
+        if self.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss term(s) {bad} at {self._where()}; stopping instead of training on NaN/Inf "
+                "(the last saved checkpoint is intact; on_nonfinite=skip drops such steps instead)"
+            )
+        self._consecutive += 1
+        if self._consecutive > MAX_CONSECUTIVE_SKIPS:
+            raise NonFiniteLossError(
+                f"non-finite loss term(s) {bad} at {self._where()}, {self._consecutive} steps in a row: the run has "
+                "diverged (lower lr0 or the KD weights; the last saved checkpoint is intact)"
+            )
+        LOGGER.warning("non-finite loss term(s) %s at %s: step skipped", bad, self._where())
+        self.skipped += 1
+        self._skip_pending = True
+        return torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def take_skip(self) -> bool:
+        """True once after a non-finite step (``skip`` mode): the optimizer step that includes it is dropped."""
+        pending, self._skip_pending = self._skip_pending, False
+        return pending
 
     def _kd(self, preds: Any, batch: dict[str, Any], branches: dict[str, Any], det: Any, det_total: Tensor) -> Any:
         comp, cfg = self.composite, self.composite.cfg
@@ -125,6 +163,8 @@ class KDCriterion:
         try:
             return comp(inputs)
         except ValueError as e:
-            if "NaN or Inf" in str(e):
+            if "NaN or Inf" not in str(e):
+                raise
+            if self.on_nonfinite == "stop":
                 raise NonFiniteLossError(f"KD stopped on non-finite values at {self._where()}: {e}") from e
-            raise
+            return None

@@ -25,9 +25,20 @@ from typing import Any
 import torch
 
 from detkd import __version__
+from detkd.checkpoints import load_checkpoint
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
 from detkd.data.dataset import DataSpec, load_data_spec, validate_split
+from detkd.engine import distributed
+from detkd.engine.checkpointing import (
+    RESUME_FILE,
+    RESUME_FORMAT,
+    check_output_folder,
+    checkpoint_bytes,
+    find_resume_file,
+    run_folder,
+)
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
+from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
@@ -36,6 +47,7 @@ from detkd.types import Teacher
 
 LOGGER = logging.getLogger(__name__)
 
+RUN_META = "detkd_run.json"
 # detkd's defaults for Ultralytics training arguments (any can be overridden by the caller).
 DEFAULT_TRAIN_ARGS: dict[str, Any] = {"plots": False, "verbose": True}
 
@@ -95,12 +107,26 @@ def run_environment() -> dict[str, Any]:
     }
 
 
-def _prepare_run(project: str | Path, name: str, exist_ok: bool) -> Path:
+def _prepare_run(project: str | Path, name: str, exist_ok: bool, device: Any = None) -> Path:
+    """The run folder, created and checked writable before anything trains; under torchrun, rank 0's on every rank."""
     from ultralytics.utils.files import increment_path
 
-    save_dir = Path(increment_path(Path(project) / name, exist_ok=exist_ok))
-    save_dir.mkdir(parents=True, exist_ok=True)
-    return save_dir
+    distributed.init(device)
+    save_dir = None
+    if distributed.is_main():
+        save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=exist_ok))
+        check_output_folder(save_dir, 0)
+    return Path(distributed.broadcast(save_dir))
+
+
+def _check_room(save_dir: Path, model: torch.nn.Module) -> None:
+    if distributed.is_main():
+        check_output_folder(save_dir / "weights", checkpoint_bytes(sum(p.numel() for p in model.parameters())))
+
+
+def _write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
+    if distributed.is_main():
+        (save_dir / RUN_META).write_text(json.dumps(meta, indent=2, default=str))
 
 
 def _checked_data(data: str | Path | DataSpec) -> DataSpec:
@@ -115,8 +141,35 @@ def _checked_data(data: str | Path | DataSpec) -> DataSpec:
     return spec
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _oom_advice(trainer: DetectorTrainer) -> str:
+    args = trainer.args
+    batch = int(trainer.batch_size)
+    teacher = "" if not isinstance(trainer, KDTrainer) else (
+        " the teacher runs in fp16 under AMP already; a smaller teacher also helps." if trainer.amp
+        else " turn AMP on (--train-arg amp=True) so the teacher runs in fp16."
+    )  # fmt: skip
+    return (
+        f"out of memory on {trainer.device} at epoch {trainer.epoch + 1} (batch {batch}, imgsz {args.imgsz}): "
+        f"lower --batch (e.g. {max(batch // 2, 1)}) or --imgsz;{teacher} The last complete epoch can be resumed "
+        f"with --resume {trainer.save_dir}"
+    )
+
+
 def _run(trainer: DetectorTrainer, save_dir: Path, started: float) -> TrainResult:
-    trainer.train()
+    try:
+        trainer.train()
+    except RuntimeError as e:
+        if _out_of_memory(e):
+            raise DetkdError(_oom_advice(trainer)) from e
+        raise
+    if distributed.is_main():
+        meta_path = save_dir / RUN_META
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        _write_meta(save_dir, {**meta, "finished": True})
     raw: dict[str, Any] = dict(trainer.metrics or {})
     metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
     wdir = save_dir / "weights"
@@ -158,19 +211,25 @@ def train_detector(
     name: str = "train",
     exist_ok: bool = False,
     threads: int | None = None,
+    resume_state: dict[str, Any] | None = None,
     **train_args: Any,
 ) -> TrainResult:
-    """Train a detector without KD (a same-family teacher, or the baseline a distilled student is compared with)."""
+    """Train a detector without KD (a same-family teacher, or the baseline a distilled student is compared with).
+
+    ``resume_state`` (used by :func:`resume`) continues a killed run in its own folder.
+    """
     started = time.time()
     spec = _checked_data(data)
     with seeded(int(train_args.get("seed") or 0)):
         net = uy.build_student(model, spec.nc, spec.names)
-    save_dir = _prepare_run(project, name, exist_ok)
+    save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
+    _check_room(save_dir, net)
     data_yaml = spec.write_resolved(save_dir / "data.yaml")
-    (save_dir / "detkd_run.json").write_text(
-        json.dumps({"kind": "train", "model": str(model), "data": str(spec.yaml_path), **run_environment()}, indent=2)
-    )
-    trainer = DetectorTrainer(net, _overrides(model, data_yaml, save_dir, **train_args), threads=threads)
+    if resume_state is None:
+        _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
+                               "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
+    overrides = _overrides(model, data_yaml, save_dir, **train_args)
+    trainer = DetectorTrainer(net, overrides, threads=threads, resume_state=resume_state)
     return _run(trainer, save_dir, started)
 
 
@@ -220,8 +279,10 @@ class Distiller:
             self.kd = load_kd_config(kd, overrides)
         self.data = _checked_data(data)
         self.teacher_spec, self.student_spec = str(teacher), str(student)
+        with seeded(0):  # a teacher from YAML (random weights) is the same in every process, e.g. on resume
+            built = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
         self.teacher = paired_classes(
-            build_teacher(teacher, nc=self.data.nc, names=self.data.names),
+            built,
             self.data.names,
             class_map,
             required=self.kd.logit.weight > 0,
@@ -246,33 +307,91 @@ class Distiller:
         name: str = "distill",
         exist_ok: bool = False,
         threads: int | None = None,
+        on_nonfinite: str = "stop",
+        resume_state: dict[str, Any] | None = None,
         **train_args: Any,
     ) -> TrainResult:
         """Train the student with KD; any Ultralytics training argument may be passed (epochs, imgsz, batch, ...).
 
         Each call starts from a freshly initialised student (from ``seed``, as ``train_detector`` does).
+        ``on_nonfinite``: ``stop`` (default) or ``skip`` a step whose loss is NaN/Inf. ``resume_state`` (used by
+        :func:`resume`) continues a killed run in its own folder.
         """
         started = time.time()
         self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
-        save_dir = _prepare_run(project, name, exist_ok)
+        save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
+        _check_room(save_dir, self.student)
         data_yaml = self.data.write_resolved(save_dir / "data.yaml")
-        dump_kd_config(self.kd, save_dir / "kd.yaml")
-        meta = {
-            "kind": "distill",
-            "teacher": self.teacher.describe(),
-            "class_map": self.class_map,
-            "student": self.student_spec,
-            "data": str(self.data.yaml_path),
-            "kd": self.kd.to_dict(),
-            "box_kd_mode": self.composite.box_method,
-            **run_environment(),
-        }
-        (save_dir / "detkd_run.json").write_text(json.dumps(meta, indent=2))
+        if resume_state is None and distributed.is_main():
+            dump_kd_config(self.kd, save_dir / "kd.yaml")
+            _write_meta(save_dir, {
+                "kind": "distill",
+                "teacher": self.teacher.describe(),
+                "teacher_spec": self.teacher_spec,
+                "class_map": self.class_map,
+                "student": self.student_spec,
+                "data": str(self.data.yaml_path),
+                "kd": self.kd.to_dict(),
+                "box_kd_mode": self.composite.box_method,
+                "train_args": train_args,
+                "threads": threads,
+                "on_nonfinite": on_nonfinite,
+                **run_environment(),
+            })  # fmt: skip
         trainer = KDTrainer(
             self.student,
             self.teacher,
             self.composite,
             _overrides(self.student_spec, data_yaml, save_dir, **train_args),
             threads=threads,
+            resume_state=resume_state,
+            on_nonfinite=on_nonfinite,
         )
         return _run(trainer, save_dir, started)
+
+
+RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed
+
+
+def resume(path: str | Path, **changes: Any) -> TrainResult:
+    """Continue a killed ``distill`` or ``train`` run from its last complete epoch, in its own folder.
+
+    The teacher is rebuilt from its file, the student, adapters, optimizer, schedules and random streams are restored
+    from ``weights/resume.pt``; the data and KD config are the run's own (``data.yaml``, ``kd.yaml``). Only
+    ``device``, ``workers`` and ``threads`` may be changed. Resuming a finished run does nothing and says so.
+    """
+    unknown = sorted(set(changes) - set(RESUMABLE_CHANGES))
+    if unknown:
+        raise DetkdError(f"resume: {unknown} cannot change on resume (only {', '.join(RESUMABLE_CHANGES)} can)")
+    p = Path(path)
+    folder = p if p.is_dir() and not (p / RESUME_FILE).is_file() else run_folder(p / RESUME_FILE if p.is_dir() else p)
+    meta_path = folder / RUN_META
+    if not meta_path.is_file():
+        raise DetkdError(f"{path}: not a detkd run folder ({RUN_META} missing)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("finished"):
+        LOGGER.info("%s: the run finished all its epochs; nothing to resume", folder)
+        return _finished(folder)
+    state = load_checkpoint(find_resume_file(folder))
+    if state.get("format") != RESUME_FORMAT:
+        raise DetkdError(f"{folder}: {RESUME_FILE} is not a detkd resume state (format {state.get('format')})")
+    if int(state["epoch"]) + 1 >= int(state["epochs"]):
+        LOGGER.info("%s: all %d epochs were trained; nothing to resume", folder, state["epochs"])
+        return _finished(folder)
+    args = {**meta.get("train_args", {}), **{k: v for k, v in changes.items() if k != "threads" and v is not None}}
+    threads = changes.get("threads") or meta.get("threads")
+    where = {"project": folder.parent, "name": folder.name, "threads": threads, "resume_state": state}
+    data = folder / "data.yaml"
+    LOGGER.info("resuming %s run %s after epoch %d", meta.get("kind"), folder, int(state["epoch"]) + 1)
+    if meta.get("kind") == "distill":
+        teacher = meta["teacher_spec"]
+        if not str(teacher).endswith((".yaml", ".yml")) and ":" not in str(teacher) and not Path(teacher).exists():
+            raise DetkdError(f"resume: the teacher {teacher} is gone (detkd rebuilds the teacher from its file)")
+        distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"))
+        return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
+    return train_detector(meta["model"], data, **where, **args)
+
+
+def _finished(folder: Path) -> TrainResult:
+    wdir = folder / "weights"
+    return TrainResult(folder, wdir / "best.pt", wdir / "last.pt", folder / "results.csv", 0.0)

@@ -8,18 +8,38 @@ and checkpoints, using every CPU core and no network. ``KDTrainer`` adds a froze
   :class:`~detkd.engine.criterion.KDCriterion`, so each step runs the student once and the teacher once;
 * checkpoints hold the student only (the EMA never sees the teacher or adapters), so ``YOLO("best.pt")`` loads
   them with plain Ultralytics.
+
+Both trainers write checkpoints atomically and keep a ``resume.pt`` beside ``last.pt`` (see
+:mod:`detkd.engine.checkpointing`), from which a killed run continues where its last complete epoch ended; and
+both run under ``torchrun`` (see :mod:`detkd.engine.distributed`), on GPUs and, with gloo, on CPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import shutil
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from detkd._offline import ensure_offline, offline_guards
+from detkd.engine import distributed
+from detkd.engine.checkpointing import (
+    RESUME_FILE,
+    RESUME_FORMAT,
+    plain,
+    restore_augmenters,
+    restore_rng,
+    rng_state,
+    staged_writes,
+    truncate_results_csv,
+    use_epoch_shuffle,
+)
 from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, ratio_item_names
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
@@ -46,6 +66,23 @@ def set_cpu_threads(threads: int | None) -> int:
     return n
 
 
+@contextlib.contextmanager
+def _ddp_without_device_ids() -> Iterator[None]:
+    """Ultralytics wraps DDP with ``device_ids=[device.index]``, which torch refuses for CPU modules; on CPU (gloo)
+    the wrap is made without device ids. Scoped to the trainer's setup."""
+    original = nn.parallel.DistributedDataParallel
+
+    class CPUDistributedDataParallel(original):  # type: ignore[misc, valid-type]
+        def __init__(self, module: nn.Module, *args: Any, device_ids: Any = None, **kwargs: Any) -> None:
+            super().__init__(module, *args, **kwargs)
+
+    nn.parallel.DistributedDataParallel = CPUDistributedDataParallel  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        nn.parallel.DistributedDataParallel = original  # type: ignore[misc]
+
+
 class DetectorTrainer(DetectionTrainer):
     """Train a prebuilt Ultralytics detection model (no KD): teachers and baselines.
 
@@ -53,25 +90,170 @@ class DetectorTrainer(DetectionTrainer):
         model: the model to train (built from YAML or loaded safely by detkd).
         overrides: Ultralytics training arguments (``data`` must be a resolved data YAML).
         threads: torch CPU threads (default: all cores).
+        resume_state: the contents of a run's ``resume.pt`` (loaded safely by the caller) to continue from.
     """
 
-    def __init__(self, model: nn.Module, overrides: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        overrides: dict[str, Any],
+        threads: int | None = None,
+        resume_state: Mapping[str, Any] | None = None,
+    ) -> None:
         if overrides.get("resume"):
-            raise DetkdError("resuming a detkd run is not supported yet: start a new run (resume is planned with DDP)")
+            raise DetkdError("pass --resume RUN_DIR to detkd (Ultralytics' resume=... argument is not used by detkd)")
         self._prebuilt = model
+        self._resume_state = resume_state
+        self._pending_augment: Mapping[str, Any] | None = None
+        # results.csv of a resumed run is kept (Ultralytics deletes it unless its own resume flag is set)
+        overrides = {**overrides, "resume": bool(resume_state)}
         with offline_guards():
             super().__init__(overrides=overrides)
         if self.ddp:
-            raise DetkdError("multi-GPU training is not supported yet: pass a single --device (e.g. 0 or cpu)")
+            raise DetkdError(
+                f"--device {self.args.device}: for several GPUs launch detkd with torchrun, e.g. "
+                f"torchrun --nproc_per_node {self.world_size} -m detkd distill ... (see README, Running at scale)"
+            )
+        if distributed.launched():
+            self.world_size = distributed.world_size()
+        if self.device.type == "cpu":
+            self.args.amp = False  # every rank must agree; CPU training never uses AMP
         self.threads = set_cpu_threads(threads) if self.device.type == "cpu" else None
+
+    def check_resume(self, overrides: dict[str, Any]) -> None:
+        """detkd resumes from its own ``resume.pt`` (loaded safely); Ultralytics' path would unpickle ``last.pt``."""
+        self.resume = False
 
     def setup_model(self) -> None:
         self.model: Any = self._prebuilt
         return None
 
+    def _setup_ddp(self) -> None:
+        """One process per device under torchrun: this rank's GPU (or the CPU with gloo), process group joined."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(distributed.local_rank())
+            self.device = torch.device("cuda", distributed.local_rank())
+        distributed.init(self.device.type)
+
+    def _setup_train(self) -> None:
+        with _ddp_without_device_ids() if self.device.type == "cpu" else contextlib.nullcontext():
+            super()._setup_train()
+        if self._resume_state is not None:
+            self.restore(self._resume_state)
+        self.advance_criterion()
+
     def train(self) -> None:
         with offline_guards():
             super().train()
+
+    # --- checkpoints and resume -----------------------------------------------------------------------------------
+
+    def resume_state(self) -> dict[str, Any]:
+        """Everything needed to continue this run after the current epoch (see :mod:`detkd.engine.checkpointing`)."""
+        stopper = {k: plain(v) for k, v in vars(self.stopper).items() if isinstance(v, (int, float, type(None)))}
+        ema: Any = self.ema
+        optimizer: Any = self.optimizer
+        return {
+            "format": RESUME_FORMAT,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "model": unwrap_model(self.model).state_dict(),
+            "ema": ema.ema.state_dict(),
+            "updates": ema.updates,
+            "optimizer": optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_fitness": plain(self.best_fitness),
+            "stopper": stopper,
+            "rng": rng_state(self.train_loader),
+            "kd": self.kd_state(),
+        }
+
+    def kd_state(self) -> dict[str, Any]:
+        """State of the KD objective (none without KD)."""
+        return {}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (a ``resume.pt``): weights, EMA, optimizer, schedules, random streams."""
+        ema: Any = self.ema
+        optimizer: Any = self.optimizer
+        scheduler: Any = self.scheduler
+        unwrap_model(self.model).load_state_dict(state["model"])
+        ema.ema.load_state_dict(state["ema"])
+        ema.updates = state["updates"]
+        saved = state["optimizer"]
+        if len(saved["param_groups"]) != len(optimizer.param_groups):
+            raise DetkdError(
+                f"resume: the saved optimizer has {len(saved['param_groups'])} parameter groups, this run has "
+                f"{len(optimizer.param_groups)} (was the KD config changed since the run started?)"
+            )
+        for group, live in zip(saved["param_groups"], optimizer.param_groups):
+            group["fused"] = live.get("fused")  # the device, not the checkpoint, picks the kernel
+        optimizer.load_state_dict(saved)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_fitness = state["best_fitness"]
+        self.stopper.__dict__.update(state["stopper"])
+        self.start_epoch = int(state["epoch"]) + 1
+        scheduler.last_epoch = self.start_epoch - 1
+        restore_rng(state["rng"], self.train_loader)
+        self._pending_augment = state["rng"]  # re-applied if Ultralytics rebuilds the augmentations this epoch
+        if distributed.is_main():
+            truncate_results_csv(self.csv, self.start_epoch)
+        LOGGER.info("resuming at epoch %d of %d from %s", self.start_epoch + 1, self.epochs, self.wdir / RESUME_FILE)
+
+    def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train") -> Any:
+        loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
+        if mode == "train":
+            use_epoch_shuffle(loader)
+        return loader
+
+    def _close_dataloader_mosaic(self) -> None:
+        super()._close_dataloader_mosaic()
+        pending, self._pending_augment = self._pending_augment, None
+        # The continued run closed mosaic before its checkpoint: its rebuilt augmentations resume their streams
+        if pending is not None and self.epoch == self.start_epoch > self.epochs - self.args.close_mosaic:
+            restore_augmenters(pending, self.train_loader.dataset)
+
+    def advance_criterion(self) -> None:
+        """Bring the loss's per-epoch schedule (end-to-end heads) to the resumed epoch."""
+        if not self.start_epoch:
+            return
+        model: Any = unwrap_model(self.model)
+        if getattr(model, "criterion", None) is None:
+            model.criterion = model.init_criterion()
+        for _ in range(self.start_epoch):
+            if hasattr(model.criterion, "update"):
+                model.criterion.update()
+
+    def save_model(self) -> bool:
+        """Ultralytics' checkpoints plus ``resume.pt``, each written in full, then renamed into place."""
+        final = (self.last, self.best, self.wdir)
+        order = (RESUME_FILE, "best.pt", "last.pt")
+        with staged_writes(self.wdir, f"the epoch-{self.epoch + 1} checkpoints", order) as tmp:
+            self.last, self.best, self.wdir = tmp / "last.pt", tmp / "best.pt", tmp
+            try:
+                super().save_model()
+            finally:
+                self.last, self.best, self.wdir = final
+            torch.save(self.resume_state(), tmp / RESUME_FILE)
+        return True
+
+    def final_eval(self) -> None:
+        """Ultralytics strips the optimizer from ``last.pt``/``best.pt`` in place; detkd strips copies and renames."""
+        if not distributed.is_main():
+            super().final_eval()
+            return
+        final = (self.last, self.best)
+        with staged_writes(self.wdir, "the final checkpoints", ("best.pt", "last.pt")) as tmp:
+            for f in final:
+                if f.exists():
+                    shutil.copy2(f, tmp / f.name)
+            self.last, self.best = tmp / "last.pt", tmp / "best.pt"
+            try:
+                super().final_eval()
+            finally:
+                self.last, self.best = final
+        (self.wdir / RESUME_FILE).unlink(missing_ok=True)  # the run is complete: nothing left to resume
 
 
 class KDTrainer(DetectorTrainer):
@@ -81,7 +263,9 @@ class KDTrainer(DetectorTrainer):
         model: the student.
         teacher: the frozen teacher.
         composite: the KD objective for this pair (holds the adapters).
-        overrides, threads: as for :class:`DetectorTrainer`.
+        overrides, threads, resume_state: as for :class:`DetectorTrainer`.
+        on_nonfinite: ``stop`` (raise, naming the term, epoch and batch) or ``skip`` (drop that optimizer step,
+            warn, count; stop after :data:`~detkd.engine.criterion.MAX_CONSECUTIVE_SKIPS` in a row).
     """
 
     def __init__(
@@ -91,10 +275,14 @@ class KDTrainer(DetectorTrainer):
         composite: KDComposite,
         overrides: dict[str, Any],
         threads: int | None = None,
+        resume_state: Mapping[str, Any] | None = None,
+        on_nonfinite: str = "stop",
     ) -> None:
         self.teacher = teacher
         self.composite = composite
-        super().__init__(model, overrides, threads)
+        self.on_nonfinite = on_nonfinite
+        self.criterion: KDCriterion | None = None
+        super().__init__(model, overrides, threads, resume_state)
 
     def setup_model(self) -> None:
         super().setup_model()
@@ -129,11 +317,62 @@ class KDTrainer(DetectorTrainer):
     def _setup_train(self) -> None:
         super()._setup_train()  # builds the EMA from the bare student: the teacher never enters a checkpoint
         student: Any = unwrap_model(self.model)
-        criterion = KDCriterion(student, self.teacher, self.composite)
-        student.criterion = criterion
+        criterion = KDCriterion(student, self.teacher, self.composite, on_nonfinite=self.on_nonfinite)
+        student.criterion = self.criterion = criterion
+        for _ in range(self.start_epoch):  # a resumed run: the detection loss's per-epoch schedule
+            criterion.update()
+        if self.world_size > 1 and self._resume_state is None:
+            distributed.broadcast_parameters(self.composite)  # every rank's adapters start from rank 0's
         self.add_callback(
             "on_train_epoch_start", lambda t: criterion.start_epoch(t.epoch, t.epochs, len(t.train_loader))
         )
+        self.add_callback("on_train_epoch_end", lambda t: t.reduce_epoch_losses())
+
+    def optimizer_step(self) -> None:
+        """Drop a step whose loss was non-finite (``skip``); average the adapters' gradients over ranks (DDP)."""
+        crit = self.criterion
+        skip = crit is not None and crit.take_skip()
+        if self.world_size > 1:
+            skip = distributed.any_rank(skip, self.device)  # every rank drops the same step
+        if skip:
+            optimizer: Any = self.optimizer
+            optimizer.zero_grad()
+            return
+        if self.world_size > 1:
+            distributed.average_gradients(self.composite.parameters())
+        super().optimizer_step()
+
+    def reduce_epoch_losses(self) -> None:
+        """Under DDP: log this rank's epoch means of the KD terms, then average every loss item over ranks."""
+        if self.criterion is not None and self.criterion.skipped:
+            LOGGER.warning("epoch %d: %d step(s) skipped on non-finite losses", self.epoch + 1, self.criterion.skipped)
+            self.criterion.skipped = 0
+        if self.world_size <= 1 or not self.tloss:
+            return
+        local = {k: float(v) for k, v in self.tloss.items()}
+        r = distributed.rank()
+        LOGGER.info("rank %d epoch %d KD terms: %s", r, self.epoch + 1,
+                    ", ".join(f"{k}={local[k]:.4g}" for k in KD_ITEM_NAMES if k in local))  # fmt: skip
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        with (self.save_dir / f"losses_rank{r}.jsonl").open("a") as fh:
+            fh.write(json.dumps({"epoch": self.epoch + 1, **local}) + "\n")
+        self.tloss = distributed.mean_over_ranks(self.tloss)
+
+    def kd_state(self) -> dict[str, Any]:
+        balancer = self.composite.balancer
+        return {
+            "modules": self.composite.state_dict(),
+            "balancer": balancer.state_dict() if balancer is not None else None,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        kd = state.get("kd") or {}
+        if "modules" not in kd:
+            raise DetkdError("resume: the saved state has no KD adapters (it comes from a run without KD)")
+        self.composite.load_state_dict(kd["modules"])
+        if self.composite.balancer is not None and kd.get("balancer"):
+            self.composite.balancer.load_state_dict(kd["balancer"])
+        super().restore(state)
 
     def label_loss_items(self, loss_items: dict | None = None, prefix: str = "train") -> Any:
         """Validation runs the bare student (no teacher), so KD items are logged for training only."""

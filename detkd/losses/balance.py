@@ -9,6 +9,7 @@ one dataset do not carry over, because feature magnitudes change with the teache
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,6 +56,15 @@ class KDBalancer:
         self._avg: dict[str, Tensor] = {}
         self._scale: dict[str, Tensor] = {}
         self.ratios: dict[str, Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Running magnitudes and factors (saved in ``resume.pt`` so a resumed run balances as before)."""
+        return {"steps": self.steps, "avg": dict(self._avg), "scale": dict(self._scale)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self._avg = dict(state["avg"])
+        self._scale = dict(state["scale"])
 
     def _update(self, key: str, value: Tensor) -> Tensor:
         value = value.detach().float()

@@ -1,0 +1,244 @@
+"""Crash-safe checkpoints and the state a resumed run needs to continue as if it had never stopped.
+
+Every checkpoint file is first written in full to a staging folder beside it, flushed to disk, then moved over the
+old one with an atomic rename: a kill at any moment leaves either the previous file or the new one, never half of
+one. A write that fails (disk full, folder gone read-only) removes its staging files and reports which checkpoint
+is still intact.
+
+``resume.pt`` (beside ``last.pt``) holds what Ultralytics' ``last.pt`` does not: the raw training weights (``last.pt``
+keeps only the half-precision EMA), full-precision optimizer state, the KD adapters and method modules, the loss
+balancer and every random-number stream (Python, NumPy, torch, CUDA, the training dataloader's shuffling). It holds
+tensors, numbers and strings only, so it loads with the restricted unpickler like every other detkd checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detkd.errors import DetkdError
+
+STAGING = ".partial"  # folder inside ``weights/`` where checkpoints are written before the rename
+RESUME_FILE = "resume.pt"
+RESUME_FORMAT = 1
+
+
+class CheckpointWriteError(DetkdError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_writes(folder: Path, what: str, order: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write files into a staging folder, then move each into ``folder`` with an atomic rename.
+
+    Yields the staging folder. Files named in ``order`` are moved in that order, after any others. On an
+    ``OSError`` the staged files are removed and a :class:`CheckpointWriteError` names the folder and says that the
+    files already there are untouched.
+    """
+    staging = folder / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # leftovers of a write that was killed are never moved into place
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        yield staging
+        rank = {name: i for i, name in enumerate(order)}
+        staged = sorted((p for p in staging.iterdir() if p.is_file()), key=lambda p: (rank.get(p.name, -1), p.name))
+        for p in staged:
+            _fsync(p)
+        for p in staged:
+            os.replace(p, folder / p.name)
+        with contextlib.suppress(OSError):  # a directory fsync makes the renames durable (not supported everywhere)
+            _fsync(folder)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = "the disk is full" if e.errno == errno.ENOSPC else f"{type(e).__name__}: {e}"
+        raise CheckpointWriteError(
+            f"{folder}: could not write {what} ({reason}); the checkpoints already there are intact"
+        ) from e
+    finally:
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+
+
+def check_output_folder(folder: Path, need_bytes: int) -> None:
+    """Fail before training when ``folder`` cannot be written or lacks room for the run's checkpoints."""
+    probe = folder / ".detkd_write_test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise DetkdError(f"{folder}: output folder is not writable ({type(e).__name__}: {e.strerror or e})") from e
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise DetkdError(
+            f"{folder}: only {free / 2**20:.0f} MiB free, the run's checkpoints need about "
+            f"{need_bytes / 2**20:.0f} MiB (free some space or choose another --project)"
+        )
+
+
+def checkpoint_bytes(n_params: int) -> int:
+    """Room a run needs: resume.pt (weights, EMA, optimizer in fp32), last.pt and best.pt (fp16), staging copies."""
+    per_epoch = n_params * (3 * 4 + 2 * 2 * 2)
+    return 2 * per_epoch + 16 * 2**20
+
+
+# --- random-number streams ----------------------------------------------------------------------------------------
+
+
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A fresh permutation of ``n`` indices for each pass, seeded by ``(seed, pass number)``.
+
+    torch's ``RandomSampler`` draws from one generator lazily (part of a pass's draws happen when the next pass is
+    first asked for), so a run restarted between epochs cannot reproduce its sequence; here the pass number is the
+    whole state.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.passes = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.passes) % (1 << 63))
+        self.passes += 1
+        yield from torch.randperm(self.n, generator=g).tolist()
+
+
+def _batch_sampler(loader: Any) -> Any:
+    return getattr(getattr(loader, "batch_sampler", None), "sampler", None)  # inside Ultralytics' repeat sampler
+
+
+def epoch_shuffle(loader: Any) -> EpochShuffle | None:
+    sampler = getattr(_batch_sampler(loader), "sampler", None)
+    return sampler if isinstance(sampler, EpochShuffle) else None
+
+
+def use_epoch_shuffle(loader: Any) -> None:
+    """Shuffle a training loader with :class:`EpochShuffle` (a distributed sampler is left as it is)."""
+    batch_sampler = _batch_sampler(loader)
+    sampler = getattr(batch_sampler, "sampler", None)
+    if isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
+        seed = int(sampler.generator.initial_seed()) if sampler.generator is not None else torch.initial_seed()
+        batch_sampler.sampler = EpochShuffle(len(sampler), seed)
+
+
+def augmenters(dataset: Any) -> list[Any]:
+    """Augmentation pipelines with random streams of their own (Albumentations' ``Compose``) in a dataset."""
+    transforms = getattr(getattr(dataset, "transforms", None), "transforms", None) or []
+    found = [getattr(t, "transform", None) for t in transforms]
+    return [a for a in found if hasattr(a, "random_generator") and hasattr(a, "py_random")]
+
+
+def rng_state(loader: Any) -> dict[str, Any]:
+    """Every random stream a training step draws from, as tensors and plain values."""
+    np_state: Any = np.random.get_state()
+    shuffle = epoch_shuffle(loader)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "shuffle_passes": shuffle.passes if shuffle is not None else None,
+        "augment": [
+            {"numpy": a.random_generator.bit_generator.state, "python": a.py_random.getstate()}
+            for a in augmenters(getattr(loader, "dataset", None))
+        ],
+    }
+
+
+def restore_rng(state: Mapping[str, Any], loader: Any) -> None:
+    """Put every random stream back where :func:`rng_state` found it."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    shuffle = epoch_shuffle(loader)
+    if shuffle is not None and state.get("shuffle_passes") is not None:
+        shuffle.passes = int(state["shuffle_passes"])
+    restore_augmenters(state, getattr(loader, "dataset", None))
+
+
+def restore_augmenters(state: Mapping[str, Any], dataset: Any) -> None:
+    """The augmentation pipelines' own random streams (again after Ultralytics rebuilds them, e.g. closing mosaic)."""
+    for aug, saved in zip(augmenters(dataset), state.get("augment") or []):
+        aug.random_generator.bit_generator.state = saved["numpy"]
+        py = saved["python"]
+        aug.py_random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def plain(value: Any) -> Any:
+    """NumPy scalars as Python numbers (so the restricted unpickler reads them back)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def truncate_results_csv(csv: Path, epochs_done: int) -> None:
+    """Drop ``results.csv`` rows of epochs after ``epochs_done`` (written by a run killed before its checkpoint)."""
+    if not csv.is_file():
+        return
+    lines = csv.read_text().splitlines(keepends=True)
+    if not lines:
+        return
+    kept = [lines[0]]
+    for line in lines[1:]:
+        first = line.split(",", 1)[0].strip()
+        try:
+            if int(float(first)) <= epochs_done:
+                kept.append(line)
+        except ValueError:
+            continue
+    if len(kept) != len(lines):
+        tmp = csv.with_suffix(".csv.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, csv)
+
+
+def find_resume_file(path: str | Path) -> Path:
+    """``resume.pt`` of a run, given the run folder, its ``weights/`` folder or a file in it."""
+    p = Path(path)
+    candidates = [p / "weights" / RESUME_FILE, p / RESUME_FILE] if p.is_dir() else [p.parent / RESUME_FILE]
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = p if p.is_dir() else p.parent
+    raise DetkdError(
+        f"{path}: nothing to resume: no {RESUME_FILE} under {where} (a run writes it at the end of its first epoch; "
+        "a run killed earlier must be started again)"
+    )
+
+
+def run_folder(resume_file: Path) -> Path:
+    """The run folder a ``weights/resume.pt`` belongs to."""
+    return resume_file.parent.parent if resume_file.parent.name == "weights" else resume_file.parent

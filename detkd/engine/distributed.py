@@ -1,0 +1,119 @@
+"""Distributed training under ``torchrun``: process group, rank facts, and the reductions KD needs.
+
+detkd does not spawn workers itself: ``torchrun`` starts one process per device (on one node or many) and sets
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``. Each process builds its own frozen teacher (never wrapped in DDP), the
+student is wrapped in DDP by Ultralytics' trainer, and the pieces outside the student that learn (the KD adapters
+and method modules) have their gradients averaged here, the same way DDP averages the student's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launched() -> bool:
+    """True in a process started by ``torchrun`` (or another launcher that sets the same variables) with >1 ranks."""
+    return world_size() > 1 and "LOCAL_RANK" in os.environ
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process)."""
+    return not launched() or rank() == 0
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def init(device: str | int | None) -> None:
+    """Join the process group (NCCL on GPUs, gloo on CPU) when launched by ``torchrun``; a no-op otherwise."""
+    if not launched() or active():
+        return
+    on_cpu = str(device).lower() == "cpu" or not torch.cuda.is_available()
+    if not on_cpu:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(
+        backend="gloo" if on_cpu else "nccl",
+        timeout=datetime.timedelta(hours=3),
+        rank=rank(),
+        world_size=world_size(),
+    )
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` unchanged without a process group)."""
+    if not active():
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over ranks (what DDP does for the modules it wraps)."""
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers of ``module``."""
+    if not active():
+        return
+    for t in (*module.parameters(), *module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def mean_over_ranks(values: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Each scalar of ``values`` averaged over ranks (same keys on every rank); unchanged without a process group."""
+    keys = list(values)
+    if not active() or not keys:
+        return {k: torch.as_tensor(values[k]) for k in keys}
+    device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    vec = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).to(device).reshape(()) for k in keys])
+    dist.all_reduce(vec, op=dist.ReduceOp.SUM)
+    vec /= dist.get_world_size()
+    return {k: vec[i].float() for i, k in enumerate(keys)}
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (so every rank takes the same decision)."""
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def cleanup() -> None:
+    if active():
+        dist.destroy_process_group()
