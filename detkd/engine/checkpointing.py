@@ -142,10 +142,27 @@ def use_epoch_shuffle(loader: Any) -> None:
 
 
 def augmenters(dataset: Any) -> list[Any]:
-    """Augmentation pipelines with random streams of their own (Albumentations' ``Compose``) in a dataset."""
+    """Objects with random streams of their own in a dataset's augmentations: each Albumentations ``Compose`` and,
+    depth first, every transform inside it (each holds its own generators)."""
     transforms = getattr(getattr(dataset, "transforms", None), "transforms", None) or []
-    found = [getattr(t, "transform", None) for t in transforms]
-    return [a for a in found if hasattr(a, "random_generator") and hasattr(a, "py_random")]
+    found: list[Any] = []
+
+    def walk(obj: Any) -> None:
+        if hasattr(obj, "random_generator") and hasattr(obj, "py_random"):
+            found.append(obj)
+        for child in getattr(obj, "transforms", None) or []:
+            walk(child)
+
+    for t in transforms:
+        inner = getattr(t, "transform", None)
+        if inner is not None:
+            walk(inner)
+    return found
+
+
+def _augmenter_state(a: Any) -> dict[str, Any]:
+    return {"seed": getattr(a, "seed", None), "numpy": a.random_generator.bit_generator.state,
+            "python": a.py_random.getstate()}  # fmt: skip
 
 
 def rng_state(loader: Any) -> dict[str, Any]:
@@ -164,10 +181,7 @@ def rng_state(loader: Any) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "shuffle_passes": shuffle.passes if shuffle is not None else None,
-        "augment": [
-            {"numpy": a.random_generator.bit_generator.state, "python": a.py_random.getstate()}
-            for a in augmenters(getattr(loader, "dataset", None))
-        ],
+        "augment": [_augmenter_state(a) for a in augmenters(getattr(loader, "dataset", None))],
     }
 
 
@@ -190,6 +204,8 @@ def restore_rng(state: Mapping[str, Any], loader: Any) -> None:
 def restore_augmenters(state: Mapping[str, Any], dataset: Any) -> None:
     """The augmentation pipelines' own random streams (again after Ultralytics rebuilds them, e.g. closing mosaic)."""
     for aug, saved in zip(augmenters(dataset), state.get("augment") or []):
+        if hasattr(aug, "seed"):
+            aug.seed = saved["seed"]  # else Ultralytics reseeds a fresh pipeline at its first call
         aug.random_generator.bit_generator.state = saved["numpy"]
         py = saved["python"]
         aug.py_random.setstate((py[0], tuple(py[1]), py[2]))

@@ -48,7 +48,7 @@ from detkd.types import Teacher
 ensure_offline()
 
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
-from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 
@@ -240,8 +240,10 @@ class DetectorTrainer(DetectionTrainer):
 
     def final_eval(self) -> None:
         """Ultralytics strips the optimizer from ``last.pt``/``best.pt`` in place; detkd strips copies and renames."""
+        cpu_ddp = self.world_size > 1 and self.device.type == "cpu"
         if not distributed.is_main():
-            super().final_eval()
+            if not cpu_ddp:
+                super().final_eval()
             return
         final = (self.last, self.best)
         with staged_writes(self.wdir, "the final checkpoints", ("best.pt", "last.pt")) as tmp:
@@ -250,7 +252,14 @@ class DetectorTrainer(DetectionTrainer):
                     shutil.copy2(f, tmp / f.name)
             self.last, self.best = tmp / "last.pt", tmp / "best.pt"
             try:
-                super().final_eval()
+                if cpu_ddp:
+                    # Ultralytics' standalone validator assumes a GPU per rank: strip only (score with detkd eval)
+                    for f in (self.last, self.best):
+                        if f.exists():
+                            strip_optimizer(f)
+                    LOGGER.info("CPU DDP: final validation of best.pt skipped (run detkd eval on it)")
+                else:
+                    super().final_eval()
             finally:
                 self.last, self.best = final
         (self.wdir / RESUME_FILE).unlink(missing_ok=True)  # the run is complete: nothing left to resume
