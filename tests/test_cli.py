@@ -121,6 +121,8 @@ def test_train_kd_tool_is_the_distill_command():
     assert out.returncode == 0 and "--teacher" in out.stdout and "--set KEY=VALUE" in out.stdout
 
 
-def test_resume_is_refused_clearly(capsys, tiny_data, tmp_path):
+def test_ultralytics_resume_argument_points_to_detkd_resume(capsys, tiny_data, tmp_path):
     rc, err = _run(capsys, *_distill(tiny_data, tmp_path, "--train-arg", "resume=True"))
-    assert rc == 2 and "resuming a detkd run is not supported yet" in err[-1]
+    assert rc == 2 and "pass --resume RUN_DIR to detkd" in err[-1]
+    rc, err = _run(capsys, "distill", "--resume", str(tmp_path / "nowhere"))
+    assert rc == 2 and "not a detkd run folder" in err[-1]
