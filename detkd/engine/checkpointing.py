@@ -76,8 +76,8 @@ def staged_writes(folder: Path, what: str, order: tuple[str, ...] = ()) -> Itera
             staging.rmdir()
 
 
-def check_output_folder(folder: Path, need_bytes: int) -> None:
-    """Fail before training when ``folder`` cannot be written or lacks room for the run's checkpoints."""
+def check_writable(folder: Path) -> None:
+    """Fail before training when ``folder`` cannot be created or written."""
     probe = folder / ".detkd_write_test"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,10 @@ def check_output_folder(folder: Path, need_bytes: int) -> None:
         probe.unlink()
     except OSError as e:
         raise DetkdError(f"{folder}: output folder is not writable ({type(e).__name__}: {e.strerror or e})") from e
+
+
+def check_free_space(folder: Path, need_bytes: int) -> None:
+    """Fail before training when the disk holding ``folder`` lacks room for the run's checkpoints."""
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         raise DetkdError(
@@ -241,20 +245,19 @@ def truncate_results_csv(csv: Path, epochs_done: int) -> None:
         os.replace(tmp, csv)
 
 
-def find_resume_file(path: str | Path) -> Path:
-    """``resume.pt`` of a run, given the run folder, its ``weights/`` folder or a file in it."""
+def run_folder(path: str | Path) -> Path:
+    """The run folder named by ``path``: the folder itself, its ``weights/`` folder, or a file in either."""
     p = Path(path)
-    candidates = [p / "weights" / RESUME_FILE, p / RESUME_FILE] if p.is_dir() else [p.parent / RESUME_FILE]
-    for c in candidates:
-        if c.is_file():
-            return c
-    where = p if p.is_dir() else p.parent
-    raise DetkdError(
-        f"{path}: nothing to resume: no {RESUME_FILE} under {where} (a run writes it at the end of its first epoch; "
-        "a run killed earlier must be started again)"
-    )
+    folder = p if p.is_dir() else p.parent
+    return folder.parent if folder.name == "weights" else folder
 
 
-def run_folder(resume_file: Path) -> Path:
-    """The run folder a ``weights/resume.pt`` belongs to."""
-    return resume_file.parent.parent if resume_file.parent.name == "weights" else resume_file.parent
+def find_resume_file(folder: Path) -> Path:
+    """``weights/resume.pt`` of a run folder; a clear error when the run never completed an epoch."""
+    path = folder / "weights" / RESUME_FILE
+    if not path.is_file():
+        raise DetkdError(
+            f"{folder}: nothing to resume: no weights/{RESUME_FILE} (a run writes it at the end of its first "
+            "epoch; a run killed earlier must be started again)"
+        )
+    return path

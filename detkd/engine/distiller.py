@@ -32,7 +32,8 @@ from detkd.engine import distributed
 from detkd.engine.checkpointing import (
     RESUME_FILE,
     RESUME_FORMAT,
-    check_output_folder,
+    check_free_space,
+    check_writable,
     checkpoint_bytes,
     find_resume_file,
     run_folder,
@@ -115,13 +116,13 @@ def _prepare_run(project: str | Path, name: str, exist_ok: bool, device: Any = N
     save_dir = None
     if distributed.is_main():
         save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=exist_ok))
-        check_output_folder(save_dir, 0)
+        check_writable(save_dir)
     return Path(distributed.broadcast(save_dir))
 
 
 def _check_room(save_dir: Path, model: torch.nn.Module) -> None:
     if distributed.is_main():
-        check_output_folder(save_dir / "weights", checkpoint_bytes(sum(p.numel() for p in model.parameters())))
+        check_free_space(save_dir, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
 
 
 def _write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
@@ -363,8 +364,7 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
     unknown = sorted(set(changes) - set(RESUMABLE_CHANGES))
     if unknown:
         raise DetkdError(f"resume: {unknown} cannot change on resume (only {', '.join(RESUMABLE_CHANGES)} can)")
-    p = Path(path)
-    folder = p if p.is_dir() and not (p / RESUME_FILE).is_file() else run_folder(p / RESUME_FILE if p.is_dir() else p)
+    folder = run_folder(path)
     meta_path = folder / RUN_META
     if not meta_path.is_file():
         raise DetkdError(f"{path}: not a detkd run folder ({RUN_META} missing)")

@@ -140,7 +140,10 @@ class DetectorTrainer(DetectionTrainer):
             super()._setup_train()
         if self._resume_state is not None:
             self.restore(self._resume_state)
-        self.advance_criterion()
+        criterion = self.build_criterion()
+        for _ in range(self.start_epoch):  # a resumed run: the loss's per-epoch schedule (end-to-end heads)
+            if hasattr(criterion, "update"):
+                criterion.update()
 
     def train(self) -> None:
         with offline_guards():
@@ -214,16 +217,12 @@ class DetectorTrainer(DetectionTrainer):
         if pending is not None and self.epoch == self.start_epoch > self.epochs - self.args.close_mosaic:
             restore_augmenters(pending, self.train_loader.dataset)
 
-    def advance_criterion(self) -> None:
-        """Bring the loss's per-epoch schedule (end-to-end heads) to the resumed epoch."""
-        if not self.start_epoch:
-            return
+    def build_criterion(self) -> Any:
+        """The training loss, set on the student (Ultralytics' own here; built now rather than at the first step)."""
         model: Any = unwrap_model(self.model)
         if getattr(model, "criterion", None) is None:
             model.criterion = model.init_criterion()
-        for _ in range(self.start_epoch):
-            if hasattr(model.criterion, "update"):
-                model.criterion.update()
+        return model.criterion
 
     def save_model(self) -> bool:
         """Ultralytics' checkpoints plus ``resume.pt``, each written in full, then renamed into place."""
@@ -325,17 +324,21 @@ class KDTrainer(DetectorTrainer):
 
     def _setup_train(self) -> None:
         super()._setup_train()  # builds the EMA from the bare student: the teacher never enters a checkpoint
-        student: Any = unwrap_model(self.model)
-        criterion = KDCriterion(student, self.teacher, self.composite, on_nonfinite=self.on_nonfinite)
-        student.criterion = self.criterion = criterion
-        for _ in range(self.start_epoch):  # a resumed run: the detection loss's per-epoch schedule
-            criterion.update()
+        criterion = self.criterion
+        assert criterion is not None  # set by build_criterion
         if self.world_size > 1 and self._resume_state is None:
             distributed.broadcast_parameters(self.composite)  # every rank's adapters start from rank 0's
         self.add_callback(
             "on_train_epoch_start", lambda t: criterion.start_epoch(t.epoch, t.epochs, len(t.train_loader))
         )
         self.add_callback("on_train_epoch_end", lambda t: t.reduce_epoch_losses())
+
+    def build_criterion(self) -> KDCriterion:
+        student: Any = unwrap_model(self.model)
+        student.criterion = self.criterion = KDCriterion(
+            student, self.teacher, self.composite, on_nonfinite=self.on_nonfinite
+        )
+        return self.criterion
 
     def optimizer_step(self) -> None:
         """Drop a step whose loss was non-finite (``skip``); average the adapters' gradients over ranks (DDP)."""
