@@ -52,6 +52,12 @@ def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--name", default=name)
     p.add_argument("--exist-ok", action="store_true", help="reuse the run folder instead of numbering a new one")
     p.add_argument(
+        "--bad-samples",
+        choices=("skip", "fail"),
+        default="skip",
+        help="images that do not decode or have malformed labels: skip them with a warning each (default) or fail",
+    )
+    p.add_argument(
         "--resume",
         default=None,
         metavar="RUN_DIR",
@@ -91,7 +97,9 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
         _print_result(_resumed(ns))
         return 0
     _required(ns, "teacher", "student", "data")
-    distiller = Distiller(ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set, class_map=ns.class_map)
+    distiller = Distiller(
+        ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set, class_map=ns.class_map, bad_samples=ns.bad_samples
+    )
     result = distiller.train(
         project=ns.project,
         name=ns.name,
@@ -118,14 +126,14 @@ def _cmd_train(ns: argparse.Namespace) -> int:
         _print_result(_resumed(ns))
         return 0
     _required(ns, "model", "data")
-    result = train_detector(
-        ns.model, ns.data, project=ns.project, name=ns.name, exist_ok=ns.exist_ok, threads=ns.threads, **_train_args(ns)
-    )
+    result = train_detector(ns.model, ns.data, project=ns.project, name=ns.name, exist_ok=ns.exist_ok,
+                            threads=ns.threads, bad_samples=ns.bad_samples, **_train_args(ns))  # fmt: skip
     _print_result(result)
     return 0
 
 
 def _cmd_eval(ns: argparse.Namespace) -> int:
+    from detkd.data.checks import validate_split
     from detkd.data.dataset import load_data_spec
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.coco import evaluate
@@ -134,6 +142,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.teachers import load_eval_model
 
     spec = load_data_spec(ns.data)
+    spec.reports[ns.split] = validate_split(spec, ns.split, bad_samples=ns.bad_samples)
     model = load_eval_model(ns.model)
     device = torch_device_name(ns.device)
     if device == "cpu":
@@ -239,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="report folder (default: <model folder>/eval_<split>)")
+    p.add_argument(
+        "--bad-samples",
+        choices=("skip", "fail"),
+        default="skip",
+        help="images that do not decode or have malformed labels: skip them with a warning each (default) or fail",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("export", help="export to edge formats, gate each against PyTorch, write deployment bundles")

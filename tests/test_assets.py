@@ -2,8 +2,9 @@
 
 import pytest
 
+from detkd.data.checks import validate_split
 from detkd.data.coco import ground_truth_for_split
-from detkd.data.dataset import load_data_spec, validate_split
+from detkd.data.dataset import load_data_spec
 from detkd.eval.coco import evaluate
 from detkd.eval.predict import TorchPredictor
 from detkd.students import ultralytics_yolo as uy
@@ -30,5 +31,6 @@ def test_eval_runs_on_real_images_with_the_official_json():
 
 def test_hit_uav_validates():
     spec = load_data_spec(assets_path("hit_uav", "hit_uav.yaml"))
-    rep = validate_split(spec, "val", check_images=False)
+    rep = validate_split(spec, "val")
     assert spec.names[0] == "Person" and rep.images == 290 and rep.boxes == 2453
+    assert not rep.skipped and not rep.orphan_labels

@@ -1,27 +1,31 @@
-"""Data YAML loading and validation before any training starts.
+"""Data YAML loading before any training starts.
 
 detkd reads the same data YAML as Ultralytics (``path``, ``train``, ``val``, ``names``/``nc``), checks it up front
-and reports the first problem as one line naming the file: a YAML that points nowhere, an image that does not
-decode, a label row out of range. Relative paths resolve against the ``path`` key, then the working directory, then
-the YAML's own folder; Ultralytics then receives a copy of the YAML with absolute paths, so both agree.
+and reports a problem as one line naming the file: a missing key, a path that points nowhere, names that do not
+match ``nc``. Relative paths resolve against the ``path`` key, then the working directory, then the YAML's own
+folder; Ultralytics then receives a copy of the YAML with absolute paths, so both agree. The per-sample checks
+(images that do not decode, malformed label rows) live in :mod:`detkd.data.checks`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from PIL import Image
 
 from detkd.errors import InputFileError
 
+if TYPE_CHECKING:
+    from detkd.data.checks import SplitReport
+
 LOGGER = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
+Row = tuple[int, float, float, float, float]  # class, cx, cy, w, h (normalised)
 
 
 @dataclass
@@ -34,7 +38,7 @@ class DataSpec:
         splits: split name -> list of image folders or list files (absolute).
         names: class index -> name.
         extra: other keys of the YAML, kept for Ultralytics (e.g. ``channels``).
-        validated: True once every label row and image header of train and val has been checked.
+        reports: split -> what the sample check found (see :mod:`detkd.data.checks`), once checked.
     """
 
     yaml_path: Path
@@ -42,7 +46,11 @@ class DataSpec:
     splits: dict[str, list[Path]]
     names: dict[int, str]
     extra: dict[str, Any] = field(default_factory=dict)
-    validated: bool = False
+    reports: dict[str, SplitReport] = field(default_factory=dict)
+
+    @property
+    def validated(self) -> bool:
+        return {"train", "val"} <= set(self.reports)
 
     @property
     def nc(self) -> int:
@@ -64,10 +72,23 @@ class DataSpec:
         return data
 
     def write_resolved(self, path: str | Path) -> Path:
+        """Write the YAML Ultralytics trains on; a split with skipped or repaired samples becomes an image list
+        of the usable ones in ``<path folder>/data/`` (with ``report.json`` saying what was left out and why)."""
+        from detkd.data.checks import write_split_list
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_ultralytics()
+        folder = path.parent / "data"
+        for split, report in self.reports.items():
+            if report.changed:
+                data[split] = str(write_split_list(report, folder))
+        if self.reports:
+            folder.mkdir(exist_ok=True)
+            summary = {split: r.to_dict() for split, r in self.reports.items()}
+            (folder / "report.json").write_text(json.dumps({"source": str(self.yaml_path), **summary}, indent=2))
         header = f"# resolved by detkd from {self.yaml_path}\n"
-        path.write_text(header + yaml.safe_dump(self.to_ultralytics(), sort_keys=False))
+        path.write_text(header + yaml.safe_dump(data, sort_keys=False))
         return path
 
 
@@ -147,20 +168,34 @@ def load_data_spec(path: str | Path) -> DataSpec:
     return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=_names(data, yaml_path), extra=extra)
 
 
-def _iter_split_images(src: Path) -> Iterator[Path]:
+def _split_files(src: Path) -> list[Path]:
+    """The files of one split source: everything under a folder (sorted), or the entries of an image list file."""
     if src.is_dir():
-        yield from sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:  # a text file listing images, relative to its folder
-        for line in src.read_text().splitlines():
-            line = line.strip()
-            if line:
-                p = Path(line)
-                yield p if p.is_absolute() else (src.parent / p).resolve()
+        return sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = []
+    for line in src.read_text().splitlines():  # a text file listing images, relative to its folder
+        line = line.strip()
+        if line:
+            p = Path(line)
+            files.append(p if p.is_absolute() else (src.parent / p).resolve())
+    return files
+
+
+def iter_split_sources(spec: DataSpec, split: str) -> Iterator[tuple[Path, list[Path]]]:
+    """(source, files) for each folder or list file of a split."""
+    for src in spec.split_paths(split):
+        yield src, _split_files(src)
 
 
 def list_images(spec: DataSpec, split: str) -> list[Path]:
-    """All images of a split, sorted; raises when there are none."""
-    images = [p for src in spec.split_paths(split) for p in _iter_split_images(src)]
+    """All images of a split (folder files with an image suffix, list entries as listed); raises when there are none."""
+    from detkd.data.checks import image_formats
+
+    formats = image_formats()
+    images = [
+        p for src, files in iter_split_sources(spec, split) for p in files
+        if not src.is_dir() or p.suffix.lower().lstrip(".") in formats
+    ]  # fmt: skip
     if not images:
         raise InputFileError(spec.yaml_path, f"split '{split}' has no images")
     return images
@@ -174,67 +209,3 @@ def label_path_for(image: Path) -> Path:
             parts[i] = "labels"
             return Path(*parts).with_suffix(".txt")
     return image.with_suffix(".txt")
-
-
-def read_label_rows(label: Path, nc: int) -> list[tuple[int, float, float, float, float]]:
-    """Parse a YOLO label file into (class, cx, cy, w, h) rows; polygons become their bounding boxes.
-
-    A missing file means an image without objects. Raises ``InputFileError`` naming ``file:line`` for rows with
-    the wrong number of columns, non-numbers, class ids outside [0, nc) or coordinates outside [0, 1].
-    """
-    if not label.is_file():
-        return []
-    rows = []
-    for lineno, line in enumerate(label.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{label}:{lineno}"
-        if len(fields) < 5 or (len(fields) > 5 and len(fields) % 2 == 0):
-            raise InputFileError(where, f"expected 'class cx cy w h' (5 columns) or a polygon, got {len(fields)}")
-        try:
-            values = [float(x) for x in fields]
-        except ValueError as e:
-            raise InputFileError(where, f"non-numeric value ({e})") from e
-        cls = values[0]
-        if cls != int(cls) or not 0 <= cls < nc:
-            raise InputFileError(where, f"class id {fields[0]} is outside 0..{nc - 1}")
-        coords = values[1:]
-        if any(not -1e-3 <= v <= 1 + 1e-3 for v in coords):
-            raise InputFileError(where, "coordinates must be normalised to [0, 1]")
-        if len(coords) == 4:
-            cx, cy, w, h = coords
-        else:  # polygon x1 y1 x2 y2 ...
-            xs, ys = coords[0::2], coords[1::2]
-            cx, cy, w, h = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
-        if w <= 0 or h <= 0:
-            raise InputFileError(where, "box has zero width or height")
-        rows.append((int(cls), cx, cy, w, h))
-    return rows
-
-
-@dataclass
-class SplitReport:
-    split: str
-    images: int
-    boxes: int
-    background: int  # images without labels
-
-
-def validate_split(spec: DataSpec, split: str, *, check_images: bool = True) -> SplitReport:
-    """Check every label row and (optionally) that every image file decodes; raise on the first problem."""
-    images = list_images(spec, split)
-    boxes = background = 0
-    for img in images:
-        if check_images:
-            if img.stat().st_size == 0:
-                raise InputFileError(img, "image file is empty")
-            try:
-                with Image.open(img) as im:
-                    im.verify()
-            except Exception as e:  # PIL raises several types for undecodable files
-                raise InputFileError(img, f"image does not decode ({type(e).__name__}: {e})") from e
-        rows = read_label_rows(label_path_for(img), spec.nc)
-        boxes += len(rows)
-        background += not rows
-    return SplitReport(split=split, images=len(images), boxes=boxes, background=background)

@@ -27,7 +27,8 @@ import torch
 from detkd import __version__
 from detkd.checkpoints import load_checkpoint
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
-from detkd.data.dataset import DataSpec, load_data_spec, validate_split
+from detkd.data.checks import check_policy, validate_split
+from detkd.data.dataset import DataSpec, load_data_spec
 from detkd.engine import distributed
 from detkd.engine.checkpointing import (
     RESUME_FILE,
@@ -130,16 +131,26 @@ def _write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
         (save_dir / RUN_META).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def _checked_data(data: str | Path | DataSpec) -> DataSpec:
-    """The data spec with train and val checked (once: a spec that was already checked is passed through)."""
+def _checked_data(data: str | Path | DataSpec, bad_samples: str = "skip") -> DataSpec:
+    """The data spec with every sample of train and val checked (once: a checked spec is passed through).
+
+    ``bad_samples``: ``skip`` leaves unusable samples out with one warning each, ``fail`` stops on the first.
+    """
+    check_policy(bad_samples)
     spec = data if isinstance(data, DataSpec) else load_data_spec(data)
-    if spec.validated:
-        return spec
     for split in ("train", "val"):
-        rep = validate_split(spec, split)
-        LOGGER.info("data %s: %d images, %d boxes, %d background images", split, rep.images, rep.boxes, rep.background)
-    spec.validated = True
+        if split not in spec.reports:
+            spec.reports[split] = validate_split(spec, split, bad_samples=bad_samples)
     return spec
+
+
+def _write_data(spec: DataSpec, save_dir: Path) -> Path:
+    """The run's resolved data YAML (and image lists of changed splits), written by rank 0 only."""
+    path = save_dir / "data.yaml"
+    if distributed.is_main():
+        spec.write_resolved(path)
+    distributed.barrier()
+    return path
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -213,19 +224,21 @@ def train_detector(
     exist_ok: bool = False,
     threads: int | None = None,
     resume_state: dict[str, Any] | None = None,
+    bad_samples: str = "skip",
     **train_args: Any,
 ) -> TrainResult:
     """Train a detector without KD (a same-family teacher, or the baseline a distilled student is compared with).
 
-    ``resume_state`` (used by :func:`resume`) continues a killed run in its own folder.
+    ``resume_state`` (used by :func:`resume`) continues a killed run in its own folder. ``bad_samples``: ``skip``
+    (default) leaves unusable images out with a warning each, ``fail`` stops before training on the first.
     """
     started = time.time()
-    spec = _checked_data(data)
+    spec = _checked_data(data, bad_samples)
     with seeded(int(train_args.get("seed") or 0)):
         net = uy.build_student(model, spec.nc, spec.names)
     save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
     _check_room(save_dir, net)
-    data_yaml = spec.write_resolved(save_dir / "data.yaml")
+    data_yaml = _write_data(spec, save_dir)
     if resume_state is None:
         _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
                                "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
@@ -259,6 +272,8 @@ class Distiller:
         overrides: ``section.key=value`` strings applied on top of ``kd`` (e.g. ``["logit.weight=2"]``).
         class_map: a class-map YAML mapping the teacher's classes to the data's (see :mod:`detkd.classmap`);
             without one, a teacher whose classes include every data class by name is mapped by name.
+        bad_samples: ``skip`` (default) leaves images that do not decode or have malformed labels out, with one
+            warning each and a count; ``fail`` stops on the first, before training.
 
     Raises:
         DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
@@ -273,12 +288,13 @@ class Distiller:
         *,
         overrides: list[str] | None = None,
         class_map: str | Path | None = None,
+        bad_samples: str = "skip",
     ) -> None:
         if isinstance(kd, KDConfig):
             self.kd = kd_config_from_dict(apply_overrides(kd.to_dict(), overrides or []))
         else:
             self.kd = load_kd_config(kd, overrides)
-        self.data = _checked_data(data)
+        self.data = _checked_data(data, bad_samples)
         self.teacher_spec, self.student_spec = str(teacher), str(student)
         with seeded(0):  # a teacher from YAML (random weights) is the same in every process, e.g. on resume
             built = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
@@ -322,7 +338,7 @@ class Distiller:
         self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
         save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
         _check_room(save_dir, self.student)
-        data_yaml = self.data.write_resolved(save_dir / "data.yaml")
+        data_yaml = _write_data(self.data, save_dir)
         if resume_state is None and distributed.is_main():
             dump_kd_config(self.kd, save_dir / "kd.yaml")
             _write_meta(save_dir, {

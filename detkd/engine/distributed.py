@@ -58,6 +58,12 @@ def init(device: str | int | None) -> None:
     )
 
 
+def barrier() -> None:
+    """Wait for every rank (nothing without a process group)."""
+    if active():
+        dist.barrier()
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (``obj`` unchanged without a process group)."""
     if not active():

@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 
-from detkd.data.dataset import label_path_for, load_data_spec, read_label_rows, validate_split
+from detkd.data.checks import check_label_file, validate_split
+from detkd.data.dataset import label_path_for, load_data_spec
 from detkd.errors import InputFileError
 
 
@@ -50,41 +51,10 @@ def test_missing_yaml():
         load_data_spec("/nope/data.yaml")
 
 
-def test_undecodable_and_empty_images(data_copy):
-    spec = load_data_spec(data_copy)
-    img = sorted(spec.split_paths("val")[0].glob("*.png"))[0]
-    img.write_bytes(b"not an image at all")
-    with pytest.raises(InputFileError, match="image does not decode") as e:
-        validate_split(spec, "val")
-    assert img.name in str(e.value)
-    img.write_bytes(b"")
-    with pytest.raises(InputFileError, match="image file is empty"):
-        validate_split(spec, "val")
-
-
-@pytest.mark.parametrize(
-    ("row", "message"),
-    [
-        ("7 0.5 0.5 0.1 0.1", "class id 7 is outside 0..5"),
-        ("1 0.5 0.5 0.1", "expected 'class cx cy w h'"),
-        ("1 0.5 abc 0.1 0.1", "non-numeric"),
-        ("1 1.5 0.5 0.1 0.1", "normalised to \\[0, 1\\]"),
-        ("1 0.5 0.5 0 0.1", "zero width or height"),
-    ],
-)
-def test_bad_label_rows_name_file_and_line(tmp_path, row, message):
-    label = tmp_path / "labels" / "x.txt"
-    label.parent.mkdir()
-    label.write_text("0 0.5 0.5 0.2 0.2\n" + row + "\n")
-    with pytest.raises(InputFileError, match=message) as e:
-        read_label_rows(label, nc=6)
-    assert f"{label}:2" in str(e.value)
-
-
 def test_polygon_rows_become_boxes_and_missing_labels_are_background(tmp_path):
     label = tmp_path / "p.txt"
     label.write_text("2 0.1 0.2 0.3 0.2 0.3 0.6\n")
-    ((cls, cx, cy, w, h),) = read_label_rows(label, nc=3)
+    ((cls, cx, cy, w, h),) = check_label_file(label, nc=3).rows
     assert cls == 2 and (cx, cy) == pytest.approx((0.2, 0.4)) and (w, h) == pytest.approx((0.2, 0.4))
-    assert read_label_rows(tmp_path / "missing.txt", nc=3) == []
+    assert check_label_file(tmp_path / "missing.txt", nc=3).rows == []
     assert label_path_for(tmp_path / "images" / "train" / "a.jpg") == tmp_path / "labels" / "train" / "a.txt"

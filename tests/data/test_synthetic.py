@@ -3,7 +3,8 @@ import json
 
 import numpy as np
 
-from detkd.data.dataset import load_data_spec, validate_split
+from detkd.data.checks import validate_split
+from detkd.data.dataset import load_data_spec
 from detkd.data.synthetic import CLASS_NAMES, SceneConfig, generate_dataset, render_scene
 
 CFG = SceneConfig(n_train=6, n_val=4, size=96, min_size=5.0)

@@ -49,7 +49,9 @@ def test_data_is_checked_once_per_spec(tiny_data, monkeypatch):
 
     calls = []
     real = distiller.validate_split
-    monkeypatch.setattr(distiller, "validate_split", lambda spec, split: calls.append(split) or real(spec, split))
+    monkeypatch.setattr(
+        distiller, "validate_split", lambda spec, split, **kw: calls.append(split) or real(spec, split, **kw)
+    )
     spec = load_data_spec(tiny_data)
     Distiller("yolov8s.yaml", "yolov8n.yaml", spec)
     Distiller("yolov8s.yaml", "yolov8n.yaml", spec)

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from detkd.data.checks import validate_split
 from detkd.data.coco import ground_truth_for_split, yolo_to_coco
 from detkd.data.dataset import list_images, load_data_spec
 from detkd.errors import InputFileError
@@ -80,9 +81,10 @@ class _OraclePredictor:
     end2end = True
 
     def __init__(self, spec, imgsz):
-        from detkd.data.dataset import label_path_for, read_label_rows
+        from detkd.data.checks import check_label_file
+        from detkd.data.dataset import label_path_for
 
-        self.rows = [read_label_rows(label_path_for(p), spec.nc) for p in list_images(spec, "val")]
+        self.rows = [check_label_file(label_path_for(p), spec.nc).rows for p in list_images(spec, "val")]
         self.imgsz, self.i = imgsz, 0
 
     def __call__(self, x):
@@ -104,8 +106,7 @@ def test_evaluate_end_to_end_with_oracle_gives_one(tiny_data):
 
 def test_yolo_conversion_uses_explicit_category_map(tiny_data):
     spec = load_data_spec(tiny_data)
-    images = list_images(spec, "val")
-    gt, cmap = yolo_to_coco(images, spec.names)
+    gt, cmap = yolo_to_coco(validate_split(spec, "val").samples, spec.names)
     assert cmap == {i: i + 1 for i in range(6)}
     official = json.loads((tiny_data.parent / "annotations" / "instances_val.json").read_text())
     assert len(gt["annotations"]) == len(official["annotations"])
