@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,16 @@ def test_training_skips_and_repairs_without_touching_the_dataset(tmp_path):
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.suffix != ".cache"} == {
         p: b for p, b in before.items()
     }
+
+
+def test_every_row_of_the_readme_table_names_a_test_that_exists():
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("| Input | What detkd does | Test |") :].split("\n\n")[0].splitlines()[2:]
+    defined = {m for p in (root / "tests").rglob("test_*.py") for m in re.findall(r"def (test_\w+)", p.read_text())}
+    assert len(table) >= 25
+    for row in table:
+        named = re.findall(r"`(test_\w+)`", row) or re.findall(r"::(test_\w+)", row)
+        if row.split("|")[3].strip() in ("same", "`test_untrusted.py`"):
+            continue
+        assert named and set(named) <= defined, row
