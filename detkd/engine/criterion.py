@@ -9,14 +9,16 @@ teacher once under ``no_grad`` (not at all while every KD term is scheduled off)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from detkd.engine import positions
+from detkd.engine import distributed, positions
 from detkd.errors import DetkdError
+from detkd.losses._checks import normalise_over_ranks
 from detkd.losses.composite import TERMS, KDComposite, KDInputs
 from detkd.students import ultralytics_yolo as uy
 from detkd.types import Teacher
@@ -161,10 +163,29 @@ class KDCriterion:
             det_loss=det_total,
         )
         try:
-            return comp(inputs)
+            if not distributed.active():
+                return comp(inputs)
+            # Every rank must run the same losses (their normalisers are reduced over ranks): decide together.
+            if distributed.any_rank(not _all_finite(inputs), det_total.device):
+                raise ValueError(f"KD inputs contain NaN or Inf on rank {distributed.rank()} or another rank")
+            with normalise_over_ranks(distributed.mean_tensor, distributed.world_size()):
+                return comp(inputs)
         except ValueError as e:
             if "NaN or Inf" not in str(e):
                 raise
             if self.on_nonfinite == "stop":
                 raise NonFiniteLossError(f"KD stopped on non-finite values at {self._where()}: {e}") from e
             return None
+
+
+def _all_finite(obj: Any) -> bool:
+    """True when every tensor in ``obj`` (tensors, lists, dicts and dataclasses of them) is finite."""
+    if isinstance(obj, Tensor):
+        return bool(torch.isfinite(obj).all())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return all(_all_finite(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, dict):
+        return all(_all_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_all_finite(v) for v in obj)
+    return True

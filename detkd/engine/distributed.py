@@ -111,6 +111,15 @@ def mean_over_ranks(values: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: vec[i].float() for i, k in enumerate(keys)}
 
 
+def mean_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over ranks (a new tensor; ``t`` itself without a process group)."""
+    if not active():
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is true on any rank (so every rank takes the same decision)."""
     if not active():

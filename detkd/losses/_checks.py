@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sum")
+
+# Under DDP: (mean of a tensor over ranks, world size); see normalise_over_ranks.
+_OVER_RANKS: tuple[Callable[[Tensor], Tensor], int] | None = None
+
+
+@contextlib.contextmanager
+def normalise_over_ranks(rank_mean: Callable[[Tensor], Tensor], world_size: int) -> Iterator[None]:
+    """Inside, :func:`masked_reduce` divides by the normaliser of the *global* batch (its mean over ranks).
+
+    A masked mean is a ratio of sums (weighted loss / mask total). Per rank, the mean over ranks of per-rank ratios
+    is not the ratio of the global batch, and a floor on the normaliser (e.g. 1) binds per rank where it would not
+    globally. With the normaliser averaged over ranks, each rank's term is ``world_size * sum_r / N_global``; DDP's
+    gradient average then gives exactly the single-process gradient of the global batch, and the logged terms
+    averaged over ranks equal the single-process terms. Every rank must call the losses in the same order.
+    """
+    global _OVER_RANKS
+    previous, _OVER_RANKS = _OVER_RANKS, (rank_mean, world_size)
+    try:
+        yield
+    finally:
+        _OVER_RANKS = previous
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -52,9 +76,14 @@ def check_finite(fn: str, **tensors: Tensor) -> None:
 
 
 def masked_reduce(
-    values: Tensor, mask: Tensor | None, reduction: str, normalizer: Tensor | float | None = None
+    values: Tensor,
+    mask: Tensor | None,
+    reduction: str,
+    normalizer: Tensor | float | None = None,
+    floor: float = 1e-6,
 ) -> Tensor:
-    """Weighted sum of ``values`` over all positions, divided by the weight total (or ``normalizer``).
+    """Weighted sum of ``values`` over all positions, divided by the weight total (or ``normalizer``), at least
+    ``floor``; under :func:`normalise_over_ranks` the divisor is the global batch's.
 
     An empty mask gives zero, still attached to the graph so backward works.
     """
@@ -67,5 +96,8 @@ def masked_reduce(
     if normalizer is None:
         normalizer = values.new_tensor(float(values.numel())) if mask is None else mask.to(values.dtype).sum()
     norm = torch.as_tensor(normalizer, dtype=values.dtype, device=values.device)
-    # An empty mask makes both sums zero: 0 / eps stays 0 and keeps the graph, with no host sync.
-    return total / norm.clamp(min=1e-6)
+    if _OVER_RANKS is not None:
+        rank_mean, world_size = _OVER_RANKS
+        norm, floor = rank_mean(norm.detach()).to(values.dtype), floor / world_size
+    # An empty mask makes both sums zero: 0 / floor stays 0 and keeps the graph, with no host sync.
+    return total / norm.clamp(min=floor)

@@ -234,7 +234,7 @@ class KDComposite(nn.Module):
             normalizer = None
             if mask is None and cfg.method == "bce":
                 # Normalise like YOLO's class loss (by total target mass): the teacher's confidence mass.
-                normalizer = th.cls_logits.detach().float().sigmoid().amax(dim=1).sum().clamp(min=1.0)
+                normalizer = th.cls_logits.detach().float().sigmoid().amax(dim=1).sum()
             if cfg.method == "bce":
                 loss = sigmoid_kd(
                     sh.cls_logits,
@@ -242,6 +242,7 @@ class KDComposite(nn.Module):
                     temperature=cfg.temperature,
                     mask=mask,
                     normalizer=normalizer,
+                    normalizer_floor=1.0,
                     weighting=cfg.bce.weighting,
                     gamma=cfg.bce.gamma,
                     class_weights=th.class_mask,

@@ -30,6 +30,7 @@ def sigmoid_kd(
     temperature: float = 1.0,
     mask: Tensor | None = None,
     normalizer: Tensor | float | None = None,
+    normalizer_floor: float = 1e-6,
     reduction: str = "mean",
     weighting: str = "none",
     gamma: float = 2.0,
@@ -59,6 +60,7 @@ def sigmoid_kd(
         temperature: T > 0.
         mask: optional (B, A) non-negative weights per anchor.
         normalizer: optional divisor for ``reduction="mean"``.
+        normalizer_floor: the divisor is at least this (YOLO's class loss uses 1 for its target-score mass).
         reduction: ``"mean"`` or ``"sum"``.
         weighting: ``none``, ``bckd`` or ``quality``.
         gamma: exponent of the ``bckd`` weight.
@@ -96,7 +98,7 @@ def sigmoid_kd(
     per_anchor = kl.sum(dim=1)  # (B, A)
     if mask is not None:
         check_same_shape("sigmoid_kd", per_anchor=per_anchor, mask=mask)
-    return masked_reduce(per_anchor, mask, reduction, normalizer) * (t * t)
+    return masked_reduce(per_anchor, mask, reduction, normalizer, normalizer_floor) * (t * t)
 
 
 def softmax_kd(

@@ -1,8 +1,10 @@
-"""DDP under torchrun on CPU (gloo): two ranks distil with non-zero KD terms, reduced over ranks in results.csv.
+"""DDP on CPU (gloo): KD normalisers reduced over ranks, and a torchrun distil that matches a single process.
 
-Not yet asserted: that the 2-rank run matches a single process with the same global batch. Measured here, the
-epoch means differ by up to 2x (kd/cls 0.047 vs 0.105): per-rank normalisation of the loss items, still to be
-worked out (issue 7).
+What cannot match exactly, and why: the student's BatchNorm normalises each rank's half-batch with its own
+statistics (Ultralytics does not convert to SyncBatchNorm), and Ultralytics' own detection loss divides each rank's
+sum by that rank's target-score mass floored at 1, so at random initialisation (mass < 1) its box/cls/dfl items
+are per-rank shares of the global value. The KD terms are divided by the global batch's normaliser (see
+``detkd.losses._checks.normalise_over_ranks``), exactly as a single process would.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from detkd.losses._checks import masked_reduce, normalise_over_ranks
+from detkd.losses.logit import sigmoid_kd
 
 # One optimizer step per epoch over all 12 images, no random augmentation: both set-ups see the same data
 COMMON = ["--teacher", "yolov8s.yaml", "--student", "yolov8n.yaml", "--epochs", "2", "--imgsz", "64",
@@ -27,6 +35,53 @@ KD = ("train/kd/feat", "train/kd/cls", "train/kd/box")
 
 def _rows(run: Path) -> list[dict[str, float]]:
     return [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader((run / "results.csv").open())]
+
+
+def _global_terms() -> tuple[torch.Tensor, ...]:
+    """A batch of 4 whose KD normalisers differ per half (and whose confidence mass is below the floor of 1)."""
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(4, 10, generator=g)
+    mask = (torch.rand(4, 10, generator=g) > 0.3).float()
+    mask[:2, :8] = 0  # the first half has far fewer masked positions than the second
+    student, teacher = torch.randn(4, 3, 10, generator=g), torch.randn(4, 3, 10, generator=g) - 6
+    return values, mask, student, teacher
+
+
+def _terms(values, mask, student, teacher) -> torch.Tensor:
+    mass = teacher.sigmoid().amax(dim=1).sum()
+    return torch.stack(
+        [masked_reduce(values, mask, "mean"), sigmoid_kd(student, teacher, normalizer=mass, normalizer_floor=1.0)]
+    )
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    half = [t[2 * rank : 2 * rank + 2] for t in _global_terms()]
+
+    def rank_mean(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t / 2
+
+    with normalise_over_ranks(rank_mean, 2):
+        terms = _terms(*half)
+    dist.all_reduce(terms)
+    torch.save({"mean_over_ranks": terms / 2, "per_rank_plain": _terms(*half)}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_kd_normalisers_over_ranks_give_the_global_batch_value(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    full = _terms(*_global_terms())
+    got = torch.load(tmp_path / "rank0.pt")
+    assert torch.allclose(got["mean_over_ranks"], full, rtol=1e-5)
+    plain = (got["per_rank_plain"] + torch.load(tmp_path / "rank1.pt")["per_rank_plain"]) / 2
+    assert not torch.allclose(plain, full, rtol=0.05)  # per-rank ratios (and floors) would not have matched
 
 
 @pytest.mark.slow
@@ -57,3 +112,5 @@ def test_two_cpu_ranks_with_gloo_match_a_single_process(tiny_data, tmp_path):
         for key in (*KD, "train/box_loss"):
             mean = (per_rank[0][epoch][key[6:]] + per_rank[1][epoch][key[6:]]) / 2
             assert logged[epoch][key] == pytest.approx(mean, rel=1e-3)  # results.csv holds the mean over ranks
+    for key in KD:  # epoch 1 runs from the same weights; only BatchNorm's half-batch statistics differ
+        assert logged[0][key] == pytest.approx(ref[0][key], rel=0.15), key
