@@ -171,13 +171,22 @@ def _oom_advice(trainer: DetectorTrainer) -> str:
     )
 
 
-def _run(trainer: DetectorTrainer, save_dir: Path, started: float) -> TrainResult:
+def _data_footnote(spec: DataSpec, save_dir: Path) -> None:
+    """Repeat, once training is over, how many samples were left out or repaired (the warnings scrolled away)."""
+    counts = {split: (len(r.skipped), len(r.repaired)) for split, r in spec.reports.items()}
+    if distributed.is_main() and any(a or b for a, b in counts.values()):
+        text = "; ".join(f"{split}: {a} skipped, {b} repaired" for split, (a, b) in counts.items())
+        LOGGER.warning("data: %s (details: %s)", text, save_dir / "data" / "report.json")
+
+
+def _run(trainer: DetectorTrainer, save_dir: Path, started: float, spec: DataSpec) -> TrainResult:
     try:
         trainer.train()
     except RuntimeError as e:
         if _out_of_memory(e):
             raise DetkdError(_oom_advice(trainer)) from e
         raise
+    _data_footnote(spec, save_dir)
     if distributed.is_main():
         meta_path = save_dir / RUN_META
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -244,7 +253,7 @@ def train_detector(
                                "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
     overrides = _overrides(model, data_yaml, save_dir, **train_args)
     trainer = DetectorTrainer(net, overrides, threads=threads, resume_state=resume_state)
-    return _run(trainer, save_dir, started)
+    return _run(trainer, save_dir, started, spec)
 
 
 def build_composite(kd: KDConfig, student: Any, teacher: Teacher, nc: int) -> KDComposite:
@@ -364,7 +373,7 @@ class Distiller:
             resume_state=resume_state,
             on_nonfinite=on_nonfinite,
         )
-        return _run(trainer, save_dir, started)
+        return _run(trainer, save_dir, started, self.data)
 
 
 RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed

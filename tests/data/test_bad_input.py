@@ -258,7 +258,7 @@ def test_segment_or_pose_checkpoint_is_refused_as_student_and_teacher(tmp_path, 
 # --- end to end -------------------------------------------------------------------------------------------------------
 
 
-def test_training_skips_and_repairs_without_touching_the_dataset(tmp_path):
+def test_training_skips_and_repairs_without_touching_the_dataset(tmp_path, caplog):
     from detkd.engine.distiller import train_detector
 
     data = _dataset(tmp_path / "ds", n=4)
@@ -268,9 +268,11 @@ def test_training_skips_and_repairs_without_touching_the_dataset(tmp_path):
     _add(root, "dup.png", label=GOOD_ROW * 2)
     _add(root, "bad_cls.png", label="7 0.5 0.5 0.1 0.1\n", split="val")
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    result = train_detector("yolov8n.yaml", data, project=tmp_path / "runs", name="t", epochs=1, imgsz=64, batch=2,
-                            device="cpu", workers=0, plots=False, val=False)  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        result = train_detector("yolov8n.yaml", data, project=tmp_path / "runs", name="t", epochs=1, imgsz=64, batch=2,
+                                device="cpu", workers=0, plots=False, val=False)  # fmt: skip
     assert result.last.is_file()
+    assert "data: train: 1 skipped, 1 repaired; val: 1 skipped, 0 repaired" in caplog.records[-1].getMessage()
     run_data = result.save_dir / "data"
     train = (run_data / "train.txt").read_text().split()
     val = (run_data / "val.txt").read_text().split()
