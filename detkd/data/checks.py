@@ -368,6 +368,13 @@ def validate_split(spec: DataSpec, split: str, *, bad_samples: str = "skip") -> 
     return report
 
 
+def split_report(spec: DataSpec, split: str) -> SplitReport:
+    """The check of ``split`` (run once per spec, with the default policy when training has not run it already)."""
+    if split not in spec.reports:
+        spec.reports[split] = validate_split(spec, split)
+    return spec.reports[split]
+
+
 def _reencode(src: Path, dst: Path | None) -> None:
     """Decode a JPEG that lacks its end marker (as OpenCV does, tolerating the missing tail) and save a clean copy
     to ``dst`` (None: only check that it decodes)."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from detkd.data.checks import Sample, SplitReport, validate_split
+from detkd.data.checks import Sample, split_report
 from detkd.data.dataset import DataSpec
 from detkd.errors import InputFileError
 
@@ -136,13 +136,6 @@ def load_coco_ground_truth(
     if extra:
         LOGGER.warning("%s: %d split images are not in the json and are not evaluated", json_path, extra)
     return gt, category_map, images
-
-
-def split_report(spec: DataSpec, split: str) -> SplitReport:
-    """The sample check of ``split`` (run once per spec, with the default policy when training has not run it)."""
-    if split not in spec.reports:
-        spec.reports[split] = validate_split(spec, split)
-    return spec.reports[split]
 
 
 def ground_truth_for_split(spec: DataSpec, split: str) -> tuple[dict[str, Any], dict[int, int], list[Path], str]:

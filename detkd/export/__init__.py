@@ -169,7 +169,8 @@ def export_models(
     """Export ``weights`` to every format in ``formats``, gate each against PyTorch, write bundles and a table."""
     import numpy as np
 
-    from detkd.data.dataset import list_images, load_data_spec
+    from detkd.data.checks import split_report
+    from detkd.data.dataset import load_data_spec
     from detkd.engine.distiller import run_environment
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.predict import read_image
@@ -202,7 +203,7 @@ def export_models(
     threads = set_cpu_threads(threads)
 
     if spec is not None:
-        images: Any = list_images(spec, split)[:parity_images]
+        images: Any = [s.image for s in split_report(spec, split).samples][:parity_images]
         if not images:
             raise DetkdError(f"{data}: split '{split}' has no images to check the exports on")
         frame = read_image(images[0])
