@@ -144,10 +144,11 @@ def _checked_data(data: str | Path | DataSpec, bad_samples: str = "skip") -> Dat
     return spec
 
 
-def _write_data(spec: DataSpec, save_dir: Path) -> Path:
-    """The run's resolved data YAML (and image lists of changed splits), written by rank 0 only."""
+def _write_data(spec: DataSpec, save_dir: Path, resuming: bool) -> Path:
+    """The run's resolved data YAML (and image lists of changed splits), written by rank 0 only; a resumed run
+    trains on the one it wrote first (its ``data/report.json`` keeps what the original check found)."""
     path = save_dir / "data.yaml"
-    if distributed.is_main():
+    if distributed.is_main() and not (resuming and path.is_file()):
         spec.write_resolved(path)
     distributed.barrier()
     return path
@@ -247,7 +248,7 @@ def train_detector(
         net = uy.build_student(model, spec.nc, spec.names)
     save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
     _check_room(save_dir, net)
-    data_yaml = _write_data(spec, save_dir)
+    data_yaml = _write_data(spec, save_dir, resume_state is not None)
     if resume_state is None:
         _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
                                "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
@@ -347,7 +348,7 @@ class Distiller:
         self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
         save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
         _check_room(save_dir, self.student)
-        data_yaml = _write_data(self.data, save_dir)
+        data_yaml = _write_data(self.data, save_dir, resume_state is not None)
         if resume_state is None and distributed.is_main():
             dump_kd_config(self.kd, save_dir / "kd.yaml")
             _write_meta(save_dir, {

@@ -297,3 +297,18 @@ def test_every_row_of_the_readme_table_names_a_test_that_exists():
         if row.split("|")[3].strip() in ("same", "`test_untrusted.py`"):
             continue
         assert named and set(named) <= defined, row
+
+
+def test_a_resumed_run_keeps_its_first_data_report(tmp_path):
+    from detkd.engine.distiller import _checked_data, _write_data
+
+    data = _dataset(tmp_path / "ds")
+    _add(tmp_path / "ds", "bad.png").write_bytes(b"x")
+    run = tmp_path / "run"
+    first = _write_data(_checked_data(data), run, resuming=False)
+    report = (run / "data" / "report.json").read_text()
+    assert json.loads(report)["train"]["skipped"] and "train.txt" in first.read_text()
+    again = _checked_data(first)  # what resume reads: the run's own data.yaml, now clean
+    assert not again.reports["train"].skipped
+    _write_data(again, run, resuming=True)
+    assert (run / "data" / "report.json").read_text() == report
