@@ -23,6 +23,7 @@ import logging
 import mimetypes
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ LOGGER = logging.getLogger(__name__)
 BAD_SAMPLE_POLICIES = ("skip", "fail")
 MIN_SIDE = 10  # Ultralytics refuses images with a side under 10 px
 COORD_TOLERANCE = 0.01  # Ultralytics accepts coordinates up to 1% outside [0, 1]
+CHECK_THREADS = 8  # samples checked in parallel (reading headers is mostly waiting on the disk)
 DIM_16BIT = 4096  # a 16-bit image whose maximum is below this reads as nearly black once its low byte is dropped
 _MODE_KINDS = {
     "L": "grayscale",
@@ -295,6 +297,23 @@ def _orphans(image_dir: Path, label_files: set[Path]) -> list[Path]:
     return sorted(p for p in label_dir.rglob("*.txt") if p not in label_files and p.name != "classes.txt")
 
 
+def _check_sample(img: Path, formats: frozenset[str], nc: int) -> tuple[Sample | Skipped, ImageCheck]:
+    """One image and its label: the usable sample, or why it is skipped."""
+    if not img.is_file():
+        return Skipped(img, str(img), "image file not found"), ImageCheck()
+    image = check_image_file(img, set(formats))
+    if image.error:
+        return Skipped(img, str(img), image.error), image
+    label = check_label_file(label_path_for(img), nc)
+    if label.error:
+        return Skipped(img, label.where, label.error), image
+    sample = Sample(img, label.rows, image.size, repairs=list(label.repairs))
+    if image.truncated_jpeg:
+        sample.reencode = True
+        sample.repairs.append("JPEG without its end marker: a re-encoded copy is used (the file is not changed)")
+    return sample, image
+
+
 def scan_split(spec: DataSpec, split: str) -> SplitReport:
     """Check every sample of ``split``; raises only for problems of the split itself (no images at all)."""
     formats = image_formats()
@@ -310,27 +329,18 @@ def scan_split(spec: DataSpec, split: str) -> SplitReport:
         candidates += images
     if not candidates:
         raise InputFileError(spec.yaml_path, f"split '{split}' has no images")
-    for img in candidates:
-        if not img.is_file():
-            report.skipped.append(Skipped(img, str(img), "image file not found"))
-            continue
-        image = check_image_file(img, formats)
-        if image.error:
-            report.skipped.append(Skipped(img, str(img), image.error))
-            continue
-        label = check_label_file(label_path_for(img), spec.nc)
-        if label.error:
-            report.skipped.append(Skipped(img, label.where, label.error))
-            continue
-        sample = Sample(img, label.rows, image.size, repairs=list(label.repairs))
-        if image.truncated_jpeg:
-            sample.reencode = True
-            sample.repairs.append("JPEG without its end marker: a re-encoded copy is used (the file is not changed)")
-        if image.kind:
-            report.kinds[image.kind] += 1
-        if image.warning:
-            LOGGER.warning("%s: %s", img, image.warning)
-        report.samples.append(sample)
+    formats_frozen = frozenset(formats)
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:  # file reads and decoding release the GIL
+        checked = pool.map(lambda img: _check_sample(img, formats_frozen, spec.nc), candidates)
+        for img, (result, image) in zip(candidates, checked):
+            if isinstance(result, Skipped):
+                report.skipped.append(result)
+                continue
+            if image.kind:
+                report.kinds[image.kind] += 1
+            if image.warning:
+                LOGGER.warning("%s: %s", img, image.warning)
+            report.samples.append(result)
     return report
 
 
