@@ -306,12 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ensure_offline()
+    from detkd.engine import distributed
+
     ns = build_parser().parse_args(argv)
+    main_rank = distributed.is_main()
     logging.basicConfig(
-        level=logging.WARNING if ns.quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING if ns.quiet or not main_rank else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if main_rank else f"[rank {distributed.rank()}] %(message)s",
         stream=sys.stderr,
     )
+    if not main_rank:  # every rank checks the data; rank 0 alone reports what it found
+        logging.getLogger("detkd.data").setLevel(logging.ERROR)
     try:
         return int(ns.func(ns))
     except DetkdError as e:
