@@ -5,8 +5,8 @@ one of three states:
 
 * **usable**: used as is;
 * **repaired**: usable after a repair detkd makes in the run folder, never in the user's files (duplicate label rows
-  and zero-size boxes dropped; a JPEG without its end marker re-encoded). The run's image list then points at a
-  link to the original image with the cleaned label beside it (or at the re-encoded copy);
+  and zero-size boxes dropped; a JPEG without its end marker restored). The run's image list then points at a
+  link to the original image with the cleaned label beside it (or at a restored copy);
 * **skipped**: an image that does not decode, is empty, too small or of a type Ultralytics does not read, or a label
   file with a malformed row (wrong column count, a non-number, a class id outside ``0..nc-1``, coordinates outside
   [0, 1]). The whole image is left out: a half-read label would teach the detector that its objects are background.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from detkd.data.dataset import DataSpec, Row, iter_split_sources, label_path_for
 from detkd.errors import ConfigError, InputFileError
@@ -70,7 +70,7 @@ class Sample:
     rows: list[Row]
     size: tuple[int, int]  # (width, height)
     repairs: list[str] = field(default_factory=list)
-    reencode: bool = False  # the image itself needs a re-encoded copy (truncated JPEG)
+    reencode: bool = False  # the image itself needs a restored copy (JPEG without its end marker)
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ def _check_sample(img: Path, formats: frozenset[str], nc: int) -> tuple[Sample |
     sample = Sample(img, label.rows, image.size, repairs=list(label.repairs))
     if image.truncated_jpeg:
         sample.reencode = True
-        sample.repairs.append("JPEG without its end marker: a re-encoded copy is used (the file is not changed)")
+        sample.repairs.append("JPEG without its end marker: a copy with the marker restored is used (file unchanged)")
     return sample, image
 
 
@@ -386,18 +386,15 @@ def split_report(spec: DataSpec, split: str) -> SplitReport:
 
 
 def _reencode(src: Path, dst: Path | None) -> None:
-    """Decode a JPEG that lacks its end marker (as OpenCV does, tolerating the missing tail) and save a clean copy
-    to ``dst`` (None: only check that it decodes)."""
-    from PIL import ImageFile
+    """Restore a JPEG that lacks its end marker: its bytes with the marker appended, checked to decode with OpenCV
+    as Ultralytics reads it, written to ``dst`` (None: only check). Lossless; the original is not touched."""
+    import cv2
 
-    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
-    try:
-        with _pil_open(src) as im:
-            fixed = ImageOps.exif_transpose(im).convert("RGB")
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    data = src.read_bytes() + b"\xff\xd9"
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+        raise OSError("not decodable even with its end marker restored")
     if dst is not None:
-        fixed.save(dst, "JPEG", quality=100, subsampling=0)
+        dst.write_bytes(data)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -414,7 +411,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def write_split_list(report: SplitReport, folder: Path) -> Path:
     """Write the usable images of a changed split as an image list (repaired samples from ``folder/repaired``).
 
-    The user's files are never modified: a repaired sample becomes a link to its image (or a re-encoded copy) with
+    The user's files are never modified: a repaired sample becomes a link to its image (or a restored copy) with
     the cleaned label beside it, where Ultralytics looks for labels (``images/`` -> ``labels/``).
     """
     base = folder / "repaired" / report.split

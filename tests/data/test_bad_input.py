@@ -127,11 +127,11 @@ def test_truncated_jpeg_is_repaired_in_the_run_folder_not_in_place(tmp_path):
     spec = load_data_spec(data)
     spec.reports["train"] = validate_split(spec, "train")
     (sample,) = spec.reports["train"].repaired
-    assert sample.image == img and "re-encoded copy" in sample.repairs[0]
+    assert sample.image == img and "marker restored" in sample.repairs[0]
     listing = Path(spec.write_resolved(tmp_path / "run" / "data.yaml").parent / "data" / "train.txt")
     copy = next(Path(p) for p in listing.read_text().split() if p.endswith("cut.jpg"))
     assert copy.parent.parent == tmp_path / "run" / "data" / "repaired" / "train" and not copy.is_symlink()
-    assert copy.read_bytes()[-2:] == b"\xff\xd9" and img.read_bytes() == original
+    assert copy.read_bytes() == original + b"\xff\xd9" and img.read_bytes() == original
 
 
 # --- labels -----------------------------------------------------------------------------------------------------------
