@@ -133,7 +133,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _cmd_eval(ns: argparse.Namespace) -> int:
-    from detkd.data.checks import validate_split
+    from detkd.data.checks import split_report
     from detkd.data.dataset import load_data_spec
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.coco import evaluate
@@ -142,7 +142,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.teachers import load_eval_model
 
     spec = load_data_spec(ns.data)
-    spec.reports[ns.split] = validate_split(spec, ns.split, bad_samples=ns.bad_samples)
+    split_report(spec, ns.split, ns.bad_samples)
     model = load_eval_model(ns.model)
     device = torch_device_name(ns.device)
     if device == "cpu":

@@ -23,6 +23,7 @@ import logging
 import mimetypes
 import os
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,7 @@ def _decode_error(e: Exception) -> str:
     return f"image does not decode ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})"
 
 
-def check_image_file(path: Path, formats: set[str] | None = None) -> ImageCheck:
+def check_image_file(path: Path, formats: AbstractSet[str] | None = None) -> ImageCheck:
     """Read an image's header (and, for 16-bit images, its pixels) without changing the file."""
     formats = formats if formats is not None else image_formats()
     suffix = path.suffix.lower().lstrip(".")
@@ -297,11 +298,11 @@ def _orphans(image_dir: Path, label_files: set[Path]) -> list[Path]:
     return sorted(p for p in label_dir.rglob("*.txt") if p not in label_files and p.name != "classes.txt")
 
 
-def _check_sample(img: Path, formats: frozenset[str], nc: int) -> tuple[Sample | Skipped, ImageCheck]:
+def _check_sample(img: Path, formats: AbstractSet[str], nc: int) -> tuple[Sample | Skipped, ImageCheck]:
     """One image and its label: the usable sample, or why it is skipped."""
     if not img.is_file():
         return Skipped(img, str(img), "image file not found"), ImageCheck()
-    image = check_image_file(img, set(formats))
+    image = check_image_file(img, formats)
     if image.error:
         return Skipped(img, str(img), image.error), image
     label = check_label_file(label_path_for(img), nc)
@@ -329,9 +330,8 @@ def scan_split(spec: DataSpec, split: str) -> SplitReport:
         candidates += images
     if not candidates:
         raise InputFileError(spec.yaml_path, f"split '{split}' has no images")
-    formats_frozen = frozenset(formats)
     with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:  # file reads and decoding release the GIL
-        checked = pool.map(lambda img: _check_sample(img, formats_frozen, spec.nc), candidates)
+        checked = pool.map(lambda img: _check_sample(img, formats, spec.nc), candidates)
         for img, (result, image) in zip(candidates, checked):
             if isinstance(result, Skipped):
                 report.skipped.append(result)
@@ -378,10 +378,10 @@ def validate_split(spec: DataSpec, split: str, *, bad_samples: str = "skip") -> 
     return report
 
 
-def split_report(spec: DataSpec, split: str) -> SplitReport:
-    """The check of ``split`` (run once per spec, with the default policy when training has not run it already)."""
+def split_report(spec: DataSpec, split: str, bad_samples: str = "skip") -> SplitReport:
+    """The check of ``split``, run once per spec (a split checked already is not checked again)."""
     if split not in spec.reports:
-        spec.reports[split] = validate_split(spec, split)
+        spec.reports[split] = validate_split(spec, split, bad_samples=bad_samples)
     return spec.reports[split]
 
 

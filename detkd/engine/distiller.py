@@ -27,7 +27,7 @@ import torch
 from detkd import __version__
 from detkd.checkpoints import load_checkpoint
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
-from detkd.data.checks import check_policy, validate_split
+from detkd.data.checks import check_policy, split_report
 from detkd.data.dataset import DataSpec, load_data_spec
 from detkd.engine import distributed
 from detkd.engine.checkpointing import (
@@ -139,8 +139,7 @@ def _checked_data(data: str | Path | DataSpec, bad_samples: str = "skip") -> Dat
     check_policy(bad_samples)
     spec = data if isinstance(data, DataSpec) else load_data_spec(data)
     for split in ("train", "val"):
-        if split not in spec.reports:
-            spec.reports[split] = validate_split(spec, split, bad_samples=bad_samples)
+        split_report(spec, split, bad_samples)
     return spec
 
 

@@ -44,13 +44,13 @@ def test_students_start_from_the_seed_not_from_the_rng_history(tiny_data):
 
 
 def test_data_is_checked_once_per_spec(tiny_data, monkeypatch):
+    from detkd.data import checks
     from detkd.data.dataset import load_data_spec
-    from detkd.engine import distiller
 
     calls = []
-    real = distiller.validate_split
+    real = checks.validate_split
     monkeypatch.setattr(
-        distiller, "validate_split", lambda spec, split, **kw: calls.append(split) or real(spec, split, **kw)
+        checks, "validate_split", lambda spec, split, **kw: calls.append(split) or real(spec, split, **kw)
     )
     spec = load_data_spec(tiny_data)
     Distiller("yolov8s.yaml", "yolov8n.yaml", spec)
