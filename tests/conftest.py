@@ -42,10 +42,17 @@ def _torch_threads() -> None:
 
 @pytest.fixture(scope="session")
 def distilled_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny end-to-end distillation through the CLI (teacher and student from YAML, 1 epoch at imgsz 64)."""
+    """One tiny end-to-end distillation through the CLI (teacher and student from YAML, 1 epoch at imgsz 64);
+    Ultralytics' log lines are kept in ``<project>/ultralytics.log``."""
+    import logging
+
     from detkd.cli import main
 
     project = tmp_path_factory.mktemp("runs")
+    ul, handler = logging.getLogger("ultralytics"), logging.FileHandler(project / "ultralytics.log")
+    level = ul.level
+    ul.setLevel(logging.INFO)  # YOLO_VERBOSE=false sets ERROR; its console handler stays at ERROR
+    ul.addHandler(handler)
     rc = main(
         [
             "distill",
@@ -57,5 +64,8 @@ def distilled_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             "--set", "kd.logit.weight=2",
         ]
     )  # fmt: skip
+    ul.removeHandler(handler)
+    ul.setLevel(level)
+    handler.close()
     assert rc == 0
     return project / "kd"

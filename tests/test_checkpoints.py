@@ -65,3 +65,10 @@ def test_legacy_yolov5_checkpoint_is_refused_with_a_hint():
     path = assets_path("weights", "yolov5n-coco-legacy.pt")
     with pytest.raises(UnsafeCheckpointError, match="models\\.(common|yolo)\\..*classic YOLOv5"):
         load_checkpoint(path)
+
+
+def test_final_validation_names_the_checkpoint_that_stays(distilled_run):
+    """The final checkpoints are validated while staged, then renamed: the log names the file a user will find."""
+    log = (distilled_run.parent / "ultralytics.log").read_text()
+    assert f"Validating {distilled_run / 'weights' / 'best.pt'}" in log
+    assert ".partial" not in log

@@ -145,20 +145,26 @@ def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
         f"{cfg['steps']} steps after {cfg['warmup']} warm-up steps, one process; median per step; ratios are "
         "medians of per-repetition ratios (variants of a repetition run back to back)",
         "",
-        "| variant | s / step (median) | spread (min–max of reps) | vs floor | vs plain student | peak memory MB |",
-        "|---|---|---|---|---|---|",
+        "| variant | s / step (median) | spread (min–max of reps) | vs floor | vs plain student | CPU s / step "
+        "| CPU vs floor | GFLOP / step | FLOPs vs floor | peak memory MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["variants"].values():
         mem = row.get("peak_gpu_mb") if row.get("peak_gpu_mb") is not None else row.get("peak_rss_mb")
         lines.append(
             f"| {row['label']} | {row['median_s']:.4f} | {row['min_s']:.4f}–{row['max_s']:.4f} | "
-            f"{row['vs_floor']:.3f} | {row['vs_plain']:.3f} | {_f(mem, '.0f')} |"
+            f"{row['vs_floor']:.3f} | {row['vs_plain']:.3f} | {_f(row.get('cpu_median_s'), '.4f')} | "
+            f"{_f(row.get('cpu_vs_floor'), '.3f')} | {_f(row.get('gflops'), '.2f')} | "
+            f"{_f(row.get('flops_vs_floor'), '.3f')} | {_f(mem, '.0f')} |"
         )
     lines += [
         "",
         "Floor: the student's own step plus one teacher forward pass under no_grad (the least any KD can cost). "
+        "CPU s: this process's CPU time per step over all its threads (time other processes held the cores is "
+        "left out). FLOPs: convolutions and matrix products of one step, forward and backward "
+        "(`torch.utils.flop_counter`; elementwise work is not counted), the same on every machine. "
         "Memory on CPU is each variant's peak resident memory in a process of its own; on a GPU, peak allocated "
-        "CUDA memory.",
+        "CUDA memory. A dash: not measured by the version of detkd that recorded the result.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -192,26 +192,49 @@ class _Stepper:
         self.opt.zero_grad(set_to_none=True)
 
 
-def time_variants(ctx: _Context, names: tuple[str, ...], log: Callable[[str], None] = print) -> dict[str, list[float]]:
-    """Seconds per step of each variant, one value per repetition (interleaved, order rotated per repetition)."""
+@dataclass
+class Timings:
+    """Per variant, one value per repetition: wall seconds per step, and this process's CPU seconds per step (all
+    threads; on a shared machine it leaves out the time other processes held the cores), plus the FLOPs of one
+    step (convolutions and matrix products, forward and backward, as ``torch.utils.flop_counter`` counts them)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    flops: dict[str, int]
+
+
+def step_flops(stepper: _Stepper) -> int:
+    """FLOPs of one training step of ``stepper`` (deterministic: machine load does not change it). Elementwise work
+    (activations, most of a loss, the optimizer update) is not counted, so this is a floor on the work."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        stepper.step(0)
+    return int(counter.get_total_flops())
+
+
+def time_variants(ctx: _Context, names: tuple[str, ...], log: Callable[[str], None] = print) -> Timings:
+    """Time each variant's steps, interleaved (order rotated per repetition), then count one step's FLOPs."""
     cfg = ctx.cfg
     steppers = {n: _Stepper(build_variant(n, ctx), ctx) for n in names}
     for s in steppers.values():
         for i in range(cfg.warmup):
             s.step(i)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    out = Timings({n: [] for n in names}, {n: [] for n in names}, {})
     order = list(names)
     for rep in range(cfg.reps):
         for n in order:
             _sync(ctx.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(cfg.steps):  # the same batches, in the same order, for every variant and repetition
                 steppers[n].step(i)
             _sync(ctx.device)
-            times[n].append((time.perf_counter() - t0) / cfg.steps)
-        log(f"rep {rep + 1}/{cfg.reps}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
+            out.wall[n].append((time.perf_counter() - t0) / cfg.steps)
+            out.cpu[n].append((time.process_time() - c0) / cfg.steps)
+        log(f"rep {rep + 1}/{cfg.reps}: " + ", ".join(f"{n} {out.wall[n][-1]:.3f}s" for n in names))
         order = order[1:] + order[:1]
-    return times
+    out.flops = {n: step_flops(steppers[n]) for n in names}
+    return out
 
 
 def probe_memory(cfg: SpeedConfig, name: str) -> dict[str, float | None]:
@@ -297,6 +320,11 @@ def speed_config(suite: Suite, data_yaml: Path, **kw: Any) -> SpeedConfig:
     return cfg
 
 
+def _paired_ratio(values: list[float], ref: list[float] | None) -> float:
+    """Median of per-repetition ratios (the variants of one repetition ran back to back); NaN without ``ref``."""
+    return statistics.median(a / b for a, b in zip(values, ref)) if ref else float("nan")
+
+
 def run_speed(cfg: SpeedConfig, work: Path, memory: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time every variant and measure its memory; returns the result payload (ratios to the floor and plain)."""
     from detkd.engine.distiller import run_environment
@@ -304,16 +332,18 @@ def run_speed(cfg: SpeedConfig, work: Path, memory: bool = True, log: Callable[[
     started = time.time()
     with _quiet_ultralytics():
         ctx = _Context(cfg)
-        times = time_variants(ctx, cfg.variants, log)
-    med = {n: statistics.median(t) for n, t in times.items()}
+        timings = time_variants(ctx, cfg.variants, log)
     work.mkdir(parents=True, exist_ok=True)
     variants: dict[str, Any] = {}
-    for n, t in times.items():
-        row: dict[str, Any] = {"label": LABELS[n], "median_s": med[n], "min_s": min(t), "max_s": max(t), "reps_s": t}
-        # ratios paired by repetition (the variants of one repetition ran back to back), then the median
+    for n, t in timings.wall.items():
+        cpu, flops = timings.cpu[n], timings.flops[n]
+        row: dict[str, Any] = {"label": LABELS[n], "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
+                               "reps_s": t, "cpu_median_s": statistics.median(cpu), "cpu_reps_s": cpu,
+                               "gflops": flops / 1e9}  # fmt: skip
         for ref in ("floor", "plain"):
-            paired = [a / b for a, b in zip(t, times[ref])] if ref in times else [float("nan")]
-            row[f"vs_{ref}"] = statistics.median(paired)
+            row[f"vs_{ref}"] = _paired_ratio(t, timings.wall.get(ref))
+            row[f"cpu_vs_{ref}"] = _paired_ratio(cpu, timings.cpu.get(ref))
+            row[f"flops_vs_{ref}"] = flops / timings.flops[ref] if timings.flops.get(ref) else float("nan")
         if memory:
             log(f"memory: {n}")
             row.update(_memory_in_subprocess(cfg, n, work))

@@ -63,6 +63,12 @@ def image_formats() -> set[str]:
     return set(IMG_FORMATS)
 
 
+def source_images(src: Path, files: list[Path], formats: AbstractSet[str]) -> list[Path]:
+    """The images among a split source's files: a folder's files with an image suffix; a list's entries as listed
+    (an entry of another type is then reported by the sample check, not silently dropped)."""
+    return [p for p in files if p.suffix.lower().lstrip(".") in formats] if src.is_dir() else files
+
+
 @dataclass
 class Sample:
     """One usable image with its (cleaned) label rows."""
@@ -321,12 +327,10 @@ def scan_split(spec: DataSpec, split: str) -> SplitReport:
     report = SplitReport(split, samples=[])
     candidates: list[Path] = []
     for src, files in iter_split_sources(spec, split):
+        images = source_images(src, files, formats)
         if src.is_dir():
             report.unsupported += [p for p in files if _unsupported(p, formats)]
-            images = [p for p in files if p.suffix.lower().lstrip(".") in formats]
             report.orphan_labels += _orphans(src, {label_path_for(p) for p in images})
-        else:
-            images = files
         candidates += images
     if not candidates:
         raise InputFileError(spec.yaml_path, f"split '{split}' has no images")

@@ -189,13 +189,10 @@ def iter_split_sources(spec: DataSpec, split: str) -> Iterator[tuple[Path, list[
 
 def list_images(spec: DataSpec, split: str) -> list[Path]:
     """All images of a split (folder files with an image suffix, list entries as listed); raises when there are none."""
-    from detkd.data.checks import image_formats
+    from detkd.data.checks import image_formats, source_images
 
     formats = image_formats()
-    images = [
-        p for src, files in iter_split_sources(spec, split) for p in files
-        if not src.is_dir() or p.suffix.lower().lstrip(".") in formats
-    ]  # fmt: skip
+    images = [p for src, files in iter_split_sources(spec, split) for p in source_images(src, files, formats)]
     if not images:
         raise InputFileError(spec.yaml_path, f"split '{split}' has no images")
     return images

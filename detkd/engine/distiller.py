@@ -144,10 +144,17 @@ def _checked_data(data: str | Path | DataSpec, bad_samples: str = "skip") -> Dat
 
 
 def _write_data(spec: DataSpec, save_dir: Path, resuming: bool) -> Path:
-    """The run's resolved data YAML (and image lists of changed splits), written by rank 0 only; a resumed run
-    trains on the one it wrote first (its ``data/report.json`` keeps what the original check found)."""
+    """The run's resolved data YAML (and image lists of changed splits), written by rank 0; a resumed run trains on
+    the one it wrote first (its ``data/report.json`` keeps what the original check found).
+
+    On several nodes without a shared filesystem, the first rank of each node that does not see rank 0's file
+    writes the node's own copy (every rank checked the same data, so the copies agree).
+    """
     path = save_dir / "data.yaml"
     if distributed.is_main() and not (resuming and path.is_file()):
+        spec.write_resolved(path)
+    distributed.barrier()
+    if not distributed.is_main() and distributed.is_local_main() and not path.is_file():
         spec.write_resolved(path)
     distributed.barrier()
     return path

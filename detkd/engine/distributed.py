@@ -39,6 +39,11 @@ def is_main() -> bool:
     return not launched() or rank() == 0
 
 
+def is_local_main() -> bool:
+    """True on the first rank of each node (``LOCAL_RANK`` 0), and in a single process."""
+    return not launched() or local_rank() == 0
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -258,10 +259,28 @@ class DetectorTrainer(DetectionTrainer):
                             strip_optimizer(f)
                     LOGGER.info("CPU DDP: final validation of best.pt skipped (run detkd eval on it)")
                 else:
-                    super().final_eval()
+                    with _logged_as(tmp, self.wdir):  # "Validating <staging>/best.pt" would name a passing file
+                        super().final_eval()
             finally:
                 self.last, self.best = final
         (self.wdir / RESUME_FILE).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+
+
+@contextlib.contextmanager
+def _logged_as(staged: Path, final: Path) -> Iterator[None]:
+    """Ultralytics' log lines name ``final`` where they would name ``staged`` (a folder that is renamed away)."""
+    ul = logging.getLogger("ultralytics")
+
+    def rename(record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and str(staged) in record.msg:
+            record.msg = record.msg.replace(str(staged), str(final))
+        return True
+
+    ul.addFilter(rename)
+    try:
+        yield
+    finally:
+        ul.removeFilter(rename)
 
 
 class KDTrainer(DetectorTrainer):

@@ -95,7 +95,11 @@ def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_speed_bench_times_every_variant_against_the_floor(tiny_data: Path, tmp_path: Path) -> None:
-    from detkd.bench.speed import SpeedConfig, _Context, _Stepper, build_variant, probe_memory, run_speed
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from detkd.bench.report import speed_markdown
+    from detkd.bench.speed import SpeedConfig, _Context, _raw_net, _Stepper, build_variant, probe_memory, run_speed
 
     cfg = SpeedConfig(suite="unit", data=str(tiny_data), teacher="yolov8s.yaml", student="yolov8n.yaml", imgsz=64,
                       batch=4, kd=(), class_map=None, steps=2, reps=2, warmup=1,
@@ -106,8 +110,17 @@ def test_speed_bench_times_every_variant_against_the_floor(tiny_data: Path, tmp_
     assert rows["floor"]["vs_floor"] == pytest.approx(1.0) and rows["plain"]["vs_plain"] == pytest.approx(1.0)
     for row in rows.values():
         assert len(row["reps_s"]) == 2 and row["min_s"] <= row["median_s"] <= row["max_s"] and row["min_s"] > 0
-    # the detkd variant really computes every KD family (a bench of a no-op would be meaningless)
+        assert len(row["cpu_reps_s"]) == 2 and row["cpu_median_s"] > 0
+    # FLOPs: the floor is the student's step plus exactly one teacher forward; detkd adds its adapters on top
     ctx = _Context(cfg)
+    teacher = _raw_net(ctx.teacher())  # built outside the counter (building runs a stride-probing forward)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        teacher(ctx.batches[0]["img"])
+    teacher_gflops = counter.get_total_flops() / 1e9
+    assert rows["floor"]["gflops"] - rows["plain"]["gflops"] == pytest.approx(teacher_gflops, rel=1e-6)
+    assert rows["detkd"]["flops_vs_floor"] > 1.0 and rows["floor"]["flops_vs_floor"] == 1.0
+    assert "| CPU vs floor |" in speed_markdown(payload)
+    # the detkd variant really computes every KD family (a bench of a no-op would be meaningless)
     variant = build_variant("detkd", ctx)
     _Stepper(variant, ctx).step(0)
     criterion = variant.keep[0].criterion

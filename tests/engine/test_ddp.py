@@ -54,6 +54,14 @@ def _terms(values, mask, student, teacher) -> torch.Tensor:
     )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _rank(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     half = [t[2 * rank : 2 * rank + 2] for t in _global_terms()]
@@ -71,12 +79,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 
 def test_kd_normalisers_over_ranks_give_the_global_batch_value(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     full = _terms(*_global_terms())
     got = torch.load(tmp_path / "rank0.pt")
     assert torch.allclose(got["mean_over_ranks"], full, rtol=1e-5)
@@ -84,29 +87,44 @@ def test_kd_normalisers_over_ranks_give_the_global_batch_value(tmp_path):
     assert not torch.allclose(plain, full, rtol=0.05)  # per-rank ratios (and floors) would not have matched
 
 
-@pytest.mark.slow
-def test_two_cpu_ranks_with_gloo_match_a_single_process(tiny_data, tmp_path):
-    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [sys.executable, "-m", "detkd", "distill", *COMMON, "--data", str(tiny_data), "--threads", "1",
-         "--project", str(tmp_path), "--name", "single"],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
+def _distill_args(data: Path, project: Path, name: str) -> list[str]:
+    return ["-m", "detkd", "distill", *COMMON, "--data", str(data), "--threads", "1", "--project", str(project),
+            "--name", name]  # fmt: skip
+
+
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory) -> Path:
+    """One process, and two gloo ranks under ``torchrun --standalone``, same global batch: ``single`` and ``ddp``."""
+    root = tmp_path_factory.mktemp("ddp")
+    single = subprocess.run([sys.executable, *_distill_args(tiny_data, root, "single")], env=ENV,
+                            capture_output=True, text=True)  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "detkd",
-         "distill", *COMMON, "--data", str(tiny_data), "--threads", "1", "--project", str(tmp_path), "--name", "ddp"],
-        env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         *_distill_args(tiny_data, root, "ddp")],
+        env=ENV, capture_output=True, text=True,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    run = tmp_path / "ddp"
-    assert not (tmp_path / "ddp2").exists()  # every rank used rank 0's run folder
-    per_rank = [[json.loads(line) for line in (run / f"losses_rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    return root
+
+
+def _per_rank(run: Path) -> list[list[dict[str, float]]]:
+    return [[json.loads(line) for line in (run / f"losses_rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_with_gloo_match_a_single_process(runs):
+    run = runs / "ddp"
+    assert not (runs / "ddp2").exists()  # every rank used rank 0's run folder
+    per_rank = _per_rank(run)
     for rows in per_rank:
         assert [r["epoch"] for r in rows] == [1, 2]
         for key in ("kd/feat", "kd/cls", "kd/box"):
             assert all(r[key] > 0 for r in rows), f"{key} is zero on a rank: KD lost under DDP"
-    logged, ref = _rows(run), _rows(tmp_path / "single")
+    logged, ref = _rows(run), _rows(runs / "single")
     assert len(ref) == len(logged) == 2
     for epoch in (0, 1):
         for key in (*KD, "train/box_loss"):
@@ -114,3 +132,46 @@ def test_two_cpu_ranks_with_gloo_match_a_single_process(tiny_data, tmp_path):
             assert logged[epoch][key] == pytest.approx(mean, rel=1e-3)  # results.csv holds the mean over ranks
     for key in KD:  # epoch 1 runs from the same weights; only BatchNorm's half-batch statistics differ
         assert logged[0][key] == pytest.approx(ref[0][key], rel=0.15), key
+
+
+@pytest.mark.slow
+def test_two_nodes_rendezvous_like_the_readme_and_train_as_one_node_with_two_ranks(runs, tiny_data):
+    """The README's multi-node command (c10d rendezvous), as two one-process "nodes" on this machine: the same two
+    ranks as ``--standalone --nproc_per_node 2``, so the same losses, and the node of rank 1 writes no second run."""
+    port, project = _free_port(), runs / "nodes"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+              "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "detkd-test"]  # fmt: skip
+    out = {"env": ENV, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    nodes = [subprocess.Popen([*launch, "--node_rank", str(i), *_distill_args(tiny_data, project, "run")], **out)
+             for i in (0, 1)]  # fmt: skip
+    outs = [n.communicate(timeout=600)[0] for n in nodes]
+    for n, out in zip(nodes, outs):
+        assert n.returncode == 0, out[-3000:]
+    assert sorted(p.name for p in project.iterdir()) == ["run"]
+    assert (project / "run" / "weights" / "last.pt").is_file()
+    got, ref = _rows(project / "run"), _rows(runs / "ddp")
+    assert len(got) == len(ref) == 2
+    for epoch in (0, 1):
+        for key in (*KD, "train/box_loss", "train/cls_loss"):
+            assert got[epoch][key] == pytest.approx(ref[epoch][key], rel=1e-4, abs=1e-6), (epoch, key)
+    assert [len(rows) for rows in _per_rank(project / "run")] == [2, 2]
+
+
+def test_a_node_without_a_shared_filesystem_writes_its_own_data_yaml(tmp_path, tiny_data, monkeypatch):
+    """The first rank of node 2 does not see node 1's run folder: it writes the same data.yaml for its own ranks;
+    on a shared filesystem it leaves rank 0's file alone."""
+    from detkd.engine import distiller
+
+    spec = distiller._checked_data(tiny_data)
+    monkeypatch.setattr(distiller.distributed, "is_main", lambda: False)
+    monkeypatch.setattr(distiller.distributed, "is_local_main", lambda: True)
+    path = distiller._write_data(spec, tmp_path / "node2", resuming=False)
+    assert path == tmp_path / "node2" / "data.yaml" and "resolved by detkd" in path.read_text()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data.yaml").write_text("rank 0's")
+    distiller._write_data(spec, shared, resuming=False)
+    assert (shared / "data.yaml").read_text() == "rank 0's"
+    monkeypatch.setattr(distiller.distributed, "is_local_main", lambda: False)  # other ranks of the node: no writes
+    distiller._write_data(spec, tmp_path / "other", resuming=False)
+    assert not (tmp_path / "other").exists()
