@@ -48,8 +48,9 @@ class ClassMap:
         """Per student class: whether any teacher class feeds it."""
         return [bool(s) for s in self.sources]
 
-    def apply(self, teacher_logits: Tensor) -> Tensor:
-        """Teacher class logits (B, Ct, A) as student class logits (B, Cs, A).
+    def apply(self, teacher_logits: Tensor, fill: float = UNMAPPED_LOGIT) -> Tensor:
+        """Teacher class logits (B, Ct, A) as student class logits (B, Cs, A); an unmapped student class gets
+        ``fill`` (pass 0 for probabilities: the max of probabilities is the max of logits, mapped the same way).
 
         >>> cm = ClassMap({0: "a", 1: "b", 2: "c"}, {0: "x", 1: "y"}, ((0, 2), ()))
         >>> cm.apply(torch.tensor([[[1.0], [5.0], [3.0]]]))[0, :, 0].tolist()
@@ -60,7 +61,7 @@ class ClassMap:
                 f"class map expects {len(self.teacher_names)} teacher classes, got {teacher_logits.shape[1]}"
             )
         b, _, a = teacher_logits.shape
-        out = teacher_logits.new_full((b, len(self.sources), a), UNMAPPED_LOGIT)
+        out = teacher_logits.new_full((b, len(self.sources), a), fill)
         for s, src in enumerate(self.sources):
             if src:
                 out[:, s] = teacher_logits[:, list(src)].amax(dim=1)

@@ -137,19 +137,20 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.data.dataset import load_data_spec
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.coco import evaluate
-    from detkd.eval.predict import TorchPredictor
+    from detkd.eval.predict import TorchPredictor, data_class_map, on_data_classes
     from detkd.eval.report import write_eval_report
+    from detkd.students import ultralytics_yolo as uy
     from detkd.teachers import load_eval_model
 
     spec = load_data_spec(ns.data)
     split_report(spec, ns.split, ns.bad_samples)
     model = load_eval_model(ns.model)
+    cmap = data_class_map(uy.class_names(model), spec.names, ns.class_map, source=ns.model)
     device = torch_device_name(ns.device)
     if device == "cpu":
         set_cpu_threads(ns.threads)
-    result = evaluate(
-        TorchPredictor(model, device), spec, ns.split, imgsz=ns.imgsz, batch=ns.batch, conf=ns.conf, iou=ns.iou
-    )
+    predictor = on_data_classes(TorchPredictor(model, device), cmap)
+    result = evaluate(predictor, spec, ns.split, imgsz=ns.imgsz, batch=ns.batch, conf=ns.conf, iou=ns.iou)
     out = Path(ns.out) if ns.out else Path(ns.model).resolve().parent / f"eval_{ns.split}"
     path = write_eval_report(result, out, f"COCO evaluation of {ns.model}", extra={"model": str(ns.model)})
     LOGGER.info("wrote %s and %s", path, path.with_name("metrics.md"))
@@ -175,6 +176,7 @@ def _cmd_export(ns: argparse.Namespace) -> int:
         ns.model, ns.format, imgsz=ns.imgsz, data=ns.data, split=ns.split, calib_split=ns.calib_split,
         calib_images=ns.calib_images, out_dir=ns.out, threads=ns.threads, latency_runs=ns.runs, budget=ns.budget,
         fallback=ns.fallback, skip_unavailable=ns.skip_unavailable, device=ns.device, end2end=ns.end2end,
+        class_map=ns.class_map,
     )  # fmt: skip
     print(table.to_markdown())
     summary = {
@@ -249,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="report folder (default: <model folder>/eval_<split>)")
     p.add_argument(
+        "--class-map",
+        default=None,
+        help="YAML mapping the model's classes to the data's (a model trained on other classes, e.g. a COCO teacher)",
+    )
+    p.add_argument(
         "--bad-samples",
         choices=("skip", "fail"),
         default="skip",
@@ -267,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split the gate and the parity check run on")
     p.add_argument("--calib-split", default="train", help="split INT8 calibration images come from")
     p.add_argument("--calib-images", type=int, default=300, help="INT8 calibration images (at most)")
+    p.add_argument("--class-map", default=None, help="YAML mapping the model's classes to the data's, for the gate")
     p.add_argument(
         "--budget",
         default=None,

@@ -25,17 +25,18 @@ def peak_memory_mb(device: str) -> dict[str, float | None]:
     return {"peak_rss_mb": round(rss, 1), "peak_gpu_mb": None if gpu is None else round(gpu, 1)}
 
 
-def _evaluate(weights: str | Path, spec: Any, imgsz: int, device: str) -> dict[str, Any]:
+def _evaluate(weights: str | Path, spec: Any, imgsz: int, device: str, class_map: str | None = None) -> dict[str, Any]:
+    """Val metrics of ``weights`` on the data's classes (a teacher of other classes through ``class_map``)."""
+    from detkd.engine.trainer import torch_device_name
     from detkd.eval.coco import evaluate
-    from detkd.eval.predict import TorchPredictor
+    from detkd.eval.predict import TorchPredictor, data_class_map, on_data_classes
     from detkd.students import ultralytics_yolo as uy
     from detkd.teachers import load_eval_model
 
     model = load_eval_model(weights)
-    from detkd.engine.trainer import torch_device_name
-
+    cmap = data_class_map(uy.class_names(model), spec.names, class_map, source=weights)
     started = time.time()
-    ev = evaluate(TorchPredictor(model, torch_device_name(device)), spec, "val", imgsz=imgsz)
+    ev = evaluate(on_data_classes(TorchPredictor(model, torch_device_name(device)), cmap), spec, "val", imgsz=imgsz)
     m = ev.metrics
     return {
         "mAP50-95": ev.map50_95,
@@ -72,7 +73,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         weights = out.best if spec["train"].get("val", True) else out.last
         result.update(weights=str(weights), results_csv=str(out.results_csv))
     result.update(train_s=round(train_s, 1), **peak_memory_mb(device))
-    result.update(_evaluate(weights, data, int(spec["imgsz"]), device))
+    class_map = spec.get("class_map") if kind == "eval" else None  # a distill job's map is its teacher's
+    result.update(_evaluate(weights, data, int(spec["imgsz"]), device, class_map))
     return result
 
 

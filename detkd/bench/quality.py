@@ -132,7 +132,8 @@ class QualityBench:
         s = self.suite
         if s.teacher_given:
             weights = s.teacher_spec()
-            job = self._job("teacher", "eval", None, 0, model=weights)
+            mapped: dict[str, Any] = {"class_map": s.class_map_path()} if s.class_map else {}  # on the data's classes
+            job = self._job("teacher", "eval", None, 0, model=weights, **mapped)
             res = self._run_job(job)
             return {**res, "weights": weights, "source": "given", "key": None}
         fp = data_fingerprint(data_yaml)

@@ -8,6 +8,7 @@ pad value 114, scaled to [0, 1].
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -18,11 +19,25 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
-from detkd.errors import InputFileError
+from detkd.classmap import ClassMap
+from detkd.errors import InputFileError, PairingError
 from detkd.export.standalone import LetterboxMeta, letterbox, preprocess
 from detkd.export.standalone import postprocess as bundle_postprocess
 
-__all__ = ["LetterboxMeta", "Predictor", "TorchPredictor", "letterbox", "postprocess", "preprocess", "read_image"]
+LOGGER = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassMappedPredictor",
+    "LetterboxMeta",
+    "Predictor",
+    "TorchPredictor",
+    "data_class_map",
+    "letterbox",
+    "on_data_classes",
+    "postprocess",
+    "preprocess",
+    "read_image",
+]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -74,6 +89,65 @@ class TorchPredictor:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self._infer(self.model, torch.from_numpy(x).to(self.device))
         return out.float().cpu().numpy()
+
+
+class ClassMappedPredictor:
+    """A predictor whose classes are turned into the data's through a class map (a model trained on other classes).
+
+    Dense outputs: each data class takes the highest probability of the model classes mapped to it (0 when none is);
+    end-to-end outputs: each detection's class is renamed, and a detection of an unmapped class is dropped (score 0).
+    """
+
+    def __init__(self, inner: Predictor, cmap: ClassMap) -> None:
+        self.inner, self.cmap = inner, cmap
+        self.name, self.max_batch, self.end2end = inner.name, inner.max_batch, inner.end2end
+        self._rename = np.full(len(cmap.teacher_names), -1, dtype=np.int64)
+        for s, sources in enumerate(cmap.sources):
+            for t in sources:
+                if self._rename[t] < 0:
+                    self._rename[t] = s
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        raw = self.inner(x)
+        if self.end2end:
+            out = raw.copy()
+            cls = self._rename[np.clip(raw[..., 5].astype(np.int64), 0, len(self._rename) - 1)]
+            out[..., 4] = np.where(cls >= 0, raw[..., 4], 0.0)
+            out[..., 5] = np.maximum(cls, 0)
+            return out
+        probs = torch.from_numpy(np.ascontiguousarray(raw[:, 4:]))
+        mapped = self.cmap.apply(probs, fill=0.0).numpy()
+        return np.concatenate([raw[:, :4], mapped], axis=1)
+
+
+def data_class_map(
+    model_names: dict[int, str], data_names: dict[int, str], class_map: str | Path | None = None,
+    *, source: str | Path = "model",
+) -> ClassMap | None:  # fmt: skip
+    """How a model's classes become the data's for scoring: None when they are the data's; ``class_map`` when given;
+    by name when the model's classes include every data class; otherwise an error asking for a map."""
+    from detkd.classmap import load_class_map, map_by_name
+
+    if class_map is not None:
+        cmap = load_class_map(class_map, model_names, data_names)
+        LOGGER.info("class map %s: %s", class_map, cmap.describe())
+        return cmap
+    if model_names == data_names:
+        return None
+    by_name = map_by_name(model_names, data_names)
+    if by_name is not None:
+        LOGGER.info("%s: classes mapped to the data's by name: %s", source, by_name.describe())
+        return by_name
+    shown = ", ".join(list(model_names.values())[:12]) + (" ..." if len(model_names) > 12 else "")
+    raise PairingError(
+        f"{source}: its classes ({shown}) are not the data's ({', '.join(data_names.values())}); give a class map "
+        "(--class-map map.yaml, e.g. datasets/class_maps/coco80_to_hituav.yaml) to score it on the data's classes"
+    )
+
+
+def on_data_classes(predictor: Predictor, cmap: ClassMap | None) -> Predictor:
+    """``predictor`` seen through ``cmap`` (itself when there is no map)."""
+    return predictor if cmap is None else ClassMappedPredictor(predictor, cmap)
 
 
 def _torchvision_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:

@@ -165,15 +165,19 @@ def export_models(
     skip_unavailable: bool = False,
     device: str = "cpu",
     end2end: bool = False,
+    class_map: str | Path | None = None,
 ) -> ExportTable:
-    """Export ``weights`` to every format in ``formats``, gate each against PyTorch, write bundles and a table."""
+    """Export ``weights`` to every format in ``formats``, gate each against PyTorch, write bundles and a table.
+
+    The gate scores on the data's classes: a model of other classes through ``class_map``, or by name.
+    """
     import numpy as np
 
     from detkd.data.checks import split_report
     from detkd.data.dataset import load_data_spec
     from detkd.engine.distiller import run_environment
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
-    from detkd.eval.predict import read_image
+    from detkd.eval.predict import data_class_map, read_image
     from detkd.export.checks import parse_budget
     from detkd.students import ultralytics_yolo as uy
 
@@ -192,6 +196,8 @@ def export_models(
     if end2end and not uy.is_end2end(model):
         raise ConfigError(f"{weights}: --end2end needs a one-to-one (NMS-free) head, as YOLO26's; this model has none")
     spec = load_data_spec(data) if data is not None else None
+    # a model of other classes is gated on the data's classes (its map, or by name), or refused before any work
+    cmap = data_class_map(uy.class_names(model), spec.names, class_map, source=weights) if spec is not None else None
     train_args = getattr(model, "args", None) or {}
     imgsz = int(imgsz or (train_args.get("imgsz") if isinstance(train_args, dict) else None) or 640)
     stride = int(max(model.stride.tolist()))
@@ -212,7 +218,8 @@ def export_models(
         frame = None
 
     ctx = _Context(model, weights, spec, split, imgsz, images, frame, threads, latency_runs, budgets, out,
-                   data, calib_split, calib_images, device, end2end, environment=run_environment())  # fmt: skip
+                   data, calib_split, calib_images, device, end2end, environment=run_environment(),
+                   cmap=cmap)  # fmt: skip
     pytorch: dict[str, Any] = {
         "params_m": uy.count_parameters(model) / 1e6,
         "gflops": _gflops(model, imgsz),
@@ -297,6 +304,7 @@ class _Context:
     end2end: bool
     references: dict[bool, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    cmap: Any = None  # the model's classes onto the data's, when they differ (by name)
 
     def reference(self, end2end: bool) -> tuple[Any, dict[str, Any]]:
         """PyTorch in the same head mode as an export (one-to-one, or one-to-many + NMS), with its mAP and latency."""
@@ -316,8 +324,9 @@ class _Context:
         if self.spec is None:
             return None
         from detkd.eval.coco import evaluate
+        from detkd.eval.predict import on_data_classes
 
-        res = evaluate(predictor, self.spec, self.split, imgsz=self.imgsz)
+        res = evaluate(on_data_classes(predictor, self.cmap), self.spec, self.split, imgsz=self.imgsz)
         return {"mAP50-95": res.map50_95, "mAP50": res.map50}
 
     def latency(self, predictor: Any) -> dict[str, Any]:
