@@ -17,6 +17,7 @@ valid ones.
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from torch import Tensor
 from detkd._io import read_yaml
 from detkd.errors import ConfigError
 
+LOGGER = logging.getLogger(__name__)
 UNMAPPED_LOGIT = -30.0  # sigmoid(-30) ~ 1e-13: an unmapped student class looks absent to confidence masks
 
 
@@ -134,3 +136,39 @@ def map_by_name(teacher_names: dict[int, str], student_names: dict[int, str]) ->
     if not all(n in index for n in student_names.values()):
         return None
     return ClassMap(dict(teacher_names), dict(student_names), tuple((index[n],) for n in student_names.values()))
+
+
+def resolve_class_map(
+    model_names: dict[int, str],
+    data_names: dict[int, str],
+    class_map: str | Path | None = None,
+    *,
+    source: str | Path = "the model",
+    required: bool = True,
+    alternative: str = "",
+) -> ClassMap | None:
+    """How a model's classes (a teacher's, or a model being scored) become the data's.
+
+    ``class_map`` when given; None when the classes are the data's; by name when the model has every data class;
+    otherwise a :class:`PairingError` asking for a map (``alternative`` is appended to its advice), or None when not
+    ``required``.
+    """
+    from detkd.errors import PairingError
+
+    if class_map is not None:
+        cmap = load_class_map(class_map, model_names, data_names)
+        LOGGER.info("class map %s: %s", class_map, cmap.describe())
+        return cmap
+    if model_names == data_names:
+        return None
+    by_name = map_by_name(model_names, data_names)
+    if by_name is not None:
+        LOGGER.info("%s: classes mapped to the data's by name: %s", source, by_name.describe())
+        return by_name
+    if not required:
+        return None
+    shown = ", ".join(list(model_names.values())[:12]) + (" ..." if len(model_names) > 12 else "")
+    raise PairingError(
+        f"{source}: its classes ({shown}) are not the data's ({', '.join(data_names.values())}); give a class map "
+        f"(--class-map map.yaml, e.g. datasets/class_maps/coco80_to_hituav.yaml){alternative}"
+    )

@@ -40,7 +40,7 @@ class DemoConfig:
     teacher: str = "yolov8s.yaml"
     student: str = "yolov8n.yaml"
     scenes: SceneConfig = field(default_factory=lambda: SceneConfig(n_train=400, n_val=120, size=160, min_size=6.0))
-    epochs: int = 18  # on this 2-core machine's slow days 22 took 925 s and 20 took 878 s: 18 leaves a margin
+    epochs: int = 15  # this 2-core machine's speed varies by a third: on its slowest day 18 epochs took 907 s
     imgsz: int = 160
     batch: int = 16
     kd_overrides: tuple[str, ...] = ()

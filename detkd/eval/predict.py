@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from detkd.classmap import ClassMap
-from detkd.errors import InputFileError, PairingError
+from detkd.errors import InputFileError
 from detkd.export.standalone import LetterboxMeta, letterbox, preprocess
 from detkd.export.standalone import postprocess as bundle_postprocess
 
@@ -124,25 +124,11 @@ def data_class_map(
     model_names: dict[int, str], data_names: dict[int, str], class_map: str | Path | None = None,
     *, source: str | Path = "model",
 ) -> ClassMap | None:  # fmt: skip
-    """How a model's classes become the data's for scoring: None when they are the data's; ``class_map`` when given;
-    by name when the model's classes include every data class; otherwise an error asking for a map."""
-    from detkd.classmap import load_class_map, map_by_name
+    """How a model's classes become the data's for scoring (see :func:`detkd.classmap.resolve_class_map`)."""
+    from detkd.classmap import resolve_class_map
 
-    if class_map is not None:
-        cmap = load_class_map(class_map, model_names, data_names)
-        LOGGER.info("class map %s: %s", class_map, cmap.describe())
-        return cmap
-    if model_names == data_names:
-        return None
-    by_name = map_by_name(model_names, data_names)
-    if by_name is not None:
-        LOGGER.info("%s: classes mapped to the data's by name: %s", source, by_name.describe())
-        return by_name
-    shown = ", ".join(list(model_names.values())[:12]) + (" ..." if len(model_names) > 12 else "")
-    raise PairingError(
-        f"{source}: its classes ({shown}) are not the data's ({', '.join(data_names.values())}); give a class map "
-        "(--class-map map.yaml, e.g. datasets/class_maps/coco80_to_hituav.yaml) to score it on the data's classes"
-    )
+    return resolve_class_map(model_names, data_names, class_map, source=source,
+                             alternative=" to score it on the data's classes")  # fmt: skip
 
 
 def on_data_classes(predictor: Predictor, cmap: ClassMap | None) -> Predictor:

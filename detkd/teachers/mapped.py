@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detkd.classmap import ClassMap, load_class_map, map_by_name
-from detkd.errors import PairingError
+from detkd.classmap import ClassMap, resolve_class_map
 from detkd.teachers.base import FrozenTeacher
 from detkd.types import TeacherOutputs
 
@@ -59,20 +58,6 @@ def paired_classes(teacher: Any, names: dict[int, str], class_map: str | Path | 
     With ``class_map`` that map is applied; without one, a teacher with exactly ``names`` is used as is, one whose
     classes include every name is mapped by name, and any other is refused when ``required`` (logit KD on).
     """
-    if class_map is not None:
-        cmap = load_class_map(class_map, teacher.names, names)
-        LOGGER.info("class map %s: %s", class_map, cmap.describe())
-        return ClassMappedTeacher(teacher, cmap)
-    if teacher.names == names:
-        return teacher
-    by_name = map_by_name(teacher.names, names)
-    if by_name is not None:
-        LOGGER.info("teacher classes mapped to the data's by name: %s", by_name.describe())
-        return ClassMappedTeacher(teacher, by_name)
-    if required:
-        shown = ", ".join(list(teacher.names.values())[:12]) + (" ..." if len(teacher.names) > 12 else "")
-        raise PairingError(
-            f"the teacher's classes ({shown}) are not the data's ({', '.join(names.values())}); give a class map "
-            "(--class-map map.yaml, e.g. datasets/class_maps/coco80_to_hituav.yaml) or set kd.logit.weight=0"
-        )
-    return teacher
+    cmap = resolve_class_map(teacher.names, names, class_map, source="the teacher", required=required,
+                             alternative=" or set kd.logit.weight=0")  # fmt: skip
+    return teacher if cmap is None else ClassMappedTeacher(teacher, cmap)

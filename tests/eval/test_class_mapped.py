@@ -122,3 +122,21 @@ def test_cli_eval_asks_for_a_map_then_scores_through_it(distilled_run, tiny_data
     cmap.write_text("map:\n" + "".join(f"  {n}: c{i}\n" for i, n in DATA.items() if i < 3))
     assert main([*argv, "--out", str(tmp_path / "e3")]) == 0
     assert 0 < detections(tmp_path / "e3") < reference  # classes left out are never predicted
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_cli_export_gates_a_model_of_other_classes_through_its_map(distilled_run, tiny_data, tmp_path, capsys):
+    from detkd.cli import main
+
+    reverse = [5 - i for i in range(6)]
+    other = _copy(tiny_data, tmp_path / "other", [f"c{5 - j}" for j in range(6)], reverse)
+    argv = ["export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "onnx", "--data", str(other),
+            "--imgsz", "64", "--runs", "2"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    assert "--class-map" in capsys.readouterr().err and not (tmp_path / "refused").exists()  # refused before work
+    cmap = tmp_path / "rename.yaml"
+    cmap.write_text("map:\n" + "".join(f"  {n}: c{i}\n" for i, n in DATA.items()))
+    assert main([*argv, "--class-map", str(cmap), "--out", str(tmp_path / "x")]) == 0
+    row = json.loads((tmp_path / "x" / "export_table.json").read_text())["rows"][0]
+    assert row["format"] == "onnx" and row["passed"] and row["map"] is not None
