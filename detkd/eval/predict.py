@@ -8,7 +8,6 @@ pad value 114, scaled to [0, 1].
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -23,8 +22,6 @@ from detkd.classmap import ClassMap
 from detkd.errors import InputFileError
 from detkd.export.standalone import LetterboxMeta, letterbox, preprocess
 from detkd.export.standalone import postprocess as bundle_postprocess
-
-LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     "ClassMappedPredictor",
