@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from detkd._io import read_yaml
-from detkd.errors import ConfigError
+from detkd.errors import ConfigError, PairingError
 
 LOGGER = logging.getLogger(__name__)
 UNMAPPED_LOGIT = -30.0  # sigmoid(-30) ~ 1e-13: an unmapped student class looks absent to confidence masks
@@ -153,8 +153,6 @@ def resolve_class_map(
     otherwise a :class:`PairingError` asking for a map (``alternative`` is appended to its advice), or None when not
     ``required``.
     """
-    from detkd.errors import PairingError
-
     if class_map is not None:
         cmap = load_class_map(class_map, model_names, data_names)
         LOGGER.info("class map %s: %s", class_map, cmap.describe())

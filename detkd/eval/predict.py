@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
-from detkd.classmap import ClassMap
+from detkd.classmap import ClassMap, resolve_class_map
 from detkd.errors import InputFileError
 from detkd.export.standalone import LetterboxMeta, letterbox, preprocess
 from detkd.export.standalone import postprocess as bundle_postprocess
@@ -122,8 +122,6 @@ def data_class_map(
     *, source: str | Path = "model",
 ) -> ClassMap | None:  # fmt: skip
     """How a model's classes become the data's for scoring (see :func:`detkd.classmap.resolve_class_map`)."""
-    from detkd.classmap import resolve_class_map
-
     return resolve_class_map(model_names, data_names, class_map, source=source,
                              alternative=" to score it on the data's classes")  # fmt: skip
 

@@ -13,11 +13,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detkd import __version__
 from detkd.errors import ConfigError, DetkdError, InputFileError
 from detkd.export.targets import TARGETS, FormatUnavailableError, Target, check_available, parse_targets
+
+if TYPE_CHECKING:
+    from detkd.classmap import ClassMap
 
 LOGGER = logging.getLogger(__name__)
 
@@ -304,7 +307,7 @@ class _Context:
     end2end: bool
     references: dict[bool, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
-    cmap: Any = None  # the model's classes onto the data's, when they differ (by name)
+    cmap: ClassMap | None = None  # the model's classes onto the data's, when they differ
 
     def reference(self, end2end: bool) -> tuple[Any, dict[str, Any]]:
         """PyTorch in the same head mode as an export (one-to-one, or one-to-many + NMS), with its mAP and latency."""
