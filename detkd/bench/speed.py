@@ -169,7 +169,12 @@ def build_variant(name: str, ctx: _Context) -> _Variant:
     criterion.start_epoch(0, 1, 1_000_000)
     student.criterion = criterion
     params = list(student.parameters()) + [p for p in composite.parameters() if p.requires_grad]
-    return _Variant(name, lambda b: student.loss(b)[0], params, (student, teacher, composite))
+
+    def kd_loss(b: dict[str, Any]) -> Tensor:
+        criterion.run_teacher(b)  # as KDTrainer.preprocess_batch does: the teacher before the student
+        return student.loss(b)[0]
+
+    return _Variant(name, kd_loss, params, (student, teacher, composite))
 
 
 class _Stepper:

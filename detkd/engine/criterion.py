@@ -5,6 +5,11 @@ where ``loss_vector.sum()`` is backpropagated and ``items`` (a dict of detached 
 written to ``results.csv``. :class:`KDCriterion` keeps that protocol, so the student runs forward once per step, the
 teacher once under ``no_grad`` (not at all while every KD term is scheduled off), and every term lands in
 ``results.csv`` beside the detection losses.
+
+The trainer runs the teacher *before* the student's forward (:meth:`KDCriterion.run_teacher` from
+``preprocess_batch``): its activations are freed before the student's, which autograd keeps for backward, are
+allocated. Run after the student's forward, the same teacher pass measured 7.6% slower per step on 2 CPU cores
+(fresh memory for every activation while the student's are alive); see ``benchmarks/RESULTS.md``, Speed.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from torch import Tensor
 
 from detkd.engine import distributed, positions
 from detkd.errors import DetkdError
-from detkd.losses._checks import normalise_over_ranks
+from detkd.losses._checks import all_finite, normalise_over_ranks
 from detkd.losses.composite import TERMS, KDComposite, KDInputs
 from detkd.students import ultralytics_yolo as uy
-from detkd.types import Teacher
+from detkd.types import Teacher, TeacherOutputs
 
 LOGGER = logging.getLogger(__name__)
 KD_ITEM_NAMES = TERMS
@@ -63,6 +68,7 @@ class KDCriterion:
         self.teacher = teacher
         self.composite = composite
         self.last_unweighted: dict[str, Tensor] = {}
+        self._ran: tuple[Tensor, TeacherOutputs] | None = None  # (images, outputs) from run_teacher, used once
         self.epoch, self.epochs, self.batches, self.step = 0, 1, 1, 0
         self.item_names = (*KD_ITEM_NAMES, *ratio_item_names(composite))
 
@@ -78,8 +84,21 @@ class KDCriterion:
     def _where(self) -> str:
         return f"epoch {self.epoch + 1}, batch {self.step + 1}"
 
-    def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _set_progress(self) -> None:
         self.composite.set_progress(self.epoch + self.step / self.batches, self.epochs)
+
+    def run_teacher(self, batch: dict[str, Any]) -> None:
+        """Run the teacher on this step's images now, before the student's forward; the next call with the same
+        image tensor uses the outputs (any other call runs the teacher itself). Nothing runs while KD is off."""
+        self._set_progress()
+        self._ran = (batch["img"], self.teacher(batch["img"])) if self.composite.any_on else None
+
+    def _teacher_outputs(self, images: Tensor) -> TeacherOutputs:
+        ran, self._ran = self._ran, None
+        return ran[1] if ran is not None and ran[0] is images else self.teacher(images)
+
+    def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        self._set_progress()
         branches = uy.split_branches(preds)
         det = self.det(branches, batch)
         cls_scale = self.composite.det_cls_scale
@@ -136,7 +155,7 @@ class KDCriterion:
 
     def _kd(self, preds: Any, batch: dict[str, Any], branches: dict[str, Any], det: Any, det_total: Tensor) -> Any:
         comp, cfg = self.composite, self.composite.cfg
-        teacher_out = self.teacher(batch["img"])
+        teacher_out = self._teacher_outputs(batch["img"])
         feats = uy.neck_features(preds)
         grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
         heads = {name: uy.head_outputs(raw, self.head) for name, raw in branches.items()}
@@ -181,7 +200,7 @@ class KDCriterion:
 def _all_finite(obj: Any) -> bool:
     """True when every tensor in ``obj`` (tensors, lists, dicts and dataclasses of them) is finite."""
     if isinstance(obj, Tensor):
-        return bool(torch.isfinite(obj).all())
+        return all_finite(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return all(_all_finite(getattr(obj, f.name)) for f in dataclasses.fields(obj))
     if isinstance(obj, dict):

@@ -5,7 +5,8 @@ and checkpoints, using every CPU core and no network. ``KDTrainer`` adds a froze
 
 * the KD adapters join the optimizer as extra parameter groups (decay for weights, none for biases);
 * after Ultralytics builds its EMA (a copy of the bare student), the student's criterion becomes a
-  :class:`~detkd.engine.criterion.KDCriterion`, so each step runs the student once and the teacher once;
+  :class:`~detkd.engine.criterion.KDCriterion`, so each step runs the student once and the teacher once (the
+  teacher first, from ``preprocess_batch``, inside the same autocast);
 * checkpoints hold the student only (the EMA never sees the teacher or adapters), so ``YOLO("best.pt")`` loads
   them with plain Ultralytics.
 
@@ -351,6 +352,13 @@ class KDTrainer(DetectorTrainer):
             "on_train_epoch_start", lambda t: criterion.start_epoch(t.epoch, t.epochs, len(t.train_loader))
         )
         self.add_callback("on_train_epoch_end", lambda t: t.reduce_epoch_losses())
+
+    def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Ultralytics' preprocessing (device, scaling, multi-scale), then the teacher's forward on the result."""
+        batch = super().preprocess_batch(batch)
+        if self.criterion is not None:
+            self.criterion.run_teacher(batch)
+        return batch
 
     def build_criterion(self) -> KDCriterion:
         student: Any = unwrap_model(self.model)

@@ -133,3 +133,42 @@ def test_all_families_work_across_yolo_generations(student_yaml, teacher_yaml, b
     assert torch.isfinite(loss).all() and all(items[k] > 0 for k in KD_ITEM_NAMES)
     loss.sum().backward()
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_pre_hook(lambda m, a: calls.append(a[0]))
+    return calls
+
+
+def test_teacher_run_ahead_is_used_once_for_its_own_images_and_gives_the_same_losses():
+    student, teacher, _, crit = _setup()
+    crit.start_epoch(0, 3, 100)  # mid-schedule for every call below
+    student.train()
+    batch = _batch()
+    torch.manual_seed(0)
+    preds = student(batch["img"])
+    reference, _ = crit(preds, batch)  # the teacher run inside the criterion
+    calls = _count_calls(teacher)
+    crit.run_teacher(batch)
+    assert len(calls) == 1 and calls[0] is batch["img"]
+    ahead, _ = crit(preds, batch)
+    assert len(calls) == 1  # the outputs run ahead were used, not a second pass
+    assert torch.allclose(ahead, reference)
+    crit.run_teacher(batch)
+    other = {**batch, "img": batch["img"].clone()}
+    crit(preds, other)  # other images: the run-ahead outputs are not theirs
+    assert len(calls) == 3 and calls[2] is other["img"]
+    crit(preds, batch)  # the run-ahead outputs serve one call only
+    assert len(calls) == 4
+
+
+def test_teacher_does_not_run_ahead_while_every_kd_term_is_scheduled_off():
+    _, teacher, _, crit = _setup(overrides=[f"{f}.schedule.stop_epoch=1" for f in ("feature", "logit", "box")])
+    calls = _count_calls(teacher)
+    crit.start_epoch(1, 3, 10)
+    crit.run_teacher(_batch())
+    assert calls == []
+    crit.start_epoch(0, 3, 10)
+    crit.run_teacher(_batch())
+    assert len(calls) == 1

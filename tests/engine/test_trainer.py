@@ -56,3 +56,23 @@ def test_data_is_checked_once_per_spec(tiny_data, monkeypatch):
     Distiller("yolov8s.yaml", "yolov8n.yaml", spec)
     Distiller("yolov8s.yaml", "yolov8n.yaml", spec)
     assert calls == ["train", "val"] and spec.validated
+
+
+def test_each_step_runs_the_teacher_once_and_before_the_students_forward(tiny_data, tmp_path, monkeypatch):
+    from ultralytics.nn.tasks import BaseModel
+
+    from tests.helpers import tiny_distill
+
+    d = Distiller("yolov8s.yaml", "yolov8n.yaml", tiny_data)
+    events: list[str] = []
+    forward = BaseModel.forward
+
+    def recorded(self, x, *args, **kwargs):  # the trainer's call with the batch starts the student's step
+        if isinstance(x, dict):
+            events.append("student")
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(BaseModel, "forward", recorded)  # a hook would be pickled into the checkpoint
+    d.teacher.register_forward_pre_hook(lambda m, a: events.append("teacher"))
+    tiny_distill(d, tmp_path)
+    assert events == ["teacher", "student"] * 2  # two steps (see tiny_distill)
