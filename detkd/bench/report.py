@@ -159,7 +159,8 @@ def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
         )
     lines += [
         "",
-        "Floor: the student's own step plus one teacher forward pass under no_grad (the least any KD can cost). "
+        "Floor: one teacher forward pass under no_grad, then the student's own step (the least any KD can cost; "
+        "detkd's variants run their teacher first too, as its trainer does). "
         "CPU s: this process's CPU time per step over all its threads (time other processes held the cores is "
         "left out). FLOPs: convolutions and matrix products of one step, forward and backward "
         "(`torch.utils.flop_counter`; elementwise work is not counted), the same on every machine. "
