@@ -24,7 +24,7 @@ from torch import Tensor
 from detkd.engine import distributed, positions
 from detkd.errors import DetkdError
 from detkd.losses._checks import all_finite, normalise_over_ranks
-from detkd.losses.composite import TERMS, KDComposite, KDInputs
+from detkd.losses.composite import TERMS, KDComposite, KDInputs, KDTerms
 from detkd.students import ultralytics_yolo as uy
 from detkd.types import Teacher, TeacherOutputs
 
@@ -69,6 +69,8 @@ class KDCriterion:
         self.composite = composite
         self.last_unweighted: dict[str, Tensor] = {}
         self._ran: tuple[Tensor, TeacherOutputs] | None = None  # (images, outputs) from run_teacher, used once
+        self._sums: dict[str, Tensor] = {}  # per named term, its sum over this epoch's finite steps
+        self._counts: dict[str, int] = {}
         self.epoch, self.epochs, self.batches, self.step = 0, 1, 1, 0
         self.item_names = (*KD_ITEM_NAMES, *ratio_item_names(composite))
 
@@ -106,6 +108,7 @@ class KDCriterion:
         zero = det_loss.new_zeros(())
         weighted: dict[str, Tensor] = {}
         ratios: dict[str, Tensor] = {}
+        terms = None
         if self.composite.any_on:
             terms = self._kd(preds, batch, branches, det, det_loss.sum())
             if terms is None:  # the KD inputs were non-finite (skip mode): every KD term counts as non-finite
@@ -118,6 +121,8 @@ class KDCriterion:
         finite = bool(torch.isfinite(total).all())
         if finite:
             self._consecutive = 0
+            if terms is not None:
+                self._accumulate(terms)
         else:
             total = self._nonfinite(total, (*det.items, *KD_ITEM_NAMES))
         # Detection items exactly as Ultralytics reports them (comparable with a run without KD); KD items weighted.
@@ -129,6 +134,20 @@ class KDCriterion:
             items = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in items.items()}
         self.step += 1
         return total * batch["img"].shape[0], items
+
+    def _accumulate(self, terms: KDTerms) -> None:
+        """Add a finite step's terms to the epoch sums (kept as tensors: no device sync per step)."""
+        named = {**{f"unweighted/{k}": v for k, v in terms.unweighted.items()}, **terms.weighted}
+        for k, v in named.items():
+            self._sums[k] = self._sums[k] + v.detach().float() if k in self._sums else v.detach().float()
+            self._counts[k] = self._counts.get(k, 0) + 1
+
+    def epoch_terms(self) -> tuple[dict[str, float], dict[str, int]]:
+        """This epoch's sums and step counts per named term (``kd/feat`` weighted as in ``results.csv``,
+        ``unweighted/kd/feat/p3`` and the like before weights and schedules); resets them."""
+        sums = {k: float(v) for k, v in self._sums.items()}
+        counts, self._sums, self._counts = self._counts, {}, {}
+        return sums, counts
 
     def _nonfinite(self, total: Tensor, names: tuple[str, ...]) -> Tensor:
         bad = [n for n, v in zip(names, total.detach().cpu()) if not torch.isfinite(v)]

@@ -116,6 +116,23 @@ def mean_over_ranks(values: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: vec[i].float() for i, k in enumerate(keys)}
 
 
+def pooled_means(sums: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    """Per key, the sum over ranks of ``sums`` divided by the sum over ranks of ``counts`` (keys missing on a rank
+    count as zero there); keys with no count anywhere are left out. Every rank gets the same dict."""
+    keys = set(sums)
+    if active():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, sorted(keys))
+        keys = {k for ks in gathered for k in ks}
+    order = sorted(keys)
+    vec = torch.tensor([[sums.get(k, 0.0), float(counts.get(k, 0))] for k in order], dtype=torch.float64)
+    if active() and order:
+        if dist.get_backend() == "nccl":
+            vec = vec.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(vec, op=dist.ReduceOp.SUM)
+    return {k: float(vec[i, 0] / vec[i, 1]) for i, k in enumerate(order) if vec[i, 1] > 0}
+
+
 def mean_tensor(t: torch.Tensor) -> torch.Tensor:
     """The mean of ``t`` over ranks (a new tensor; ``t`` itself without a process group)."""
     if not active():

@@ -18,6 +18,7 @@ both run under ``torchrun`` (see :mod:`detkd.engine.distributed`), on GPUs and, 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -284,6 +285,30 @@ def _logged_as(staged: Path, final: Path) -> Iterator[None]:
         ul.removeFilter(rename)
 
 
+KD_TERMS_CSV = "kd_terms.csv"
+
+
+def write_epoch_row(path: Path, epoch: int, values: Mapping[str, float]) -> None:
+    """Write ``values`` as the row of ``epoch`` (1-based) in the CSV at ``path``, dropping rows of this epoch and
+    later (left by a run killed after logging them, then resumed); columns are the union over rows. The file is
+    replaced atomically; a failure to write it is a warning, never the end of the run."""
+    rows: list[dict[str, str]] = []
+    try:
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("epoch", "").isdigit() and int(r["epoch"]) < epoch]
+        rows.append({"epoch": str(epoch), **{k: f"{v:.6g}" for k, v in values.items()}})
+        columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"}, key=lambda k: (k.count("/"), k))]
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except OSError as e:
+        LOGGER.warning("%s: could not write the KD terms of epoch %d (%s)", path, epoch, e)
+
+
 class KDTrainer(DetectorTrainer):
     """Distil a frozen teacher into the student while it trains.
 
@@ -352,6 +377,7 @@ class KDTrainer(DetectorTrainer):
             "on_train_epoch_start", lambda t: criterion.start_epoch(t.epoch, t.epochs, len(t.train_loader))
         )
         self.add_callback("on_train_epoch_end", lambda t: t.reduce_epoch_losses())
+        self.add_callback("on_train_epoch_end", lambda t: t.log_kd_terms())
 
     def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Ultralytics' preprocessing (device, scaling, multi-scale), then the teacher's forward on the result."""
@@ -396,6 +422,15 @@ class KDTrainer(DetectorTrainer):
         with (self.save_dir / f"losses_rank{r}.jsonl").open("a") as fh:
             fh.write(json.dumps({"epoch": self.epoch + 1, **local}) + "\n")
         self.tloss = distributed.mean_over_ranks(self.tloss)
+
+    def log_kd_terms(self) -> None:
+        """Append this epoch's mean of every named KD term (weighted and unweighted, per level and branch) to
+        ``kd_terms.csv``; under DDP pooled over every rank's steps."""
+        if self.criterion is None:
+            return
+        means = distributed.pooled_means(*self.criterion.epoch_terms())
+        if distributed.is_main() and means:
+            write_epoch_row(self.save_dir / KD_TERMS_CSV, self.epoch + 1, means)
 
     def kd_state(self) -> dict[str, Any]:
         balancer = self.composite.balancer

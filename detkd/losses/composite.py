@@ -17,6 +17,8 @@ off. With balancing on, each static weight is replaced by the factor that keeps 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +73,17 @@ class KDTerms:
     unweighted: dict[str, Tensor]
     weighted: dict[str, Tensor]
     ratios: dict[str, Tensor] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _naming(term: str) -> Iterator[None]:
+    """Prefix the term's name to a loss function's input error (NaN/Inf, shapes): ``kd/feat: cwd: ...``."""
+    try:
+        yield
+    except ValueError as e:
+        if type(e) is not ValueError:  # detkd's own errors already say what they are
+            raise
+        raise ValueError(f"{term}: {e}") from e
 
 
 def resolve_box_method(method: str, student_reg_max: int, teacher_reg_max: int) -> str:
@@ -226,6 +239,15 @@ class KDComposite(nn.Module):
             level_losses.append(loss)
         return torch.stack(level_losses).mean()
 
+    @staticmethod
+    def _per_branch(
+        term: str, losses: Tensor, branches: list[tuple[str, HeadOutputs, HeadOutputs]], unweighted: dict[str, Tensor]
+    ) -> Tensor:
+        """The mean over head branches; with two (end-to-end heads), each is also named: ``kd/cls/one2one``."""
+        if len(branches) > 1:
+            unweighted.update({f"{term}/{name}": loss for (name, _, _), loss in zip(branches, losses)})
+        return losses.mean()
+
     def _logit(self, inp: KDInputs, branches: list[tuple[str, HeadOutputs, HeadOutputs]]) -> Tensor:
         cfg = self.cfg.logit
         losses = []
@@ -254,7 +276,7 @@ class KDComposite(nn.Module):
                     s_cls, t_cls = s_cls[:, keep], t_cls[:, keep]
                 loss = softmax_kd(s_cls, t_cls, temperature=cfg.temperature, mask=mask)
             losses.append(loss)
-        return torch.stack(losses).mean()
+        return torch.stack(losses)
 
     def _box(self, inp: KDInputs, branches: list[tuple[str, HeadOutputs, HeadOutputs]]) -> Tensor:
         cfg = self.cfg.box
@@ -282,7 +304,7 @@ class KDComposite(nn.Module):
                     raise ValueError(f"bounded_l2 box KD needs ground-truth targets for branch '{name}'")
                 loss = bounded_l2_loss(sh.distances(), th.distances(), target, margin=cfg.bounded_l2.margin, mask=mask)
             losses.append(loss)
-        return torch.stack(losses).mean()
+        return torch.stack(losses)
 
     # ---- the objective ---------------------------------------------------------------------------------------
 
@@ -293,11 +315,14 @@ class KDComposite(nn.Module):
             (name, s, inp.teacher.heads[name]) for name, s in inp.student_heads.items() if name in inp.teacher.heads
         ]
         if self.is_on("kd/feat"):
-            unweighted["kd/feat"] = self._feature(inp, unweighted)
+            with _naming("kd/feat"):
+                unweighted["kd/feat"] = self._feature(inp, unweighted)
         if self.is_on("kd/cls") and branches:
-            unweighted["kd/cls"] = self._logit(inp, branches)
+            with _naming("kd/cls"):
+                unweighted["kd/cls"] = self._per_branch("kd/cls", self._logit(inp, branches), branches, unweighted)
         if self.is_on("kd/box") and branches:
-            unweighted["kd/box"] = self._box(inp, branches)
+            with _naming("kd/box"):
+                unweighted["kd/box"] = self._per_branch("kd/box", self._box(inp, branches), branches, unweighted)
 
         active = {k: unweighted[k] for k in TERMS if k in unweighted}
         ratios: dict[str, Tensor] = {}

@@ -131,6 +131,15 @@ def test_all_families_work_across_yolo_generations(student_yaml, teacher_yaml, b
     assert set(uy.split_branches(preds)) == (branches if "26" in student_yaml else {"one2many"})
     loss, items = crit(preds, batch)
     assert torch.isfinite(loss).all() and all(items[k] > 0 for k in KD_ITEM_NAMES)
+    per_branch = {k: v for k, v in crit.last_unweighted.items() if k.count("/") == 2 and "/feat/" not in k}
+    if len(branches) > 1:  # each branch of an end-to-end pair is distilled and named; the term is their mean
+        assert set(per_branch) == {f"kd/{f}/{b}" for f in ("cls", "box") for b in branches}
+        assert all(torch.isfinite(v) and v > 0 for v in per_branch.values())
+        for f in ("cls", "box"):
+            mean = (per_branch[f"kd/{f}/one2many"] + per_branch[f"kd/{f}/one2one"]) / 2
+            assert torch.allclose(crit.last_unweighted[f"kd/{f}"], mean)
+    else:
+        assert per_branch == {}
     loss.sum().backward()
     assert all(p.grad is None for p in teacher.parameters())
 
@@ -172,3 +181,22 @@ def test_teacher_does_not_run_ahead_while_every_kd_term_is_scheduled_off():
     crit.start_epoch(0, 3, 10)
     crit.run_teacher(_batch())
     assert len(calls) == 1
+
+
+def test_epoch_terms_are_the_means_of_each_named_term_over_the_epochs_finite_steps():
+    student, _, _, crit = _setup()
+    crit.start_epoch(0, 3, 100)
+    student.train()
+    seen = []
+    for seed in (0, 1):
+        batch = _batch()
+        torch.manual_seed(seed)
+        _, items = crit(student(batch["img"]), batch)
+        seen.append((dict(crit.last_unweighted), items))
+    sums, counts = crit.epoch_terms()
+    assert counts == dict.fromkeys(sums, 2)
+    assert set(sums) == {f"unweighted/{k}" for k in seen[0][0]} | set(KD_ITEM_NAMES)
+    for k in seen[0][0]:
+        assert sums[f"unweighted/{k}"] == pytest.approx(sum(float(s[0][k]) for s in seen), rel=1e-5)
+    assert sums["kd/cls"] == pytest.approx(sum(float(s[1]["kd/cls"]) for s in seen), rel=1e-5)
+    assert crit.epoch_terms() == ({}, {})  # reset for the next epoch

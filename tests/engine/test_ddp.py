@@ -132,6 +132,11 @@ def test_two_cpu_ranks_with_gloo_match_a_single_process(runs):
             assert logged[epoch][key] == pytest.approx(mean, rel=1e-3)  # results.csv holds the mean over ranks
     for key in KD:  # epoch 1 runs from the same weights; only BatchNorm's half-batch statistics differ
         assert logged[0][key] == pytest.approx(ref[0][key], rel=0.15), key
+    terms = list(csv.DictReader((run / "kd_terms.csv").open()))  # written once, pooled over both ranks' steps
+    assert [r["epoch"] for r in terms] == ["1", "2"]
+    for epoch in (0, 1):
+        assert float(terms[epoch]["kd/cls"]) == pytest.approx(logged[epoch]["train/kd/cls"], rel=1e-3, abs=1e-5)
+        assert float(terms[epoch]["unweighted/kd/feat/p3"]) > 0
 
 
 @pytest.mark.slow

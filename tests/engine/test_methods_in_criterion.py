@@ -165,7 +165,8 @@ def test_non_finite_kd_input_names_the_term_epoch_and_batch():
     preds = student(batch["img"])
     preds["feats"][0] = preds["feats"][0] * float("inf")
     crit.start_epoch(3, 10, batches=5)
-    with pytest.raises(NonFiniteLossError, match=r"epoch 4, batch 1.*channel_wise_kd.*NaN or Inf"):
+    expected = r"epoch 4, batch 1.*kd/feat: channel_wise_kd: student contains NaN or Inf"
+    with pytest.raises(NonFiniteLossError, match=expected):
         crit(preds, batch)
 
 

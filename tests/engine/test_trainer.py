@@ -76,3 +76,36 @@ def test_each_step_runs_the_teacher_once_and_before_the_students_forward(tiny_da
     d.teacher.register_forward_pre_hook(lambda m, a: events.append("teacher"))
     tiny_distill(d, tmp_path)
     assert events == ["teacher", "student"] * 2  # two steps (see tiny_distill)
+
+
+def test_kd_terms_csv_logs_every_named_term_per_epoch(tiny_data, tmp_path):
+    import csv
+
+    from tests.helpers import tiny_distill
+
+    d = Distiller("yolov8s.yaml", "yolov8n.yaml", tiny_data)
+    last = tiny_distill(d, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "kd" / "kd_terms.csv").open()))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    row = {k: float(v) for k, v in rows[0].items()}
+    levels = [f"unweighted/kd/feat/{p}" for p in ("p3", "p4", "p5")]
+    assert set(row) == {"epoch", "kd/feat", "kd/cls", "kd/box", *(f"unweighted/kd/{f}" for f in ("feat", "cls", "box")),
+                        *levels}  # fmt: skip
+    for term in ("feat", "cls", "box"):  # the weighted means are results.csv's; the unweighted ones come before weights
+        assert row[f"kd/{term}"] == pytest.approx(last[f"train/kd/{term}"], rel=1e-3, abs=1e-5)  # csv: 5 decimals
+        assert row[f"unweighted/kd/{term}"] > 0
+    assert row["unweighted/kd/feat"] == pytest.approx(sum(row[k] for k in levels) / 3, rel=1e-4)
+
+
+def test_epoch_rows_are_replaced_from_a_resumed_epoch_on(tmp_path, caplog):
+    from detkd.engine.trainer import write_epoch_row
+
+    path = tmp_path / "kd_terms.csv"
+    for epoch in (1, 2, 3):
+        write_epoch_row(path, epoch, {"kd/cls": float(epoch)})
+    write_epoch_row(path, 2, {"kd/cls": 20.0, "unweighted/kd/cls": 5.0})  # a run resumed at epoch 2
+    assert path.read_text().splitlines() == ["epoch,kd/cls,unweighted/kd/cls", "1,1,", "2,20,5"]
+    blocked = tmp_path / "blocked.csv"
+    blocked.mkdir()  # a directory where the file should be: the log is lost, not the run
+    write_epoch_row(blocked, 1, {"kd/cls": 1.0})
+    assert "could not write the KD terms of epoch 1" in caplog.text
