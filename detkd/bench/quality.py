@@ -118,10 +118,12 @@ class QualityBench:
         s = self.suite
         import ultralytics
 
+        model = Path(s.teacher)  # a YAML file of the user's: its content, so an edit in place trains a new teacher
         config = {
             "v": CACHE_VERSION,
             "data": data_fp,
             "model": s.teacher,
+            "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest() if model.is_file() else None,
             "train": self.train_args(s.teacher_epochs or s.epochs, 0) | {"device": None},
             "ultralytics": ultralytics.__version__,
         }

@@ -127,3 +127,16 @@ def test_speed_bench_times_every_variant_against_the_floor(tiny_data: Path, tmp_
     assert {"kd/feat", "kd/cls", "kd/box"} <= {k for k, v in criterion.last_unweighted.items() if float(v) > 0}
     mem = probe_memory(cfg, "plain")
     assert mem["peak_rss_mb"] > 100 and mem["peak_gpu_mb"] is None
+
+
+def test_a_teacher_yaml_edited_in_place_is_a_new_cache_entry(tmp_path: Path) -> None:
+    import ultralytics
+
+    yaml_path = tmp_path / "my_teacher.yaml"
+    source = Path(ultralytics.__file__).parent / "cfg" / "models" / "v8" / "yolov8.yaml"
+    yaml_path.write_text(source.read_text())
+    bench = QualityBench(_plan(tmp_path, "w", (), teacher=str(yaml_path)))
+    before = bench.teacher_key("x")
+    assert bench.teacher_key("x") == before  # stable while the file is unchanged
+    yaml_path.write_text(source.read_text().replace("nc: 80", "nc: 81"))
+    assert bench.teacher_key("x") != before

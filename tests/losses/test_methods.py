@@ -680,3 +680,19 @@ def test_random_keep_mask_drops_about_mask_ratio():
         assert 1.0 - keep.mean().item() == pytest.approx(ratio, abs=0.05)
     assert torch.equal(random_keep_mask(x, 0.5, _rng(11)), random_keep_mask(x, 0.5, _rng(11)))
     assert not torch.equal(random_keep_mask(x, 0.5, _rng(11)), random_keep_mask(x, 0.5, _rng(12)))
+
+
+def test_fgd_on_an_image_without_boxes_is_finite_and_has_no_foreground_term():
+    """The real no-box case: ``fgd_weights`` gives no foreground and every position to the background."""
+    ((fg, bg),) = fgd_weights(NO_BOXES, NO_IDX, MAP[0], GRID, STRIDES)
+    assert fg.sum() == 0 and torch.allclose(bg.sum(dim=(-2, -1)), torch.ones(MAP[0]))
+    torch.manual_seed(0)
+    s, t = torch.randn(MAP, requires_grad=True), torch.randn(MAP)
+    loss = fgd_loss(s, t, fg_weight=fg, bg_weight=bg, relation=_relation(torch.float32), **FGD_KW)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0 and torch.isfinite(s.grad).all()
+    louder_fg = {**FGD_KW, "alpha_fg": 1e3 * FGD_KW.get("alpha_fg", 1e-3)}  # no foreground: its weight cannot matter
+    same = fgd_loss(s, t, fg_weight=fg, bg_weight=bg, relation=_relation(torch.float32), **louder_fg)
+    assert torch.equal(same, loss)
+    no_bg = {**FGD_KW, "beta_bg": 0.0}
+    assert fgd_loss(s, t, fg_weight=fg, bg_weight=bg, relation=_relation(torch.float32), **no_bg) < loss
