@@ -1,5 +1,6 @@
 """Classic YOLOv5 checkpoints: safe loading, exact rebuild, anchor decoding, dense targets, KD and the mAP check."""
 
+import csv
 import json
 
 import pytest
@@ -146,6 +147,22 @@ def test_distill_from_a_legacy_teacher(legacy, tiny_data, tmp_path):
     d = Distiller(path, "yolov8n.yaml", tiny_data, overrides=["feature.method=pkd"], class_map=cmap)
     assert d.composite.box_method == "iou"  # the anchor-based teacher has no DFL bins
     last = tiny_distill(d, tmp_path)
+    assert last["train/kd/feat"] > 0 and last["train/kd/cls"] > 0 and last["train/kd/box"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_distill_from_the_real_legacy_checkpoint(tmp_path):
+    """The real COCO YOLOv5n teacher on COCO8 (same 80 classes by name: no class map needed), every KD family."""
+    from detkd.engine.distiller import Distiller
+
+    weights = assets_path("weights", "yolov5n-coco-legacy.pt")
+    data = assets_path("coco8", "coco8.yaml")
+    d = Distiller(weights, "yolov8n.yaml", data, overrides=["feature.method=pkd"])
+    assert d.teacher.num_classes == 80 and d.composite.box_method == "iou"
+    result = d.train(project=tmp_path, name="kd", epochs=1, imgsz=64, batch=4, device="cpu", val=False, plots=False,
+                     workers=0)  # fmt: skip
+    last = {k.strip(): float(v) for k, v in list(csv.DictReader((result.save_dir / "results.csv").open()))[-1].items()}
     assert last["train/kd/feat"] > 0 and last["train/kd/cls"] > 0 and last["train/kd/box"] > 0
 
 
