@@ -97,6 +97,10 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tiny_da
         assert done.returncode == 0, done.stderr[-2000:]
 
     assert _epochs_logged(run) == list(range(1, EPOCHS + 1))  # no epoch lost or logged twice
+    terms, ref_terms = (list(csv.DictReader((r / "kd_terms.csv").open())) for r in (run, tmp_path / "ref"))
+    assert [int(r["epoch"]) for r in terms] == list(range(1, EPOCHS + 1))  # an epoch logged before a kill: replaced
+    for got, want in zip(terms, ref_terms):
+        assert {k: float(v) for k, v in got.items()} == pytest.approx({k: float(v) for k, v in want.items()}, rel=1e-4)
     assert not resume_file.exists() and not (run / "weights" / ".partial").exists()
     a, b = _student_weights(tmp_path / "ref"), _student_weights(run)
     assert a.keys() == b.keys()
