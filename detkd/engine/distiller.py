@@ -45,9 +45,11 @@ from detkd.losses.composite import KDComposite
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
 from detkd.teachers.mapped import paired_classes
+from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
 from detkd.types import Teacher
 
 LOGGER = logging.getLogger(__name__)
+SCALE_SENSITIVE = ("mse", "fine_grained", "fgd", "mgd")  # feature methods that match raw values
 
 RUN_META = "detkd_run.json"
 # detkd's defaults for Ultralytics training arguments (any can be overridden by the caller).
@@ -276,6 +278,14 @@ def build_composite(kd: KDConfig, student: Any, teacher: Teacher, nc: int) -> KD
     )
 
 
+def _feature_source(teacher: Teacher) -> Teacher:
+    """The teacher whose maps feed feature KD: an ensemble's chosen member, unwrapped from its class map."""
+    members = getattr(teacher, "members", None)
+    if members is not None:
+        teacher = members[getattr(teacher, "features_from", 0)]
+    return getattr(teacher, "inner", teacher)
+
+
 class Distiller:
     """Distil ``teacher`` into ``student`` on ``data``.
 
@@ -325,6 +335,14 @@ class Distiller:
         LOGGER.info("teacher: %s", self.teacher.describe())
         LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_method)
         LOGGER.info("feature levels: %s", self.composite.pairing)
+        source, method = _feature_source(built), self.kd.feature.method
+        if self.composite.use_feature and method in SCALE_SENSITIVE and not isinstance(source, UltralyticsTeacher):
+            LOGGER.warning(
+                "feature KD '%s' compares raw map values, and a teacher of another family (%s) has maps of another "
+                "scale; the magnitude-invariant 'pkd' usually suits it better (--set kd.feature.method=pkd)",
+                method,
+                type(source).__name__,
+            )
 
     def _build_student(self, seed: int) -> tuple[Any, KDComposite]:
         """The student and the KD objective (adapters) for this pair, initialised from ``seed``."""

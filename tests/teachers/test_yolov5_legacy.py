@@ -150,6 +150,23 @@ def test_distill_from_a_legacy_teacher(legacy, tiny_data, tmp_path):
     assert last["train/kd/feat"] > 0 and last["train/kd/cls"] > 0 and last["train/kd/box"] > 0
 
 
+def test_scale_sensitive_feature_kd_on_another_family_suggests_pkd(legacy, tiny_data, tmp_path, caplog):
+    from detkd.engine.distiller import Distiller
+
+    _, path = legacy
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("".join(f"{i}: {i}\n" for i in range(6)))
+    hint = "the magnitude-invariant 'pkd' usually suits it better"
+    with caplog.at_level("WARNING", logger="detkd"):
+        Distiller(path, "yolov8n.yaml", tiny_data, class_map=cmap)  # the default feature method: mse
+    assert hint in caplog.text and "LegacyYOLOv5Teacher" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="detkd"):
+        Distiller(path, "yolov8n.yaml", tiny_data, overrides=["feature.method=pkd"], class_map=cmap)
+        Distiller("yolov8s.yaml", "yolov8n.yaml", tiny_data)  # same family: raw values compare
+    assert hint not in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.assets
 def test_distill_from_the_real_legacy_checkpoint(tmp_path):
