@@ -240,9 +240,14 @@ def truncate_results_csv(csv: Path, epochs_done: int) -> None:
         except ValueError:
             continue
     if len(kept) != len(lines):
-        tmp = csv.with_suffix(".csv.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, csv)
+        replace_text(csv, "".join(kept))
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def run_folder(path: str | Path) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from detkd.engine.checkpointing import (
     RESUME_FILE,
     RESUME_FORMAT,
     plain,
+    replace_text,
     restore_augmenters,
     restore_rng,
     rng_state,
@@ -299,12 +301,11 @@ def write_epoch_row(path: Path, epoch: int, values: Mapping[str, float]) -> None
                 rows = [r for r in csv.DictReader(fh) if r.get("epoch", "").isdigit() and int(r["epoch"]) < epoch]
         rows.append({"epoch": str(epoch), **{k: f"{v:.6g}" for k, v in values.items()}})
         columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"}, key=lambda k: (k.count("/"), k))]
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        replace_text(path, text.getvalue())
     except OSError as e:
         LOGGER.warning("%s: could not write the KD terms of epoch %d (%s)", path, epoch, e)
 
