@@ -10,7 +10,13 @@ from pathlib import Path
 
 
 class DetkdError(Exception):
-    """A problem with the user's input (a file, a config, a model pair) rather than a bug in detkd."""
+    """A problem with the user's input (a file, a config, a model pair) rather than a bug in detkd.
+
+    Its text is always one line (a message quoting a third party's multi-line error is folded).
+    """
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())
 
 
 class InputFileError(DetkdError):

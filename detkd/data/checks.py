@@ -78,6 +78,13 @@ class Sample:
     size: tuple[int, int]  # (width, height)
     repairs: list[str] = field(default_factory=list)
     reencode: bool = False  # the image itself needs a restored copy (JPEG without its end marker)
+    polygons: int = 0  # label rows that were polygons, used as their bounding boxes
+    listed: Path | None = None  # the path the run's image list names (a link, for a repaired sample)
+
+    @property
+    def train_path(self) -> Path:
+        """The path Ultralytics reads this sample from (see :func:`write_split_list`)."""
+        return self.listed if self.listed is not None else self.image.absolute()
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,10 @@ class SplitReport:
         return [s for s in self.samples if s.repairs]
 
     @property
+    def polygons(self) -> int:
+        return sum(s.polygons for s in self.samples)
+
+    @property
     def changed(self) -> bool:
         """True when the split the run trains on differs from the user's file list."""
         return bool(self.skipped or self.repaired)
@@ -127,6 +138,8 @@ class SplitReport:
             parts.append(f"{len(self.skipped)} skipped")
         if self.repaired:
             parts.append(f"{len(self.repaired)} repaired")
+        if self.polygons:
+            parts.append(f"{self.polygons} polygon rows used as their bounding boxes")
         parts += [f"{n} {kind} read as 3-channel 8-bit" for kind, n in sorted(self.kinds.items())]
         if self.orphan_labels:
             parts.append(f"{len(self.orphan_labels)} label files without an image (ignored)")
@@ -139,6 +152,7 @@ class SplitReport:
             "images": self.images,
             "boxes": self.boxes,
             "background": self.background,
+            "polygon_rows_as_boxes": self.polygons,
             "skipped": [{"image": str(k.image), "where": k.where, "problem": k.problem} for k in self.skipped],
             "repaired": [{"file": str(s.image), "repairs": s.repairs} for s in self.repaired],
             "converted": dict(self.kinds),
@@ -155,6 +169,7 @@ class LabelCheck:
     error: str | None = None  # why the file is unusable
     where: str = ""  # file:line of the error
     repairs: list[str] = field(default_factory=list)
+    polygons: int = 0  # rows that were polygons (kept as their bounding boxes)
 
 
 def _parse_row(fields: list[str], nc: int) -> tuple[Row | None, str | None]:
@@ -189,8 +204,10 @@ def check_label_file(label: Path, nc: int) -> LabelCheck:
     Malformed rows make the file unusable (``error`` names ``file:line``); zero-size boxes and exact duplicate rows
     are dropped and listed in ``repairs``; polygons become their bounding boxes.
     """
-    if not label.is_file():
+    if not label.exists():
         return LabelCheck([])
+    if not label.is_file():
+        return LabelCheck([], error="label path is not a file (a folder or a device)", where=str(label))
     try:
         text = label.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -212,6 +229,7 @@ def check_label_file(label: Path, nc: int) -> LabelCheck:
         else:
             seen.add(tuple(fields))
             rows.append(row)
+            check.polygons += len(fields) > 5
     return check
 
 
@@ -314,7 +332,7 @@ def _check_sample(img: Path, formats: AbstractSet[str], nc: int) -> tuple[Sample
     label = check_label_file(label_path_for(img), nc)
     if label.error:
         return Skipped(img, label.where, label.error), image
-    sample = Sample(img, label.rows, image.size, repairs=list(label.repairs))
+    sample = Sample(img, label.rows, image.size, repairs=list(label.repairs), polygons=label.polygons)
     if image.truncated_jpeg:
         sample.reencode = True
         sample.repairs.append("JPEG without its end marker: a copy with the marker restored is used (file unchanged)")
@@ -412,19 +430,31 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             dst.write_bytes(src.read_bytes())
 
 
-def write_split_list(report: SplitReport, folder: Path) -> Path:
-    """Write the usable images of a changed split as an image list (repaired samples from ``folder/repaired``).
+def _repaired_path(folder: Path, split: str, index: int, sample: Sample) -> Path:
+    return folder / "repaired" / split / "images" / f"{index:06d}_{sample.image.name}"
 
-    The user's files are never modified: a repaired sample becomes a link to its image (or a restored copy) with
-    the cleaned label beside it, where Ultralytics looks for labels (``images/`` -> ``labels/``).
-    """
-    base = folder / "repaired" / report.split
-    lines = []
+
+def plan_split_list(report: SplitReport, folder: Path) -> None:
+    """Record on each sample the path the run's image list names for it (see :func:`write_split_list`); every rank
+    of a distributed run plans, the one that writes the files plans the same."""
     for i, s in enumerate(report.samples):
+        # not resolve(): a linked image keeps its own labels folder
+        s.listed = _repaired_path(folder, report.split, i, s).absolute() if s.repairs else s.image.absolute()
+
+
+def write_split_list(report: SplitReport, folder: Path) -> Path:
+    """Write the usable images of a split as the image list the run trains on (repaired samples from
+    ``folder/repaired``).
+
+    Every checked split becomes a list, so Ultralytics reads exactly the images detkd checked (a folder would be
+    globbed again by Ultralytics' own rules). The user's files are never modified: a repaired sample becomes a link
+    to its image (or a restored copy) with the cleaned label beside it, where Ultralytics looks for labels.
+    """
+    plan_split_list(report, folder)
+    for s in report.samples:
         if not s.repairs:
-            lines.append(str(s.image.absolute()))  # not resolve(): a linked image keeps its own labels folder
             continue
-        image = base / "images" / f"{i:06d}_{s.image.name}"
+        image = s.train_path
         image.parent.mkdir(parents=True, exist_ok=True)
         if s.reencode:
             _reencode(s.image, image)
@@ -433,8 +463,7 @@ def write_split_list(report: SplitReport, folder: Path) -> Path:
         label = label_path_for(image)
         label.parent.mkdir(parents=True, exist_ok=True)
         label.write_text("".join(f"{c} {x:.8g} {y:.8g} {w:.8g} {h:.8g}\n" for c, x, y, w, h in s.rows))
-        lines.append(str(image.absolute()))
     out = folder / f"{report.split}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("".join(f"{s.train_path}\n" for s in report.samples))
     return out

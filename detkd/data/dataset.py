@@ -2,8 +2,8 @@
 
 detkd reads the same data YAML as Ultralytics (``path``, ``train``, ``val``, ``names``/``nc``), checks it up front
 and reports a problem as one line naming the file: a missing key, a path that points nowhere, names that do not
-match ``nc``. Relative paths resolve against the ``path`` key, then the working directory, then the YAML's own
-folder; Ultralytics then receives a copy of the YAML with absolute paths, so both agree. The per-sample checks
+match ``nc``. Splits resolve against the dataset root only (``path``, or the YAML's own folder without one), as Ultralytics
+resolves them; Ultralytics then receives a copy of the YAML with absolute paths and image lists, so both agree. The per-sample checks
 (images that do not decode, malformed label rows) live in :mod:`detkd.data.checks`.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from detkd._io import read_text, read_yaml
 from detkd.errors import InputFileError
 
 if TYPE_CHECKING:
@@ -71,18 +73,24 @@ class DataSpec:
         data.update({k: v for k, v in self.extra.items() if k not in data and k != "download"})
         return data
 
+    def plan_resolved(self, path: str | Path) -> None:
+        """Record the paths :meth:`write_resolved` lists for each sample, without writing anything."""
+        from detkd.data.checks import plan_split_list
+
+        for report in self.reports.values():
+            plan_split_list(report, Path(path).parent / "data")
+
     def write_resolved(self, path: str | Path) -> Path:
-        """Write the YAML Ultralytics trains on; a split with skipped or repaired samples becomes an image list
-        of the usable ones in ``<path folder>/data/`` (with ``report.json`` saying what was left out and why)."""
+        """Write the YAML Ultralytics trains on: every checked split becomes an image list of its usable samples in
+        ``<path folder>/data/`` (with ``report.json`` saying what was left out and why)."""
         from detkd.data.checks import write_split_list
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_ultralytics()
         folder = path.parent / "data"
-        for split, report in self.reports.items():
-            if report.changed:
-                data[split] = str(write_split_list(report, folder))
+        for split, report in self.reports.items():  # Ultralytics reads exactly the images detkd checked
+            data[split] = str(write_split_list(report, folder))
         if self.reports:
             folder.mkdir(exist_ok=True)
             summary = {split: r.to_dict() for split, r in self.reports.items()}
@@ -92,15 +100,7 @@ class DataSpec:
         return path
 
 
-def _resolve(base_candidates: list[Path], rel: str) -> Path | None:
-    p = Path(rel).expanduser()
-    if p.is_absolute():
-        return p if p.exists() else None
-    for base in base_candidates:
-        q = (base / p).resolve()
-        if q.exists():
-            return q
-    return None
+MAX_LIST_BYTES = 1 << 30  # an image list of 10 million paths is well under 1 GiB
 
 
 def _names(data: dict[str, Any], yaml_path: Path) -> dict[int, str]:
@@ -108,8 +108,11 @@ def _names(data: dict[str, Any], yaml_path: Path) -> dict[int, str]:
     nc = data.get("nc")
     if names is None and nc is None:
         raise InputFileError(yaml_path, "needs 'names' (or at least 'nc')")
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-        raise InputFileError(yaml_path, f"'nc: {nc}' must be a positive integer")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int)):
+        hint = f" (write nc: {nc.strip()} without quotes)" if isinstance(nc, str) and nc.strip().isdigit() else ""
+        raise InputFileError(yaml_path, f"'nc' must be an integer, got the {type(nc).__name__} {nc!r}{hint}")
+    if nc is not None and nc < 1:
+        raise InputFileError(yaml_path, f"'nc: {nc}' must be at least 1")
     if names is None:
         return {i: f"class_{i}" for i in range(int(nc))}  # type: ignore[arg-type]
     if isinstance(names, list):
@@ -125,31 +128,77 @@ def _names(data: dict[str, Any], yaml_path: Path) -> dict[int, str]:
         raise InputFileError(yaml_path, f"'names' keys must be 0..{len(out) - 1}, got {sorted(out)}")
     if nc is not None and nc != len(out):
         raise InputFileError(yaml_path, f"'nc: {nc}' does not match the {len(out)} entries of 'names'")
-    return {k: str(v) for k, v in sorted(out.items())}
+    bad = [(k, v) for k, v in out.items() if not isinstance(v, (str, int, float)) or isinstance(v, bool)]
+    if bad:
+        raise InputFileError(yaml_path, f"class {bad[0][0]}'s name must be text, got {bad[0][1]!r}")
+    result = {k: str(v) for k, v in sorted(out.items())}
+    first: dict[str, int] = {}
+    for k, v in result.items():
+        if v in first:  # a teacher class mapped by name would then feed two student classes
+            raise InputFileError(yaml_path, f"class name '{v}' is used twice (classes {first[v]} and {k})")
+        first[v] = k
+    return result
+
+
+def _root(data: dict[str, Any], yaml_path: Path, yaml_dir: Path) -> Path:
+    """The dataset root: ``path`` (absolute, or relative to the working directory, then to the YAML's folder, as
+    Ultralytics looks), or the YAML's folder when there is none."""
+    if not data.get("path"):
+        return yaml_dir
+    if not isinstance(data["path"], str):
+        raise InputFileError(yaml_path, f"'path: {data['path']!r}' must be a folder path")
+    p = Path(data["path"]).expanduser()
+    candidates = [p] if p.is_absolute() else [(Path.cwd() / p).resolve(), (yaml_dir / p).resolve()]
+    for c in candidates:
+        if c.is_dir():
+            return c
+        if c.exists():
+            raise InputFileError(yaml_path, f"'path: {data['path']}' is a file ({c}); it must be the dataset folder")
+    raise InputFileError(yaml_path, f"dataset root 'path: {data['path']}' does not exist")
+
+
+def _split_source(yaml_path: Path, key: str, rel: Any, root: Path) -> Path:
+    """One folder or image list of a split, resolved against the dataset root only (as Ultralytics resolves it)."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise InputFileError(yaml_path, f"'{key}: {rel!r}' must be a folder or an image-list path")
+    p = Path(rel).expanduser()
+    found = p if p.is_absolute() else (root / p).resolve()
+    if not found.exists() and not p.is_absolute() and rel.startswith("../"):  # Ultralytics' own fallback
+        found = (root / rel[3:]).resolve()
+    if not found.exists():
+        elsewhere = not p.is_absolute() and (Path.cwd() / p).exists()
+        hint = (
+            f"; a '{rel}' exists under the working directory, but splits resolve against the dataset root"
+            if elsewhere
+            else ""
+        )
+        raise InputFileError(yaml_path, f"'{key}: {rel}' points nowhere under the dataset root {root}{hint}")
+    if found.is_dir():
+        return found
+    if not found.is_file():
+        raise InputFileError(yaml_path, f"'{key}: {rel}' is a device or a FIFO, not a folder or an image list")
+    from detkd.data.checks import image_formats
+
+    if found.suffix.lower().lstrip(".") in image_formats():
+        raise InputFileError(
+            yaml_path, f"'{key}: {rel}' is a single image; a split is a folder of images or a .txt list of them"
+        )
+    return found
 
 
 def load_data_spec(path: str | Path) -> DataSpec:
-    """Read and check a data YAML: keys present, paths that exist, consistent class names.
+    """Read and check a data YAML: keys present, paths that exist under the dataset root, consistent class names.
 
     Raises:
         InputFileError: naming the YAML and the problem.
     """
     yaml_path = Path(path)
-    if not yaml_path.is_file():
-        raise InputFileError(yaml_path, "data YAML not found")
-    try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise InputFileError(yaml_path, f"not valid YAML ({e})") from e
+    data = read_yaml(yaml_path, "data YAML")
     if not isinstance(data, dict):
         raise InputFileError(yaml_path, "a data YAML must be a mapping with 'train', 'val' and 'names'")
     yaml_dir = yaml_path.resolve().parent
-    if data.get("path"):
-        root = _resolve([Path.cwd(), yaml_dir], str(data["path"]))
-        if root is None:
-            raise InputFileError(yaml_path, f"dataset root 'path: {data['path']}' does not exist")
-    else:
-        root = yaml_dir
+    names = _names(data, yaml_path)
+    root = _root(data, yaml_path, yaml_dir)
     splits: dict[str, list[Path]] = {}
     for key in ("train", "val", "test"):
         value = data.get(key)
@@ -157,23 +206,44 @@ def load_data_spec(path: str | Path) -> DataSpec:
             if key in ("train", "val"):
                 raise InputFileError(yaml_path, f"key '{key}' is missing")
             continue
-        resolved = []
-        for rel in value if isinstance(value, list) else [value]:
-            p = _resolve([root, Path.cwd(), yaml_dir], str(rel))
-            if p is None:
-                raise InputFileError(yaml_path, f"'{key}: {rel}' points nowhere (looked under {root})")
-            resolved.append(p)
-        splits[key] = resolved
+        sources = [_split_source(yaml_path, key, rel, root) for rel in (value if isinstance(value, list) else [value])]
+        repeated = sorted({str(s) for s in sources if sources.count(s) > 1})
+        if repeated:
+            LOGGER.warning("%s: '%s' lists %s more than once: its images are used that many times per epoch",
+                           yaml_path, key, ", ".join(repeated))  # fmt: skip
+        splits[key] = sources
+    if sorted(splits["train"]) == sorted(splits["val"]):
+        LOGGER.warning(
+            "%s: train and val are the same images: validation mAP then measures memorisation, not generalisation",
+            yaml_path,
+        )
     extra = {k: v for k, v in data.items() if k not in {"path", "train", "val", "test", "names", "nc"}}
-    return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=_names(data, yaml_path), extra=extra)
+    return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=names, extra=extra)
+
+
+def _walk(root: Path) -> list[Path]:
+    """Files under ``root`` (sorted), hidden names left out as Ultralytics' glob does; symlinked folders are followed
+    once each, so a link loop is reported instead of repeating the images behind it."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            LOGGER.warning("%s: a symbolic link leads back to %s; its images are counted once", dirpath, real)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath, f) for f in filenames if not f.startswith(".")]
+    return sorted(p for p in files if p.is_file())
 
 
 def _split_files(src: Path) -> list[Path]:
     """The files of one split source: everything under a folder (sorted), or the entries of an image list file."""
     if src.is_dir():
-        return sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return _walk(src)
     files = []
-    for line in src.read_text().splitlines():  # a text file listing images, relative to its folder
+    for line in read_text(src, "image list", max_bytes=MAX_LIST_BYTES).splitlines():  # relative to its folder
         line = line.strip()
         if line:
             p = Path(line)

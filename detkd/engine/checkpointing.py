@@ -6,7 +6,8 @@ one. A write that fails (disk full, folder gone read-only) removes its staging f
 is still intact.
 
 ``resume.pt`` (beside ``last.pt``) holds what Ultralytics' ``last.pt`` does not: the raw training weights (``last.pt``
-keeps only the half-precision EMA), full-precision optimizer state, the KD adapters and method modules, the loss
+keeps only the half-precision EMA), full-precision optimizer state, the gradients accumulated since the last optimizer
+step (with ``batch`` < ``nbs`` an accumulation spans the epoch boundary), the KD adapters and method modules, the loss
 balancer and every random-number stream (Python, NumPy, torch, CUDA, the training dataloader's shuffling). It holds
 tensors, numbers and strings only, so it loads with the restricted unpickler like every other detkd checkpoint.
 """
@@ -29,7 +30,7 @@ from detkd.errors import DetkdError
 
 STAGING = ".partial"  # folder inside ``weights/`` where checkpoints are written before the rename
 RESUME_FILE = "resume.pt"
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2  # 2: with the partial gradient accumulation at the epoch boundary
 
 
 class CheckpointWriteError(DetkdError):
@@ -98,8 +99,9 @@ def check_free_space(folder: Path, need_bytes: int) -> None:
 
 
 def checkpoint_bytes(n_params: int) -> int:
-    """Room a run needs: resume.pt (weights, EMA, optimizer in fp32), last.pt and best.pt (fp16), staging copies."""
-    per_epoch = n_params * (3 * 4 + 2 * 2 * 2)
+    """Room a run needs: resume.pt (weights, EMA, optimizer, gradients in fp32), last.pt and best.pt (fp16), staging
+    copies."""
+    per_epoch = n_params * (4 * 4 + 2 * 2 * 2)
     return 2 * per_epoch + 16 * 2**20
 
 

@@ -153,6 +153,7 @@ def _write_data(spec: DataSpec, save_dir: Path, resuming: bool) -> Path:
     writes the node's own copy (every rank checked the same data, so the copies agree).
     """
     path = save_dir / "data.yaml"
+    spec.plan_resolved(path)  # every rank knows the listed path of each sample, whoever writes the lists
     if distributed.is_main() and not (resuming and path.is_file()):
         spec.write_resolved(path)
     distributed.barrier()
@@ -261,7 +262,7 @@ def train_detector(
         _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
                                "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
     overrides = _overrides(model, data_yaml, save_dir, **train_args)
-    trainer = DetectorTrainer(net, overrides, threads=threads, resume_state=resume_state)
+    trainer = DetectorTrainer(net, overrides, threads=threads, resume_state=resume_state, data=spec)
     return _run(trainer, save_dir, started, spec)
 
 
@@ -397,6 +398,7 @@ class Distiller:
             threads=threads,
             resume_state=resume_state,
             on_nonfinite=on_nonfinite,
+            data=self.data,
         )
         return _run(trainer, save_dir, started, self.data)
 
@@ -423,8 +425,11 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
         LOGGER.info("%s: the run finished all its epochs; nothing to resume", folder)
         return _finished(folder)
     state = load_checkpoint(find_resume_file(folder))
-    if state.get("format") != RESUME_FORMAT:
+    if state.get("format") not in (1, RESUME_FORMAT):
         raise DetkdError(f"{folder}: {RESUME_FILE} is not a detkd resume state (format {state.get('format')})")
+    if state["format"] == 1:
+        LOGGER.warning("%s: written by an older detkd without the partial gradient accumulation: the resumed run "
+                       "continues statistically, not exactly, like the uninterrupted one", folder)  # fmt: skip
     if int(state["epoch"]) + 1 >= int(state["epochs"]):
         LOGGER.info("%s: all %d epochs were trained; nothing to resume", folder, state["epochs"])
         return _finished(folder)

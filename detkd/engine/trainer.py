@@ -45,6 +45,9 @@ from detkd.engine.checkpointing import (
     truncate_results_csv,
     use_epoch_shuffle,
 )
+from detkd.data.checked_dataset import checked_labels
+from detkd.data.checks import split_report
+from detkd.data.dataset import DataSpec, load_data_spec
 from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, ratio_item_names
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
@@ -53,6 +56,7 @@ from detkd.types import Teacher
 ensure_offline()
 
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
@@ -96,6 +100,7 @@ class DetectorTrainer(DetectionTrainer):
         overrides: Ultralytics training arguments (``data`` must be a resolved data YAML).
         threads: torch CPU threads (default: all cores).
         resume_state: the contents of a run's ``resume.pt`` (loaded safely by the caller) to continue from.
+        data: the checked data spec whose samples the datasets use (default: ``overrides["data"]``, checked now).
     """
 
     def __init__(
@@ -104,12 +109,26 @@ class DetectorTrainer(DetectionTrainer):
         overrides: dict[str, Any],
         threads: int | None = None,
         resume_state: Mapping[str, Any] | None = None,
+        *,
+        data: DataSpec | None = None,
     ) -> None:
         if overrides.get("resume"):
             raise DetkdError("pass --resume RUN_DIR to detkd (Ultralytics' resume=... argument is not used by detkd)")
+        if data is None:
+            data = load_data_spec(overrides["data"])
+        for split in ("train", "val"):
+            split_report(data, split)
+        self.data_spec = data
         self._prebuilt = model
         self._resume_state = resume_state
         self._pending_augment: Mapping[str, Any] | None = None
+        # Gradient accumulation across an epoch boundary (see `accumulate`): the iteration of the last optimizer
+        # step, this batch's iteration, the partial gradients of a resumed run, the resumed run's step offset.
+        self._accumulate = 1
+        self._last_step_ni = -1
+        self._ni = -1
+        self._pending_grads: list[Any] | None = None
+        self._step_offset = 0
         # results.csv of a resumed run is kept (Ultralytics deletes it unless its own resume flag is set)
         overrides = {**overrides, "resume": bool(resume_state)}
         with offline_guards():
@@ -125,6 +144,22 @@ class DetectorTrainer(DetectionTrainer):
             self.args.amp = False  # every rank must agree; CPU training never uses AMP
         self.threads = set_cpu_threads(threads) if self.device.type == "cpu" else None
 
+    @property
+    def accumulate(self) -> int:  # type: ignore[override]
+        """Batches per optimizer step, as Ultralytics reads it.
+
+        Ultralytics decides to step when ``ni - last_opt_step >= accumulate``, with ``last_opt_step`` a local of its
+        loop that starts at -1, so a resumed run would step at its first batch even when the uninterrupted run was
+        midway through an accumulation. Until a resumed run's first step, ``accumulate`` reads ``L + 1`` higher
+        (``L``: the iteration of the last step before the checkpoint), which makes Ultralytics' test exactly the
+        uninterrupted one, ``ni - L >= accumulate``; the partial gradients are restored with it.
+        """
+        return self._accumulate + self._step_offset
+
+    @accumulate.setter
+    def accumulate(self, value: int) -> None:
+        self._accumulate = int(value)
+
     def check_resume(self, overrides: dict[str, Any]) -> None:
         """detkd resumes from its own ``resume.pt`` (loaded safely); Ultralytics' path would unpickle ``last.pt``."""
         self.resume = False
@@ -132,6 +167,22 @@ class DetectorTrainer(DetectionTrainer):
     def setup_model(self) -> None:
         self.model: Any = self._prebuilt
         return None
+
+    def set_model_attributes(self) -> None:
+        """Ultralytics' attributes; and its built-in KD (``distill_model=``) gets a teacher detkd rebuilt from the
+        file's data, where Ultralytics would unpickle the path with plain pickle."""
+        super().set_model_attributes()
+        teacher = self.args.distill_model
+        if isinstance(teacher, (str, Path)) and not isinstance(self.model, DistillationModel):
+            from detkd.students import ultralytics_yolo as uy
+
+            self.model = DistillationModel(teacher_model=uy.load_detection_model(teacher), student_model=self.model)
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
+        """Ultralytics' dataset, labelled from detkd's check of the split (no label cache read or written)."""
+        report = self.data_spec.reports["train" if mode == "train" else "val"]
+        with checked_labels(report.samples):
+            return super().build_dataset(img_path, mode, batch)
 
     def _setup_ddp(self) -> None:
         """One process per device under torchrun: this rank's GPU (or the CPU with gloo), process group joined."""
@@ -149,6 +200,36 @@ class DetectorTrainer(DetectionTrainer):
         for _ in range(self.start_epoch):  # a resumed run: the loss's per-epoch schedule (end-to-end heads)
             if hasattr(criterion, "update"):
                 criterion.update()
+        self.add_callback("on_train_start", lambda t: t._resume_accumulation())
+        self.add_callback("on_train_epoch_start", lambda t: t._start_epoch_batches())
+        self.add_callback("on_train_batch_start", lambda t: t._count_batch())
+
+    # --- gradient accumulation across epoch boundaries ------------------------------------------------------------
+
+    def _resume_accumulation(self) -> None:
+        """After Ultralytics read its nominal ``accumulate``: offset it until the resumed run's first step."""
+        if self._resume_state is not None and self._last_step_ni >= 0:
+            self._step_offset = self._last_step_ni + 1
+
+    def _start_epoch_batches(self) -> None:
+        self._ni = self.epoch * len(self.train_loader) - 1
+        if self._pending_grads is not None:  # after Ultralytics zeroed the gradients at the start of training
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]  # type: ignore[union-attr]
+            for p, g in zip(params, self._pending_grads):
+                p.grad = None if g is None else g.to(p.device, p.dtype).clone()
+            self._pending_grads = None
+
+    def _count_batch(self) -> None:
+        self._ni += 1
+
+    def optimizer_step(self) -> None:
+        """Ultralytics decided to step at this iteration: recorded (for resume), then :meth:`apply_optimizer_step`."""
+        self._last_step_ni, self._step_offset = self._ni, 0
+        self.apply_optimizer_step()
+
+    def apply_optimizer_step(self) -> None:
+        """Ultralytics' optimizer step (clip, step, zero the gradients, update the EMA)."""
+        DetectionTrainer.optimizer_step(self)
 
     def train(self) -> None:
         with offline_guards():
@@ -174,7 +255,10 @@ class DetectorTrainer(DetectionTrainer):
             "stopper": stopper,
             "rng": rng_state(self.train_loader),
             "kd": self.kd_state(),
-        }
+            "last_step": self._last_step_ni,  # the partial accumulation at the epoch boundary, restored on resume
+            "grads": [None if p.grad is None else p.grad.detach().clone() for g in optimizer.param_groups
+                      for p in g["params"]],
+        }  # fmt: skip
 
     def kd_state(self) -> dict[str, Any]:
         """State of the KD objective (none without KD)."""
@@ -203,6 +287,8 @@ class DetectorTrainer(DetectionTrainer):
         self.stopper.__dict__.update(state["stopper"])
         self.start_epoch = int(state["epoch"]) + 1
         scheduler.last_epoch = self.start_epoch - 1
+        self._last_step_ni = int(state.get("last_step", -1))
+        self._pending_grads = list(state.get("grads") or []) or None
         restore_rng(state["rng"], self.train_loader)
         self._pending_augment = state["rng"]  # re-applied if Ultralytics rebuilds the augmentations this epoch
         if distributed.is_main():
@@ -317,7 +403,7 @@ class KDTrainer(DetectorTrainer):
         model: the student.
         teacher: the frozen teacher.
         composite: the KD objective for this pair (holds the adapters).
-        overrides, threads, resume_state: as for :class:`DetectorTrainer`.
+        overrides, threads, resume_state, data: as for :class:`DetectorTrainer`.
         on_nonfinite: ``stop`` (raise, naming the term, epoch and batch) or ``skip`` (drop that optimizer step,
             warn, count; stop after :data:`~detkd.engine.criterion.MAX_CONSECUTIVE_SKIPS` in a row).
     """
@@ -331,12 +417,14 @@ class KDTrainer(DetectorTrainer):
         threads: int | None = None,
         resume_state: Mapping[str, Any] | None = None,
         on_nonfinite: str = "stop",
+        *,
+        data: DataSpec | None = None,
     ) -> None:
         self.teacher = teacher
         self.composite = composite
         self.on_nonfinite = on_nonfinite
         self.criterion: KDCriterion | None = None
-        super().__init__(model, overrides, threads, resume_state)
+        super().__init__(model, overrides, threads, resume_state, data=data)
 
     def setup_model(self) -> None:
         super().setup_model()
@@ -394,7 +482,7 @@ class KDTrainer(DetectorTrainer):
         )
         return self.criterion
 
-    def optimizer_step(self) -> None:
+    def apply_optimizer_step(self) -> None:
         """Drop a step whose loss was non-finite (``skip``); average the adapters' gradients over ranks (DDP)."""
         crit = self.criterion
         skip = crit is not None and crit.take_skip()
@@ -406,7 +494,7 @@ class KDTrainer(DetectorTrainer):
             return
         if self.world_size > 1:
             distributed.average_gradients(self.composite.parameters())
-        super().optimizer_step()
+        super().apply_optimizer_step()
 
     def reduce_epoch_losses(self) -> None:
         """Under DDP: log this rank's epoch means of the KD terms, then average every loss item over ranks."""

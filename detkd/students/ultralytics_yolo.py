@@ -9,16 +9,20 @@ Ultralytics by ``tests/students/test_ultralytics_contract.py``.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
 from detkd._offline import ensure_offline
-from detkd.checkpoints import load_checkpoint
+from detkd.checkpoints import ModuleRecord, UnsafeCheckpointError, load_checkpoint, model_record
 from detkd.errors import DetkdError, InputFileError
+from detkd.students.model_spec import check_model_dict, load_model_yaml
 from detkd.types import FeatureSpec, HeadOutputs
 
 ensure_offline()
@@ -106,32 +110,113 @@ def inference_output(model: nn.Module, x: Tensor) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def build_model_from_yaml(cfg: str | Path, nc: int, names: dict[int, str], *, verbose: bool = False) -> DetectionModel:
-    """A freshly initialised detection model from an Ultralytics model YAML (a file or a packaged name)."""
+# Root classes of Ultralytics checkpoints that detkd rebuilds, and the tasks it does not take.
+_BUILDERS = {"DetectionModel": DetectionModel, "YOLOv10DetectionModel": DetectionModel}
+_OTHER_TASKS = {
+    "SegmentationModel": "segmentation",
+    "PoseModel": "pose",
+    "OBBModel": "oriented-box",
+    "ClassificationModel": "classification",
+    "WorldModel": "open-vocabulary (YOLO-World)",
+    "YOLOEModel": "open-vocabulary (YOLOE)",
+    "YOLOESegModel": "open-vocabulary segmentation (YOLOE)",
+    "RTDETRDetectionModel": "RT-DETR",
+}
+
+
+def build_architecture(
+    builder: type[nn.Module], cfg: dict[str, Any], source: str | Path, nc: int | None = None, *, keep_rng: bool = False
+) -> Any:
+    """``builder(cfg)`` for a checked architecture dict; ``keep_rng``: leave the caller's random streams as they
+    were (for a model whose weights are then loaded, so its initialisation must not shift the caller's draws)."""
     try:
-        model = DetectionModel(str(cfg), nc=nc, verbose=verbose)
-    except FileNotFoundError as e:
-        raise InputFileError(cfg, "model YAML not found (a file path or an Ultralytics name like yolov8n.yaml)") from e
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        raise InputFileError(cfg, f"model YAML does not build ({type(e).__name__}: {e})") from e
+        with torch.random.fork_rng(devices=[]) if keep_rng else contextlib.nullcontext():
+            return builder(copy.deepcopy(cfg), ch=int(cfg.get("channels", 3)), nc=nc, verbose=False)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        raise InputFileError(source, f"model architecture does not build ({type(e).__name__}: {e})") from e
+
+
+def build_model_from_yaml(cfg: str | Path, nc: int, names: dict[int, str], *, verbose: bool = False) -> DetectionModel:
+    """A freshly initialised detection model from an Ultralytics model YAML (a file or a packaged name), checked
+    to be plain data first (:mod:`detkd.students.model_spec`)."""
+    model = build_architecture(DetectionModel, load_model_yaml(cfg), cfg, nc)
     model.names = dict(names)
     detect_head(model, str(cfg))
-    return model
+    return cast(DetectionModel, model)
+
+
+def _names_of(rec: ModuleRecord, path: str | Path) -> dict[int, str] | None:
+    raw = rec.get("names")
+    if raw is None:
+        return None
+    items = enumerate(raw) if isinstance(raw, (list, tuple)) else raw.items() if isinstance(raw, dict) else None
+    if items is None:
+        raise InputFileError(path, f"checkpoint class names are a {type(raw).__name__}, not a list or mapping")
+    out = {}
+    for k, v in items:
+        if isinstance(k, bool) or not isinstance(k, int) or not isinstance(v, (str, int)):
+            raise InputFileError(path, f"checkpoint class names must map indices to names, got {k!r}: {v!r}")
+        out[k] = str(v)
+    return out
+
+
+def _plain_args(rec: ModuleRecord) -> dict[str, Any]:
+    raw = rec.get("args")
+    raw = vars(raw) if hasattr(raw, "__dict__") and not isinstance(raw, dict) else raw
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, (bool, int, float, str, type(None)))}
+
+
+def rebuild_model(rec: ModuleRecord, path: str | Path, builders: dict[str, type[nn.Module]] | None = None) -> Any:
+    """The network a checkpoint record describes, built from its architecture YAML and its tensors only.
+
+    The YAML is checked (:func:`~detkd.students.model_spec.check_model_dict`), the model built fresh by
+    Ultralytics' own class, then the file's tensors are loaded into it strictly (same names, same shapes); class
+    names and plain training arguments are copied. Nothing of the file is called.
+    """
+    builders = builders or _BUILDERS
+    name = rec.class_name
+    if name not in builders:
+        task = _OTHER_TASKS.get(name)
+        what = f"a {task} model" if task else f"a {name}"
+        raise InputFileError(path, f"checkpoint holds {what}, not an Ultralytics detection model detkd can use here")
+    cfg = rec.get("yaml")
+    if cfg is None:
+        raise InputFileError(path, "checkpoint model has no architecture YAML (not an Ultralytics model)")
+    try:
+        cfg = check_model_dict(cfg, path)
+    except InputFileError as e:
+        raise UnsafeCheckpointError(f"{path}: refusing to load: the architecture YAML it holds: {e.problem}") from e
+    model = build_architecture(builders[name], cfg, path, cfg.get("nc"), keep_rng=True)
+    try:
+        tensors = rec.tensors()
+    except DetkdError as e:
+        raise InputFileError(path, f"checkpoint model is malformed ({e})") from e
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+            if keys
+        )
+        raise InputFileError(path, f"checkpoint weights do not match the architecture YAML they came with ({detail})")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+    names = _names_of(rec, path)
+    if names is not None:
+        model.names = names
+    model.args = _plain_args(rec)
+    return model.float()
 
 
 def load_detection_model(path: str | Path) -> DetectionModel:
-    """Load an Ultralytics detection checkpoint safely (restricted unpickler) as a float32 model."""
-    ckpt = load_checkpoint(path)
-    model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
-    if not isinstance(model, nn.Module):
-        raise InputFileError(path, "checkpoint holds no model ('ema' or 'model' key)")
+    """An Ultralytics detection checkpoint as a float32 model, rebuilt from its data (see :mod:`detkd.checkpoints`)."""
+    model = rebuild_model(model_record(load_checkpoint(path), path), path)
     detect_head(model, str(path))
-    model = model.float()
-    if not hasattr(model, "yaml"):
-        raise InputFileError(path, "checkpoint model has no architecture YAML (not an Ultralytics model)")
-    loaded: Any = model
-    loaded.task = "detect"  # normally set by Ultralytics' YOLO wrapper, which detkd skips (it unpickles unsafely)
-    return cast(DetectionModel, loaded)
+    model.task = "detect"  # normally set by Ultralytics' YOLO wrapper, which detkd does not use to load
+    return cast(DetectionModel, model)
 
 
 def build_student(spec: str | Path, nc: int, names: dict[int, str]) -> DetectionModel:
@@ -140,7 +225,7 @@ def build_student(spec: str | Path, nc: int, names: dict[int, str]) -> Detection
         model = load_detection_model(spec)
         if detect_head(model).nc != nc:
             LOGGER.info("Student %s has %d classes, data has %d: rebuilding the head", spec, detect_head(model).nc, nc)
-            fresh = DetectionModel(model.yaml, nc=nc, verbose=False)
+            fresh = build_architecture(DetectionModel, model.yaml, spec, nc)
             fresh.load(model)
             model = fresh
         model.names = dict(names)

@@ -17,8 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from detkd._offline import ensure_offline
-from detkd.checkpoints import load_checkpoint
-from detkd.errors import DetkdError, InputFileError
+from detkd.checkpoints import load_checkpoint, model_record
+from detkd.errors import DetkdError
+from detkd.students import ultralytics_yolo as uy
+from detkd.students.model_spec import load_model_yaml
 from detkd.teachers.base import FrozenTeacher
 from detkd.teachers.dense import detections_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
@@ -46,20 +48,14 @@ def is_rtdetr(spec: str | Path) -> bool:
 
 
 def load_rtdetr_model(spec: str | Path, nc: int | None = None, names: dict[int, str] | None = None) -> nn.Module:
-    """An RT-DETR detection model from a ``.pt`` (restricted unpickler) or a YAML (random init; needs ``nc``)."""
+    """An RT-DETR detection model from a ``.pt`` (rebuilt from its data) or a YAML (random init; needs ``nc``)."""
+    builder = {"RTDETRDetectionModel": RTDETRDetectionModel}
     if str(spec).endswith(".pt"):
-        ckpt = load_checkpoint(spec)
-        model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
-        if not isinstance(model, nn.Module):
-            raise InputFileError(spec, "checkpoint holds no model ('ema' or 'model' key)")
-        model = model.float()
+        model = uy.rebuild_model(model_record(load_checkpoint(spec), spec), spec, builders=builder)
     else:
         if nc is None:
             raise ValueError("an RT-DETR teacher built from YAML needs the dataset's nc")
-        try:
-            model = RTDETRDetectionModel(str(spec), nc=nc, verbose=False)
-        except FileNotFoundError as e:
-            raise InputFileError(spec, "model YAML not found") from e
+        model = uy.build_architecture(RTDETRDetectionModel, load_model_yaml(spec), spec, nc)
         model.names = dict(names or {})
     layers = getattr(model, "model", None)
     if not isinstance(layers, nn.Sequential) or not isinstance(layers[-1], RTDETRDecoder):

@@ -77,7 +77,8 @@ def build_torchvision_detector(spec: str) -> tuple[nn.Module, str]:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:  # restricted unpickler: a non-state-dict file is refused, never executed
-            raise InputFileError(weights, f"not a torchvision state dict ({type(e).__name__}: {e})") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise InputFileError(weights, f"not a torchvision state dict ({type(e).__name__}: {first})") from e
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
         if not isinstance(state, dict):

@@ -15,6 +15,7 @@ architecture YAML and the weights from it, and rebuilds the network:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from detkd._offline import ensure_offline
-from detkd.checkpoints import load_checkpoint
-from detkd.errors import InputFileError
+from detkd.checkpoints import load_checkpoint, model_record
+from detkd.errors import DetkdError, InputFileError
+from detkd.students.model_spec import check_model_dict
 from detkd.teachers.base import FrozenTeacher
 from detkd.types import FeatureSpec, HeadOutputs, TeacherOutputs
 
@@ -46,10 +48,6 @@ LEGACY_CLASSES = (
 )
 _LAYERS = {"Conv", "C3", "SPPF", "SPP", "Focus", "Concat", "nn.Upsample", "Bottleneck"}
 _WORDS = {"None", "nearest", "nc", "anchors"}
-
-
-class _Pickled(nn.Module):
-    """Inert stand-in for a YOLOv5-repository module: keeps the pickled state, has no behaviour."""
 
 
 def is_legacy_yolov5(path: str | Path) -> bool:
@@ -178,22 +176,26 @@ class LegacyYOLOv5(nn.Module):
 def load_legacy_yolov5(path: str | Path) -> LegacyYOLOv5:
     """Rebuild a classic YOLOv5 checkpoint as a float32 :class:`LegacyYOLOv5` (eval mode)."""
     p = Path(path)
-    ckpt = load_checkpoint(p, stand_ins=dict.fromkeys(LEGACY_CLASSES, _Pickled))
-    pickled: Any = ckpt.get("ema") if isinstance(ckpt.get("ema"), nn.Module) else ckpt.get("model")
-    if not isinstance(pickled, nn.Module):
-        raise InputFileError(p, "legacy YOLOv5 checkpoint holds no model ('ema' or 'model' key)")
-    cfg = _check_yaml(p, getattr(pickled, "yaml", None))
-    state = {k: v.float() for k, v in pickled.state_dict().items()}
-    seq: Any = getattr(pickled, "model", None)
-    detect: Any = seq[-1] if isinstance(seq, nn.Sequential) else None
-    if detect is None or not hasattr(detect, "anchors") or not hasattr(detect, "stride"):
+    ckpt = load_checkpoint(p, foreign=LEGACY_CLASSES)
+    pickled = model_record(ckpt, p)
+    cfg = _check_yaml(p, pickled.get("yaml"))
+    try:
+        state = {k: v.float() for k, v in pickled.tensors().items()}
+        seq = pickled.children().get("model")
+        detect = list(seq.children().values())[-1] if seq is not None and seq.children() else None
+    except DetkdError as e:
+        raise InputFileError(p, f"legacy YOLOv5 checkpoint is malformed ({e})") from e
+    anchors = (detect.get("_buffers") or {}).get("anchors") if detect is not None else None
+    stride, nc = (detect.get("stride"), detect.get("nc")) if detect is not None else (None, None)
+    if not isinstance(anchors, Tensor) or not isinstance(stride, Tensor) or not isinstance(nc, int):
         raise InputFileError(p, "legacy YOLOv5 checkpoint has no Detect head with anchors")
-    names_raw = getattr(pickled, "names", None) or {}
+    names_raw = pickled.get("names") or {}
     names = dict(enumerate(names_raw)) if isinstance(names_raw, (list, tuple)) else dict(names_raw)
-    nc = int(detect.nc)
+    names = {int(k): str(v) for k, v in names.items()}
 
-    body = {**cfg, "nc": nc, "head": cfg["head"][:-1]}
-    layers, _ = parse_model(body, ch=int(cfg.get("ch", 3)), verbose=False)
+    body = check_model_dict({**cfg, "nc": nc, "head": cfg["head"][:-1]}, p)
+    with torch.random.fork_rng(devices=[]):  # weights are loaded next: leave the caller's random streams alone
+        layers, _ = parse_model(copy.deepcopy(body), ch=int(cfg.get("ch", 3)), verbose=False)
     head_idx = len(layers)
     prefix = f"model.{head_idx}."
     body_state = {
@@ -207,9 +209,12 @@ def load_legacy_yolov5(path: str | Path) -> LegacyYOLOv5:
         if isinstance(m, nn.BatchNorm2d):  # the YOLOv5 repository trains with eps 1e-3 (Ultralytics: 1e-5)
             m.eps, m.momentum = 1e-3, 0.03
 
-    strides = [int(s) for s in detect.stride.float().tolist()]
-    channels = [int(state[f"{prefix}m.{i}.weight"].shape[1]) for i in range(len(strides))]
-    head = AnchorHead(channels, nc, detect.anchors.float(), strides)
+    strides = [int(s) for s in stride.float().tolist()]
+    try:
+        channels = [int(state[f"{prefix}m.{i}.weight"].shape[1]) for i in range(len(strides))]
+    except KeyError as e:
+        raise InputFileError(p, f"legacy YOLOv5 checkpoint has no head weights {e}") from e
+    head = AnchorHead(channels, nc, anchors.float(), strides)
     head.m.load_state_dict({k[len(prefix) + 2 :]: v for k, v in state.items() if k.startswith(prefix + "m.")})
     head_from = [int(i) for i in cfg["head"][-1][0]]
     if len(names) != nc:

@@ -47,7 +47,7 @@ def test_bad_yaml_names_file_and_problem(data_copy, content, message):
 
 
 def test_missing_yaml():
-    with pytest.raises(InputFileError, match="data YAML not found"):
+    with pytest.raises(InputFileError, match="data YAML file not found"):
         load_data_spec("/nope/data.yaml")
 
 
