@@ -24,6 +24,8 @@ LOGGER = logging.getLogger("detkd")
 
 
 def _train_args(ns: argparse.Namespace) -> dict[str, Any]:
+    from detkd.engine.train_args import check_train_args
+
     args: dict[str, Any] = {
         "epochs": ns.epochs,
         "imgsz": ns.imgsz,
@@ -32,12 +34,17 @@ def _train_args(ns: argparse.Namespace) -> dict[str, Any]:
         "seed": ns.seed,
         "workers": ns.workers,
     }
+    extra: dict[str, Any] = {}
     for item in ns.train_arg or []:
         if "=" not in item:
             raise DetkdError(f"--train-arg {item!r}: expected KEY=VALUE, e.g. lr0=0.01")
         k, v = item.split("=", 1)
-        args[k.strip()] = yaml.safe_load(v)
-    return {k: v for k, v in args.items() if v is not None}
+        try:
+            extra[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise DetkdError(f"--train-arg {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from e
+    check_train_args(extra, option_names=True)
+    return {k: v for k, v in {**args, **extra}.items() if v is not None}
 
 
 def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
@@ -85,9 +92,20 @@ def _print_result(result: Any) -> None:
         print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
 
 
+_RESUME_KEEPS = {"resume", "device", "workers", "threads", "quiet", "command", "func"}
+
+
 def _resumed(ns: argparse.Namespace) -> Any:
+    """``--resume RUN_DIR``: only --device, --workers and --threads may come with it; anything else would be
+    silently ignored (the run continues as it was started), so it is refused."""
     from detkd.engine.distiller import resume
 
+    defaults = vars(build_parser().parse_args([ns.command]))
+    given = sorted(k for k, v in vars(ns).items() if k not in _RESUME_KEEPS and v != defaults.get(k))
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise DetkdError(f"--resume continues {ns.resume} exactly as it was started: {flags} cannot be given with it "
+                         "(only --device, --workers, --threads can)")  # fmt: skip
     return resume(ns.resume, device=ns.device, workers=ns.workers, threads=ns.threads)
 
 
@@ -136,6 +154,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.data.checks import split_report
     from detkd.data.dataset import load_data_spec
+    from detkd.engine.train_args import check_device, check_threads
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor, data_class_map, on_data_classes
@@ -143,6 +162,11 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.students import ultralytics_yolo as uy
     from detkd.teachers import load_eval_model
 
+    check_device(ns.device)
+    check_threads(ns.threads)
+    for name in ("imgsz", "batch"):
+        if getattr(ns, name) < 1:
+            raise ConfigError(f"--{name} {getattr(ns, name)}: must be at least 1")
     spec = load_data_spec(ns.data)
     split_report(spec, ns.split, ns.bad_samples)
     model = load_eval_model(ns.model)

@@ -478,6 +478,8 @@ def _coerce(section: str, name: str, value: Any, kind: Any) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{section}.{name}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{section}.{name}: {value!r} must be a finite number")
         return float(value)
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -191,6 +191,7 @@ def _verdict(delta: float) -> str:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the report dict (also written to ``out/report.json``)."""
     from detkd.data.dataset import load_data_spec
+    from detkd.engine.checkpointing import check_writable
     from detkd.engine.distiller import Distiller, run_environment, train_detector
     from detkd.engine.trainer import set_cpu_threads
     from detkd.eval.coco import evaluate
@@ -202,7 +203,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     cfg = cfg.effective()
     out = cfg.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     stages = _Stages(6)
     kd_cfg: KDConfig = load_kd_config(None, list(cfg.kd_overrides))
     # val=False: Ultralytics validates only after the last epoch, so the reported model is the final one (not the

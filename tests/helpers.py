@@ -32,7 +32,7 @@ class Calls:
 
 
 def evil_activation(marker: Path) -> str:
-    """A model-YAML activation that Ultralytics' builder would evaluate: it creates ``marker``, then is an activation."""
+    """A model-YAML activation that Ultralytics' builder would evaluate: creates ``marker``, then is an activation."""
     return f"__import__('pathlib').Path({str(marker)!r}).touch() or nn.SiLU()"
 
 

@@ -32,7 +32,7 @@ BLOCKER = textwrap.dedent(
 )
 
 
-def test_distill_eval_export_with_network_blocked(tiny_data, tmp_path):
+def test_distill_eval_export_with_network_blocked(tiny_data, trained_student, shapes_data, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
@@ -53,8 +53,9 @@ def test_distill_eval_export_with_network_blocked(tiny_data, tmp_path):
         "--name", "kd")  # fmt: skip
     best = tmp_path / "runs" / "kd" / "weights" / "best.pt"
     run("eval", "--model", str(best), "--data", str(tiny_data), "--imgsz", "64")
-    # INT8 calibration is where Ultralytics would fetch COCO8 if it were not given the data
-    run("export", "--model", str(best), "--data", str(tiny_data), "--format", "onnx,openvino-int8,ncnn", "--runs", "2",
-        "--calib-images", "4")  # fmt: skip
+    # INT8 calibration is where Ultralytics would fetch COCO8 if it were not given the data; a student that detects
+    # something, so every gate can pass (an untrained one's INT8 gate is rightly inconclusive)
+    run("export", "--model", str(trained_student / "weights" / "best.pt"), "--data", str(shapes_data), "--format",
+        "onnx,openvino-int8,ncnn", "--runs", "2", "--calib-images", "4", "--out", str(tmp_path / "export"))  # fmt: skip
     attempts = log.read_text() if log.exists() else ""
     assert attempts == "", f"network access attempted:\n{attempts}"

@@ -103,8 +103,8 @@ def test_the_restricted_loader_says_why(kind: str, tmp_path: Path):
         "pickle-reduce": "outside the allow-list: posix.system",
         "model-constructor": "calls ultralytics.nn.tasks.DetectionModel with arguments",
         "module-constructor": "calls torch.nn.modules.conv.Conv2d with arguments",
-        "yaml-activation": "refusing to load: the architecture YAML it holds: activation .* is not of the form nn.<Activation>",
-        "yaml-layer": "refusing to load: the architecture YAML it holds: layer 0 .*'torch_safe_load' is not a known layer",
+        "yaml-activation": "the architecture YAML it holds: activation .* is not of the form nn.<Activation>",
+        "yaml-layer": "the architecture YAML it holds: layer 0 .*'torch_safe_load' is not a known layer",
         "getattr": "outside the allow-list: builtins.getattr",
     }[kind]
     with pytest.raises(DetkdError, match=why):
@@ -124,8 +124,15 @@ def test_cli_refuses_every_payload(command: str, payload, tiny_data: Path, tmp_p
         "distill-teacher": ["distill", "--teacher", str(path), "--student", "yolov8n.yaml", "--data", str(tiny_data)],
         "distill-student": ["distill", "--teacher", "yolov8n.yaml", "--student", str(path), "--data", str(tiny_data)],
         "train": ["train", "--model", str(path), "--data", str(tiny_data)],
-        "builtin-kd": ["train", "--model", "yolov8n.yaml", "--data", str(tiny_data),
-                       "--train-arg", f"distill_model={path}"],  # fmt: skip
+        "builtin-kd": [
+            "train",
+            "--model",
+            "yolov8n.yaml",
+            "--data",
+            str(tiny_data),
+            "--train-arg",
+            f"distill_model={path}",
+        ],
     }[command]
     if command.startswith(("distill", "train", "builtin")):
         argv += ["--project", str(tmp_path / "runs"), "--epochs", "1", "--imgsz", "32", "--device", "cpu"]

@@ -25,6 +25,7 @@ from detkd.bench.suites import BUILTIN_KD_ARGS, FAMILY_ONLY, Suite
 from detkd.errors import DetkdError
 
 LOGGER = logging.getLogger(__name__)
+MIN_TEACHER_MAP = 0.01  # a teacher below this mAP50-95 on val teaches nothing: the suite says so
 CACHE_VERSION = 1  # bump when what a cached teacher means changes
 TEACHER_FIELDS = ("weights", "source", "key", "mAP50-95", "mAP50", "APs", "APm", "APl", "params", "train_s")
 
@@ -158,24 +159,6 @@ class QualityBench:
         tmp.replace(meta)
         return {**res, "source": "trained"}
 
-    def builtin_teacher(self, teacher: dict[str, Any]) -> str:
-        """A checkpoint of the teacher that Ultralytics' own loader can read, made from the safely loaded model.
-
-        Ultralytics loads ``distill_model`` with plain pickle; detkd gives it a file detkd wrote itself from a model
-        it loaded with its restricted unpickler, so the built-in KD run never unpickles the user's file.
-        """
-        import torch
-
-        from detkd.students import ultralytics_yolo as uy
-
-        path = self.work / "teacher_for_ultralytics_kd.pt"
-        if not path.is_file():
-            model = uy.load_detection_model(teacher["weights"])
-            tmp = path.with_suffix(".tmp")
-            torch.save({"model": model.half(), "train_args": {}}, tmp)
-            tmp.replace(path)
-        return str(path)
-
     # ------------------------------------------------------------------------------------------------- jobs
     def _job(
         self, run: str, kind: str, seed: int | None, train_seed: int, train: dict[str, Any] | None = None, **kw: Any
@@ -235,7 +218,7 @@ class QualityBench:
                 if run == "baseline":
                     jobs.append(self._job(run, "train", seed, seed, model=student))
                 elif run == "ultralytics-kd":
-                    builtin = {"distill_model": self.builtin_teacher(teacher), **BUILTIN_KD_ARGS}
+                    builtin = {"distill_model": teacher["weights"], **BUILTIN_KD_ARGS}  # loaded by detkd
                     jobs.append(self._job(run, "train", seed, seed, train=builtin, model=student))
                 else:
                     kd = [*s.kd, *FAMILY_ONLY[run]]
@@ -250,6 +233,13 @@ class QualityBench:
         s, started = self.suite, time.time()
         self._data_yaml = self.data_yaml()
         teacher = self.teacher(self._data_yaml)
+        warnings = []
+        if float(teacher.get("mAP50-95") or 0.0) < MIN_TEACHER_MAP:
+            warnings.append(
+                f"the teacher scores mAP50-95 {float(teacher.get('mAP50-95') or 0.0):.4f} on val: it has about nothing "
+                "to teach, so the KD rows of this suite measure nothing (train the teacher longer)"
+            )
+            LOGGER.warning("%s", warnings[-1])
         jobs = self.student_jobs(teacher)
         with ThreadPoolExecutor(self.plan.parallel) as pool:
             results = list(pool.map(self._run_job, jobs))
@@ -266,6 +256,7 @@ class QualityBench:
             "threads_per_job": self.plan.threads,
             "environment": env,
             "teacher": {k: teacher.get(k) for k in TEACHER_FIELDS},
+            "warnings": warnings,
             "jobs": results,
             "summary": stats.summarize(results, teacher, self.plan.runs, self.plan.seeds),
             "wall_s": round(time.time() - started, 1),

@@ -81,6 +81,7 @@ def quality_markdown(payload: dict[str, Any], plot: str | None = None, heading: 
         "Gain: paired by seed (same data, init and order per seed). Gap closed: (run - baseline) / (teacher - "
         "baseline) on mAP50-95. The final model of each run is scored (no per-epoch selection on the val split).",
     ]
+    lines += [f"\n**Warning:** {w}" for w in payload.get("warnings") or []]
     if plot:
         lines += ["", f"![mAP50-95 per run]({plot})"]
     return "\n".join(lines) + "\n"

@@ -2,9 +2,9 @@
 
 detkd reads the same data YAML as Ultralytics (``path``, ``train``, ``val``, ``names``/``nc``), checks it up front
 and reports a problem as one line naming the file: a missing key, a path that points nowhere, names that do not
-match ``nc``. Splits resolve against the dataset root only (``path``, or the YAML's own folder without one), as Ultralytics
-resolves them; Ultralytics then receives a copy of the YAML with absolute paths and image lists, so both agree. The per-sample checks
-(images that do not decode, malformed label rows) live in :mod:`detkd.data.checks`.
+match ``nc``. Splits resolve against the dataset root only (``path``, or the YAML's own folder without one), as
+Ultralytics resolves them; Ultralytics then receives a copy of the YAML with absolute paths and image lists, so both
+agree. The per-sample checks (images that do not decode, malformed label rows) live in :mod:`detkd.data.checks`.
 """
 
 from __future__ import annotations

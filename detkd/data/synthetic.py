@@ -51,6 +51,8 @@ class SceneConfig:
         max_size_frac: largest object diameter as a fraction of the image side.
         max_distractors: clutter items per image (uniform from 0).
         min_visible: objects less visible than this fraction (occlusion, borders) are left unlabelled.
+        one_class: label every object as the one class ``shape`` (an easy task that a detector learns in a few
+            hundred steps on a CPU: the tests' trained teacher).
     """
 
     n_train: int = 600
@@ -62,6 +64,7 @@ class SceneConfig:
     max_size_frac: float = 0.4
     max_distractors: int = 8
     min_visible: float = 0.4
+    one_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,12 +248,12 @@ def _full_area(cls: int, d: float) -> float:
     return max(area, 4.0)
 
 
-def _yolo_lines(objects: list[SceneObject], size: int) -> str:
+def _yolo_lines(objects: list[SceneObject], size: int, one_class: bool = False) -> str:
     lines = []
     for o in objects:
         x1, y1, x2, y2 = o.box
         cx, cy, w, h = (x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size
-        lines.append(f"{o.cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+        lines.append(f"{0 if one_class else o.cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -283,7 +286,7 @@ def generate_dataset(root: str | Path, cfg: SceneConfig | None = None, *, seed: 
             img, objects = render_scene(rng, cfg)
             name = f"{split}_{i:05d}"
             cv2.imwrite(str(root / "images" / split / f"{name}.png"), img)
-            (root / "labels" / split / f"{name}.txt").write_text(_yolo_lines(objects, cfg.size))
+            (root / "labels" / split / f"{name}.txt").write_text(_yolo_lines(objects, cfg.size, cfg.one_class))
             if split == "val":
                 image_id = i + 1
                 coco_images.append({"id": image_id, "file_name": f"{name}.png", "width": cfg.size, "height": cfg.size})
@@ -293,20 +296,21 @@ def generate_dataset(root: str | Path, cfg: SceneConfig | None = None, *, seed: 
                         {
                             "id": len(coco_anns) + 1,
                             "image_id": image_id,
-                            "category_id": o.cls + 1,
+                            "category_id": 1 if cfg.one_class else o.cls + 1,
                             "bbox": [x1, y1, x2 - x1, y2 - y1],
                             "area": (x2 - x1) * (y2 - y1),
                             "iscrowd": 0,
                         }
                     )
-    categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)]
+    names = ("shape",) if cfg.one_class else CLASS_NAMES
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     write_coco_json(root / "annotations" / "instances_val.json", coco_images, coco_anns, categories)
     data = {
         "path": str(root),
         "train": "images/train",
         "val": "images/val",
-        "nc": len(CLASS_NAMES),
-        "names": dict(enumerate(CLASS_NAMES)),
+        "nc": len(names),
+        "names": dict(enumerate(names)),
     }
     (root / "data.yaml").write_text(
         "# detkd synthetic scenes (generated; see manifest.json)\n" + yaml.safe_dump(data, sort_keys=False)

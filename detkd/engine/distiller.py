@@ -10,6 +10,7 @@ image header, loading the teacher safely, building the student, pairing their le
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ from detkd.engine.checkpointing import (
     find_resume_file,
     run_folder,
 )
+from detkd.engine.runlock import RunLock
+from detkd.engine.train_args import check_threads, check_train_args
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
@@ -111,16 +114,23 @@ def run_environment() -> dict[str, Any]:
     }
 
 
-def _prepare_run(project: str | Path, name: str, exist_ok: bool, device: Any = None) -> Path:
-    """The run folder, created and checked writable before anything trains; under torchrun, rank 0's on every rank."""
+@contextlib.contextmanager
+def _run_folder(project: str | Path, name: str, exist_ok: bool, device: Any = None) -> Iterator[Path]:
+    """The run folder, created, checked writable and locked (:mod:`detkd.engine.runlock`) before anything trains,
+    held until the run ends; under torchrun, rank 0 holds it and every rank gets its path."""
     from ultralytics.utils.files import increment_path
 
     distributed.init(device)
-    save_dir = None
+    save_dir, lock = None, None
     if distributed.is_main():
         save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=exist_ok))
         check_writable(save_dir)
-    return Path(distributed.broadcast(save_dir))
+        lock = RunLock(save_dir).acquire()
+    try:
+        yield Path(distributed.broadcast(save_dir))
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _check_room(save_dir: Path, model: torch.nn.Module) -> None:
@@ -161,6 +171,52 @@ def _write_data(spec: DataSpec, save_dir: Path, resuming: bool) -> Path:
         spec.write_resolved(path)
     distributed.barrier()
     return path
+
+
+def input_files(teacher: str | Path, class_map: str | Path | None = None) -> list[Path]:
+    """Every file a teacher spec reads: the teacher file (or torchvision weights), an ensemble's members and class
+    maps (recursively), and the class map."""
+    from detkd.teachers.ensemble import is_ensemble, member_specs
+
+    text = str(teacher)
+    files: list[Path] = []
+    if text.startswith("torchvision:"):
+        weights = text.split(":", 2)[2] if text.count(":") >= 2 else ""
+        files += [Path(weights)] if weights else []
+    elif Path(text).is_file():
+        files.append(Path(text))
+        if is_ensemble(text):
+            for m in member_specs(text):
+                files += input_files(m.teacher, m.class_map)
+    if class_map:
+        files.append(Path(class_map))
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprints(files: list[Path]) -> dict[str, str]:
+    """SHA-256 of each file (absolute paths as keys), recorded in the run so a resume can tell a replaced file."""
+    return {str(p.resolve()): _sha256(p) for p in files if p.is_file()}
+
+
+def _check_same_inputs(recorded: dict[str, str], files: list[Path], folder: Path) -> None:
+    """Refuse to resume when a file the run distilled from is gone or differs from the one it started with."""
+    now = fingerprints(files)
+    for path, digest in recorded.items():
+        if path not in now:
+            raise DetkdError(f"resume {folder}: {path} is gone; the run distils from it (restore it to resume)")
+        if now[path] != digest:
+            raise DetkdError(
+                f"resume {folder}: {path} changed since the run started (SHA-256 {now[path][:12]}, was "
+                f"{digest[:12]}); a resumed run must use the same teacher (start a new run for a new one)"
+            )
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -252,18 +308,20 @@ def train_detector(
     (default) leaves unusable images out with a warning each, ``fail`` stops before training on the first.
     """
     started = time.time()
+    check_train_args(train_args)
+    check_threads(threads)
     spec = _checked_data(data, bad_samples)
     with seeded(int(train_args.get("seed") or 0)):
         net = uy.build_student(model, spec.nc, spec.names)
-    save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
-    _check_room(save_dir, net)
-    data_yaml = _write_data(spec, save_dir, resume_state is not None)
-    if resume_state is None:
-        _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
-                               "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
-    overrides = _overrides(model, data_yaml, save_dir, **train_args)
-    trainer = DetectorTrainer(net, overrides, threads=threads, resume_state=resume_state, data=spec)
-    return _run(trainer, save_dir, started, spec)
+    with _run_folder(project, name, exist_ok or resume_state is not None, train_args.get("device")) as save_dir:
+        _check_room(save_dir, net)
+        data_yaml = _write_data(spec, save_dir, resume_state is not None)
+        if resume_state is None:
+            _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
+                                   "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
+        overrides = _overrides(model, data_yaml, save_dir, **train_args)
+        trainer = DetectorTrainer(net, overrides, threads=threads, resume_state=resume_state, data=spec)
+        return _run(trainer, save_dir, started, spec)
 
 
 def build_composite(kd: KDConfig, student: Any, teacher: Teacher, nc: int) -> KDComposite:
@@ -285,6 +343,25 @@ def _feature_source(teacher: Teacher) -> Teacher:
     if members is not None:
         teacher = members[getattr(teacher, "features_from", 0)]
     return getattr(teacher, "inner", teacher)
+
+
+TEACHER_CHECK_IMAGES = 32  # val images the teacher is scored on before training
+MIN_TEACHER_MAP50 = 0.01  # below this the teacher finds about nothing on the data: it teaches nothing
+
+
+def score_teacher(teacher: Teacher, spec: DataSpec, imgsz: int, device: Any = None) -> dict[str, float]:
+    """The teacher's COCO mAP on an evenly spaced sample of the val split, on the data's classes (through its class
+    map), at the training image size: a teacher that scores about nothing is worth a warning before hours of KD."""
+    from detkd.engine.trainer import torch_device_name
+    from detkd.eval.coco import evaluate
+    from detkd.eval.predict import TeacherPredictor
+
+    dev = torch_device_name(device) if device not in (None, "") else ("cuda:0" if torch.cuda.is_available() else "cpu")
+    size = max(32, -(-int(imgsz) // 32) * 32)
+    module: Any = teacher
+    module.to(dev)
+    res = evaluate(TeacherPredictor(teacher, dev), spec, "val", imgsz=size, batch=8, max_images=TEACHER_CHECK_IMAGES)
+    return {"mAP50-95": res.map50_95, "mAP50": res.map50, "images": res.images, "imgsz": size}
 
 
 class Distiller:
@@ -345,6 +422,19 @@ class Distiller:
                 type(source).__name__,
             )
 
+    def _check_teacher(self, imgsz: int, device: Any) -> dict[str, float]:
+        score = score_teacher(self.teacher, self.data, imgsz, device)
+        LOGGER.info("teacher on %d val images at %d px: mAP50-95 %.4f, mAP50 %.4f", score["images"], score["imgsz"],
+                    score["mAP50-95"], score["mAP50"])  # fmt: skip
+        if score["mAP50"] < MIN_TEACHER_MAP50:
+            LOGGER.warning(
+                "the teacher scores mAP50 %.4f on %d val images: it finds about nothing on this data, so it has "
+                "nothing to teach (untrained, trained on other classes without --class-map, or another image size?)",
+                score["mAP50"],
+                score["images"],
+            )
+        return score
+
     def _build_student(self, seed: int) -> tuple[Any, KDComposite]:
         """The student and the KD objective (adapters) for this pair, initialised from ``seed``."""
         with seeded(seed):
@@ -370,37 +460,46 @@ class Distiller:
         :func:`resume`) continues a killed run in its own folder.
         """
         started = time.time()
-        self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
-        save_dir = _prepare_run(project, name, exist_ok or resume_state is not None, train_args.get("device"))
-        _check_room(save_dir, self.student)
-        data_yaml = _write_data(self.data, save_dir, resume_state is not None)
+        check_train_args(train_args)
+        check_threads(threads)
+        if on_nonfinite not in ("stop", "skip"):
+            raise DetkdError(f"on_nonfinite '{on_nonfinite}': valid: stop, skip")
+        teacher_score = None
         if resume_state is None and distributed.is_main():
-            dump_kd_config(self.kd, save_dir / "kd.yaml")
-            _write_meta(save_dir, {
-                "kind": "distill",
-                "teacher": self.teacher.describe(),
-                "teacher_spec": self.teacher_spec,
-                "class_map": self.class_map,
-                "student": self.student_spec,
-                "data": str(self.data.yaml_path),
-                "kd": self.kd.to_dict(),
-                "box_kd_mode": self.composite.box_method,
-                "train_args": train_args,
-                "threads": threads,
-                "on_nonfinite": on_nonfinite,
-                **run_environment(),
-            })  # fmt: skip
-        trainer = KDTrainer(
-            self.student,
-            self.teacher,
-            self.composite,
-            _overrides(self.student_spec, data_yaml, save_dir, **train_args),
-            threads=threads,
-            resume_state=resume_state,
-            on_nonfinite=on_nonfinite,
-            data=self.data,
-        )
-        return _run(trainer, save_dir, started, self.data)
+            teacher_score = self._check_teacher(int(train_args.get("imgsz") or 640), train_args.get("device"))
+        self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
+        with _run_folder(project, name, exist_ok or resume_state is not None, train_args.get("device")) as save_dir:
+            _check_room(save_dir, self.student)
+            data_yaml = _write_data(self.data, save_dir, resume_state is not None)
+            if resume_state is None and distributed.is_main():
+                dump_kd_config(self.kd, save_dir / "kd.yaml")
+                _write_meta(save_dir, {
+                    "kind": "distill",
+                    "teacher": self.teacher.describe(),
+                    "teacher_spec": self.teacher_spec,
+                    "class_map": self.class_map,
+                    "inputs": fingerprints(input_files(self.teacher_spec, self.class_map)),
+                    "teacher_on_val": teacher_score,
+                    "student": self.student_spec,
+                    "data": str(self.data.yaml_path),
+                    "kd": self.kd.to_dict(),
+                    "box_kd_mode": self.composite.box_method,
+                    "train_args": train_args,
+                    "threads": threads,
+                    "on_nonfinite": on_nonfinite,
+                    **run_environment(),
+                })  # fmt: skip
+            trainer = KDTrainer(
+                self.student,
+                self.teacher,
+                self.composite,
+                _overrides(self.student_spec, data_yaml, save_dir, **train_args),
+                threads=threads,
+                resume_state=resume_state,
+                on_nonfinite=on_nonfinite,
+                data=self.data,
+            )
+            return _run(trainer, save_dir, started, self.data)
 
 
 RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed
@@ -442,6 +541,7 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
         teacher = meta["teacher_spec"]
         if not str(teacher).endswith((".yaml", ".yml")) and ":" not in str(teacher) and not Path(teacher).exists():
             raise DetkdError(f"resume: the teacher {teacher} is gone (detkd rebuilds the teacher from its file)")
+        _check_same_inputs(meta.get("inputs") or {}, input_files(teacher, meta.get("class_map")), folder)
         distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"))
         return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
     return train_detector(meta["model"], data, **where, **args)

@@ -32,6 +32,9 @@ import torch
 from torch import nn
 
 from detkd._offline import ensure_offline, offline_guards
+from detkd.data.checked_dataset import checked_labels
+from detkd.data.checks import split_report
+from detkd.data.dataset import DataSpec, load_data_spec
 from detkd.engine import distributed
 from detkd.engine.checkpointing import (
     RESUME_FILE,
@@ -45,10 +48,7 @@ from detkd.engine.checkpointing import (
     truncate_results_csv,
     use_epoch_shuffle,
 )
-from detkd.data.checked_dataset import checked_labels
-from detkd.data.checks import split_report
-from detkd.data.dataset import DataSpec, load_data_spec
-from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, ratio_item_names
+from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, NonFiniteLossError, ratio_item_names
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
 from detkd.types import Teacher
@@ -145,7 +145,7 @@ class DetectorTrainer(DetectionTrainer):
         self.threads = set_cpu_threads(threads) if self.device.type == "cpu" else None
 
     @property
-    def accumulate(self) -> int:  # type: ignore[override]
+    def accumulate(self) -> int:
         """Batches per optimizer step, as Ultralytics reads it.
 
         Ultralytics decides to step when ``ni - last_opt_step >= accumulate``, with ``last_opt_step`` a local of its
@@ -214,7 +214,8 @@ class DetectorTrainer(DetectionTrainer):
     def _start_epoch_batches(self) -> None:
         self._ni = self.epoch * len(self.train_loader) - 1
         if self._pending_grads is not None:  # after Ultralytics zeroed the gradients at the start of training
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]  # type: ignore[union-attr]
+            optimizer: Any = self.optimizer
+            params = [p for g in optimizer.param_groups for p in g["params"]]
             for p, g in zip(params, self._pending_grads):
                 p.grad = None if g is None else g.to(p.device, p.dtype).clone()
             self._pending_grads = None
@@ -497,7 +498,18 @@ class KDTrainer(DetectorTrainer):
         super().apply_optimizer_step()
 
     def reduce_epoch_losses(self) -> None:
-        """Under DDP: log this rank's epoch means of the KD terms, then average every loss item over ranks."""
+        """Under DDP: log this rank's epoch means of the KD terms, then average every loss item over ranks. An epoch
+        whose every step was skipped (``skip`` mode) trained nothing: that stops the run instead of logging zeros."""
+        crit = self.criterion
+        if crit is not None:
+            all_skipped = crit.step > 0 and crit.skipped >= crit.step
+            if self.world_size > 1:
+                all_skipped = distributed.any_rank(all_skipped, self.device)
+            if all_skipped:
+                raise NonFiniteLossError(
+                    f"epoch {self.epoch + 1}: every step had a non-finite loss and was skipped, so nothing was "
+                    "trained (a KD weight of inf, or an lr0 that diverges?); the last saved checkpoint is intact"
+                )
         if self.criterion is not None and self.criterion.skipped:
             LOGGER.warning("epoch %d: %d step(s) skipped on non-finite losses", self.epoch + 1, self.criterion.skipped)
             self.criterion.skipped = 0

@@ -98,9 +98,18 @@ def evaluate(
     conf: float = 0.001,
     iou: float = 0.7,
     max_det: int = 300,
+    max_images: int | None = None,
 ) -> EvalResult:
-    """Predict every image of ``split`` and score the detections against the COCO ground truth."""
+    """Predict every image of ``split`` (``max_images``: an evenly spaced subset of that many) and score the
+    detections against the COCO ground truth."""
     gt, category_map, images, gt_source = ground_truth_for_split(spec, split)
+    if max_images is not None and len(images) > max_images:
+        step = len(images) / max_images
+        images = [images[int(i * step)] for i in range(max_images)]
+        keep = {p.name for p in images}
+        kept = [im for im in gt["images"] if str(im["file_name"]).rsplit("/", 1)[-1] in keep]
+        ids = {int(im["id"]) for im in kept}
+        gt = {**gt, "images": kept, "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in ids]}
     image_ids = {str(im["file_name"]).rsplit("/", 1)[-1]: int(im["id"]) for im in gt["images"]}
     bs = min(batch, predictor.max_batch or batch)
     detections: list[dict[str, Any]] = []

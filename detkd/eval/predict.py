@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -86,6 +86,29 @@ class TorchPredictor:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self._infer(self.model, torch.from_numpy(x).to(self.device))
         return out.float().cpu().numpy()
+
+
+class TeacherPredictor:
+    """A teacher of any family as an evaluable detector: its dense outputs (already on the data's classes) as
+    Ultralytics-style predictions (B, 4 + nc, A): xywh boxes in input pixels and class probabilities (0 for classes
+    no teacher class maps to)."""
+
+    name = "teacher"
+    max_batch: int | None = None
+    end2end = False
+
+    def __init__(self, teacher: Any, device: str | torch.device = "cpu") -> None:
+        self.teacher, self.device = teacher, torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        head = self.teacher(torch.from_numpy(x).to(self.device)).heads["one2many"]
+        xyxy = head.boxes_xyxy().float()
+        xywh = torch.cat(((xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]), dim=1)
+        probs = head.cls_logits.float().sigmoid()
+        if head.class_mask is not None:
+            probs = probs * head.class_mask.float().view(1, -1, 1)
+        return torch.cat((xywh, probs), dim=1).cpu().numpy()
 
 
 class ClassMappedPredictor:

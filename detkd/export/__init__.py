@@ -178,6 +178,7 @@ def export_models(
 
     from detkd.data.checks import split_report
     from detkd.data.dataset import load_data_spec
+    from detkd.engine.checkpointing import check_writable
     from detkd.engine.distiller import run_environment
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.predict import data_class_map, read_image
@@ -208,7 +209,7 @@ def export_models(
         nearest = max(stride, round(imgsz / stride) * stride)
         raise ConfigError(f"--imgsz {imgsz}: must be a multiple of the model's stride {stride} (e.g. {nearest})")
     out = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_export"
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     threads = set_cpu_threads(threads)
 
     if spec is not None:

@@ -186,6 +186,7 @@ class GateResult:
     budget_points: float
     delta_points: float | None = None  # exported minus PyTorch mAP50-95, in points
     checks: list[str] = field(default_factory=list)
+    conclusive: bool = True  # False: nothing measured could have failed this export (it does not pass)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,30 +223,61 @@ def parse_budget(spec: str | float | dict[str, float] | None) -> dict[str, float
     return budget
 
 
+MIN_GATE_MAP = 0.01  # PyTorch mAP50-95 below which an mAP comparison shows nothing about an export
+
+
+def map_check_is_vacuous(reference_map: float, budget_points: float) -> bool:
+    """True when even an export that detects nothing would pass the mAP comparison: PyTorch's own mAP50-95 is at
+    or below the budget (in points), or below :data:`MIN_GATE_MAP`."""
+    return reference_map * 100 <= budget_points or reference_map < MIN_GATE_MAP
+
+
 def gate(
     name: str, precision: str, parity: Parity, maps: dict[str, dict[str, float]] | None, budget: dict[str, float]
 ) -> GateResult:
     """Pass or fail an export: mAP50-95 within the precision's budget of PyTorch's (when data was given), and for FP32
-    (and FP16 without data) the raw outputs within tolerance."""
+    (and FP16 without data) the raw outputs within tolerance.
+
+    An mAP comparison that cannot fail (a model that scores about nothing: see :func:`map_check_is_vacuous`) is
+    reported as proving nothing and the raw-output parity decides instead; an INT8 export, which has no raw-output
+    tolerance, is then *inconclusive* and does not pass.
+    """
     points = budget[precision]
     checks, ok = [], True
     delta = None
+    use_map = maps is not None
     if maps is not None:
-        delta = (maps[name]["mAP50-95"] - maps["pytorch"]["mAP50-95"]) * 100
-        map_ok = delta >= -points
-        ok &= map_ok
-        checks.append(
-            f"mAP50-95 {maps[name]['mAP50-95']:.4f} vs PyTorch {maps['pytorch']['mAP50-95']:.4f} "
-            f"({delta:+.2f} points; budget {points:.2f}): {'pass' if map_ok else 'FAIL'}"
-        )
-    if parity.tolerance is not None and (precision == "fp32" or maps is None):
+        ref, got = maps["pytorch"]["mAP50-95"], maps[name]["mAP50-95"]
+        delta = (got - ref) * 100
+        if map_check_is_vacuous(ref, points):
+            use_map = False
+            checks.append(
+                f"mAP50-95 {got:.4f} vs PyTorch {ref:.4f}: proves nothing (PyTorch's own mAP is within the "
+                f"{points:.2f}-point budget of zero or below {MIN_GATE_MAP}, so an export that detects nothing would "
+                "pass; the raw outputs decide)"
+            )
+        else:
+            map_ok = delta >= -points
+            ok &= map_ok
+            checks.append(
+                f"mAP50-95 {got:.4f} vs PyTorch {ref:.4f} ({delta:+.2f} points; budget {points:.2f}): "
+                f"{'pass' if map_ok else 'FAIL'}"
+            )
+    conclusive = True
+    if parity.tolerance is not None and (precision == "fp32" or not use_map):
         ok &= parity.passed
         checks.append(
             f"raw outputs max |diff| boxes {parity.max_abs_diff_boxes:.2g} px (tolerance {parity.tolerance['boxes']}), "
             f"scores {parity.max_abs_diff_scores:.2g} (tolerance {parity.tolerance['scores']}): "
             f"{'pass' if parity.passed else 'FAIL'}"
         )
+    elif maps is not None and not use_map:
+        ok, conclusive = False, False
+        checks.append(
+            f"INCONCLUSIVE: {precision} exports have no raw-output tolerance, so nothing measured here shows this one "
+            "works; gate it on a model that detects something (or use --fallback for a precision that can be checked)"
+        )
     if not checks:
         raise ConfigError(f"{name}: an {precision} export can only be gated on mAP: pass --data")
     reason = f"{name}: " + "; ".join(checks)
-    return GateResult(bool(ok), reason, points, delta, checks)
+    return GateResult(bool(ok), reason, points, delta, checks, conclusive)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -111,7 +112,7 @@ def inference_output(model: nn.Module, x: Tensor) -> Tensor:
 
 
 # Root classes of Ultralytics checkpoints that detkd rebuilds, and the tasks it does not take.
-_BUILDERS = {"DetectionModel": DetectionModel, "YOLOv10DetectionModel": DetectionModel}
+_BUILDERS: dict[str, type[nn.Module]] = {"DetectionModel": DetectionModel, "YOLOv10DetectionModel": DetectionModel}
 _OTHER_TASKS = {
     "SegmentationModel": "segmentation",
     "PoseModel": "pose",
@@ -160,24 +161,37 @@ def _names_of(rec: ModuleRecord, path: str | Path) -> dict[int, str] | None:
     return out
 
 
-def _plain_args(rec: ModuleRecord) -> dict[str, Any]:
-    raw = rec.get("args")
-    raw = vars(raw) if hasattr(raw, "__dict__") and not isinstance(raw, dict) else raw
-    if not isinstance(raw, dict):
-        return {}
-    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, (bool, int, float, str, type(None)))}
+def _plain_args(*sources: Any) -> dict[str, Any]:
+    """Training arguments as Ultralytics' own loader sets ``model.args``: its defaults, overridden by each source
+    (a dict or namespace), keeping only known keys with plain values."""
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    out = dict(DEFAULT_CFG_DICT)
+    for raw in sources:
+        raw = vars(raw) if hasattr(raw, "__dict__") and not isinstance(raw, dict) else raw
+        if isinstance(raw, dict):
+            out.update(
+                {
+                    k: v
+                    for k, v in raw.items()
+                    if k in DEFAULT_CFG_DICT and isinstance(v, (bool, int, float, str, type(None)))
+                }
+            )
+    return out
 
 
-def rebuild_model(rec: ModuleRecord, path: str | Path, builders: dict[str, type[nn.Module]] | None = None) -> Any:
+def rebuild_model(
+    rec: ModuleRecord, path: str | Path, builders: Mapping[str, type[nn.Module]] | None = None, train_args: Any = None
+) -> Any:
     """The network a checkpoint record describes, built from its architecture YAML and its tensors only.
 
     The YAML is checked (:func:`~detkd.students.model_spec.check_model_dict`), the model built fresh by
     Ultralytics' own class, then the file's tensors are loaded into it strictly (same names, same shapes); class
     names and plain training arguments are copied. Nothing of the file is called.
     """
-    builders = builders or _BUILDERS
+    known: Mapping[str, type[nn.Module]] = builders or _BUILDERS
     name = rec.class_name
-    if name not in builders:
+    if name not in known:
         task = _OTHER_TASKS.get(name)
         what = f"a {task} model" if task else f"a {name}"
         raise InputFileError(path, f"checkpoint holds {what}, not an Ultralytics detection model detkd can use here")
@@ -188,7 +202,7 @@ def rebuild_model(rec: ModuleRecord, path: str | Path, builders: dict[str, type[
         cfg = check_model_dict(cfg, path)
     except InputFileError as e:
         raise UnsafeCheckpointError(f"{path}: refusing to load: the architecture YAML it holds: {e.problem}") from e
-    model = build_architecture(builders[name], cfg, path, cfg.get("nc"), keep_rng=True)
+    model = build_architecture(known[name], cfg, path, cfg.get("nc"), keep_rng=True)
     try:
         tensors = rec.tensors()
     except DetkdError as e:
@@ -207,13 +221,14 @@ def rebuild_model(rec: ModuleRecord, path: str | Path, builders: dict[str, type[
     names = _names_of(rec, path)
     if names is not None:
         model.names = names
-    model.args = _plain_args(rec)
+    model.args = _plain_args(rec.get("args"), train_args)
     return model.float()
 
 
 def load_detection_model(path: str | Path) -> DetectionModel:
     """An Ultralytics detection checkpoint as a float32 model, rebuilt from its data (see :mod:`detkd.checkpoints`)."""
-    model = rebuild_model(model_record(load_checkpoint(path), path), path)
+    ckpt = load_checkpoint(path)
+    model = rebuild_model(model_record(ckpt, path), path, train_args=ckpt.get("train_args"))
     detect_head(model, str(path))
     model.task = "detect"  # normally set by Ultralytics' YOLO wrapper, which detkd does not use to load
     return cast(DetectionModel, model)
@@ -225,7 +240,8 @@ def build_student(spec: str | Path, nc: int, names: dict[int, str]) -> Detection
         model = load_detection_model(spec)
         if detect_head(model).nc != nc:
             LOGGER.info("Student %s has %d classes, data has %d: rebuilding the head", spec, detect_head(model).nc, nc)
-            fresh = build_architecture(DetectionModel, model.yaml, spec, nc)
+            arch: Any = model.yaml
+            fresh = build_architecture(DetectionModel, arch, spec, nc)
             fresh.load(model)
             model = fresh
         model.names = dict(names)

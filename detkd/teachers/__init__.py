@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detkd.errors import ConfigError
+from detkd.errors import ConfigError, InputFileError
 
 
 def _ultralytics(spec: str | Path, **kw: Any) -> Any:
@@ -72,8 +72,18 @@ def detect_family(spec: str | Path) -> str:
     return "yolov5-legacy" if is_legacy_yolov5(spec) else "ultralytics"
 
 
+TEACHER_SUFFIXES = (".pt", ".yaml", ".yml")
+
+
 def build_teacher(spec: str | Path, family: str = "auto", **kw: Any) -> Any:
     """Load a teacher of the given family (``auto``: decided from the file)."""
+    text = str(spec)
+    if not text.startswith("torchvision:") and Path(text).suffix.lower() not in TEACHER_SUFFIXES:
+        raise InputFileError(
+            text,
+            "a teacher is an Ultralytics YOLO/RT-DETR .pt or model YAML, a classic YOLOv5 .pt, an ensemble YAML or "
+            "torchvision:<builder>[:<weights>]; an exported model (ONNX, engine, ...) cannot teach",
+        )
     if family == "auto":
         family = detect_family(spec)
     if family not in TEACHER_FAMILIES:

@@ -87,6 +87,22 @@ def _parse(path: Path) -> tuple[list[MemberSpec], str, int]:
     return members, fuse, features_from
 
 
+def member_specs(path: str | Path) -> list[MemberSpec]:
+    """The members an ensemble file lists (paths resolved against the file)."""
+    return _parse(Path(path))[0]
+
+
+def _check_acyclic(path: Path, chain: tuple[Path, ...] = ()) -> None:
+    """An ensemble may hold ensembles, but never itself (directly or through another)."""
+    real = path.resolve()
+    if real in chain:
+        loop = " -> ".join(str(p) for p in (*chain, real))
+        raise ConfigError(f"{path}: the ensemble includes itself ({loop})")
+    for m in _parse(path)[0]:
+        if is_ensemble(m.teacher):
+            _check_acyclic(Path(m.teacher), (*chain, real))
+
+
 def fuse_heads(heads: list[HeadOutputs], weights: list[float], fuse: str) -> HeadOutputs:
     """Combine members' dense outputs (same grid, same classes) into one.
 
@@ -183,6 +199,7 @@ def load_ensemble_teacher(
     from detkd.teachers.mapped import paired_classes
 
     path = Path(spec)
+    _check_acyclic(path)
     members, fuse, features_from = _parse(path)
     if names is None:
         raise ValueError("an ensemble teacher needs the student's class names")

@@ -21,9 +21,9 @@ NO_DETKD = "import runpy, sys; sys.modules['detkd'] = None; sys.modules['torch']
 
 
 @pytest.fixture(scope="module")
-def exported(distilled_run, tiny_data, tmp_path_factory):
+def exported(trained_student, shapes_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    table = export_models(distilled_run / "weights" / "best.pt", FORMATS, data=tiny_data, calib_images=4,
+    table = export_models(trained_student / "weights" / "best.pt", FORMATS, data=shapes_data, calib_images=4,
                           latency_runs=3, out_dir=out, threads=2)  # fmt: skip
     return table, out
 
@@ -46,13 +46,13 @@ def test_every_format_is_exported_gated_and_timed(exported):
     assert "| openvino-int8 | int8 | openvino |" in md and "Gate decisions:" in md
 
 
-def test_bundle_holds_model_labels_metadata_and_script(exported, distilled_run):
+def test_bundle_holds_model_labels_metadata_and_script(exported, trained_student):
     _, out = exported
     bundle = out / "openvino-int8"
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["runtime"] == "openvino" and meta["precision"] == "int8" and meta["imgsz"] == [64, 64]
     assert (bundle / meta["model"]).is_dir() and any((bundle / meta["model"]).glob("*.xml"))
-    assert meta["classes"]["0"] == "disk" and json.loads((bundle / "labels.json").read_text())[1] == "ring"
+    assert meta["classes"] == {"0": "shape"} and json.loads((bundle / "labels.json").read_text()) == ["shape"]
     assert meta["recipe"]["kd"]["logit"]["weight"] == 2.0 and meta["gate"]["passed"]
     assert meta["map"]["openvino-int8"]["mAP50-95"] >= 0 and meta["latency_ms"]["inference"]["median"] > 0
     assert meta["measured_on"]["threads"] == 2 and meta["measured_on"]["cpu_cores"] >= 1
@@ -85,10 +85,10 @@ def test_standalone_script_errors_are_one_clear_line(exported, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_standalone_script_matches_detkds_prediction(exported, tiny_data, fmt):
+def test_standalone_script_matches_detkds_prediction(exported, shapes_data, fmt):
     _, out = exported
     bundle = out / fmt
-    image = list_images(load_data_spec(tiny_data), "val")[0]
+    image = list_images(load_data_spec(shapes_data), "val")[0]
     [record] = _script(bundle, str(image), "--conf", "0.0002")
     ours = np.array([[*d["box"], d["score"], d["class_id"]] for d in record["detections"]]).reshape(-1, 6)
 
@@ -105,9 +105,9 @@ def test_standalone_script_matches_detkds_prediction(exported, tiny_data, fmt):
     assert {d["label"] for d in record["detections"]} <= set(meta["classes"].values())
 
 
-def test_standalone_script_runs_a_folder_and_a_video(exported, tiny_data, tmp_path):
+def test_standalone_script_runs_a_folder_and_a_video(exported, shapes_data, tmp_path):
     _, out = exported
-    images = list_images(load_data_spec(tiny_data), "val")[:3]
+    images = list_images(load_data_spec(shapes_data), "val")[:3]
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 5, (64, 64))
     for p in images:
@@ -120,7 +120,7 @@ def test_standalone_script_runs_a_folder_and_a_video(exported, tiny_data, tmp_pa
     assert (tmp_path / "drawn" / images[0].name).is_file()
 
 
-def test_a_broken_export_fails_the_gate(distilled_run, tiny_data, tmp_path, monkeypatch, capsys):
+def test_a_broken_export_fails_the_gate(trained_student, shapes_data, tmp_path, monkeypatch, capsys):
     """An ONNX file whose class head was damaged after conversion: the gate must catch it and exit non-zero."""
     import onnx
     from onnx import numpy_helper
@@ -141,8 +141,8 @@ def test_a_broken_export_fails_the_gate(distilled_run, tiny_data, tmp_path, monk
         return path
 
     monkeypatch.setattr(convert_mod, "convert", broken)
-    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "onnx",
-               "--data", str(tiny_data), "--runs", "2", "--out", str(tmp_path)])  # fmt: skip
+    rc = main(["export", "--model", str(trained_student / "weights" / "best.pt"), "--format", "onnx",
+               "--data", str(shapes_data), "--runs", "2", "--out", str(tmp_path)])  # fmt: skip
     assert rc == 1 and len(damaged) == 3
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert not summary["passed"] and "raw outputs" in summary["formats"]["onnx"]["gate"]
@@ -150,7 +150,7 @@ def test_a_broken_export_fails_the_gate(distilled_run, tiny_data, tmp_path, monk
     assert not json.loads((tmp_path / "onnx" / "metadata.json").read_text())["gate"]["passed"]
 
 
-def test_one_format_failing_to_convert_does_not_lose_the_others(distilled_run, tmp_path, monkeypatch, capsys, caplog):
+def test_one_format_failing_to_convert_does_not_lose_the_others(trained_student, tmp_path, monkeypatch, capsys, caplog):
     from detkd.errors import DetkdError
     from detkd.export import convert as convert_mod
 
@@ -162,7 +162,7 @@ def test_one_format_failing_to_convert_does_not_lose_the_others(distilled_run, t
         return real(model, target, *args, **kwargs)
 
     monkeypatch.setattr(convert_mod, "convert", flaky)
-    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--format", "ncnn,onnx",
+    rc = main(["export", "--model", str(trained_student / "weights" / "best.pt"), "--format", "ncnn,onnx",
                "--runs", "2", "--out", str(tmp_path)])  # fmt: skip
     assert rc == 1
     captured = capsys.readouterr()
@@ -172,7 +172,7 @@ def test_one_format_failing_to_convert_does_not_lose_the_others(distilled_run, t
     assert "export failed: ncnn: ncnn: Ultralytics' ncnn export failed" in caplog.text
 
 
-def test_fallback_exports_the_next_precision_when_int8_fails(distilled_run, tiny_data, tmp_path, monkeypatch):
+def test_fallback_exports_the_next_precision_when_int8_fails(trained_student, shapes_data, tmp_path, monkeypatch):
     from detkd.export import checks
 
     real = checks.gate
@@ -184,7 +184,7 @@ def test_fallback_exports_the_next_precision_when_int8_fails(distilled_run, tiny
         return result
 
     monkeypatch.setattr(checks, "gate", strict_int8)
-    table = export_models(distilled_run / "weights" / "best.pt", "openvino-int8", data=tiny_data, calib_images=4,
+    table = export_models(trained_student / "weights" / "best.pt", "openvino-int8", data=shapes_data, calib_images=4,
                           latency_runs=2, out_dir=tmp_path, fallback=True)  # fmt: skip
     assert [r.format for r in table.rows] == ["openvino-int8", "openvino-fp16"]
     assert table.row("openvino-int8").fallback_to == "openvino-fp16" and not table.row("openvino-int8").passed
@@ -192,23 +192,23 @@ def test_fallback_exports_the_next_precision_when_int8_fails(distilled_run, tiny
     assert "fell back to openvino-fp16" in (tmp_path / "export_table.md").read_text()
 
 
-def test_image_size_must_fit_the_stride(distilled_run, tmp_path, capsys):
-    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--imgsz", "150",
+def test_image_size_must_fit_the_stride(trained_student, tmp_path, capsys):
+    rc = main(["export", "--model", str(trained_student / "weights" / "best.pt"), "--imgsz", "150",
                "--out", str(tmp_path / "x")])  # fmt: skip
     assert rc == 2 and "--imgsz 150: must be a multiple of the model's stride 32 (e.g. 160)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("option", "value"), [("--runs", "0"), ("--calib-images", "0"), ("--threads", "-1")])
-def test_bad_export_numbers_are_refused_before_work(distilled_run, tmp_path, capsys, option, value):
-    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), option, value,
+def test_bad_export_numbers_are_refused_before_work(trained_student, tmp_path, capsys, option, value):
+    rc = main(["export", "--model", str(trained_student / "weights" / "best.pt"), option, value,
                "--out", str(tmp_path / "x")])  # fmt: skip
     assert rc == 2 and f"{option} {value}: must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
-def test_litert_export_when_its_converter_is_installed(distilled_run, tiny_data, tmp_path):
+def test_litert_export_when_its_converter_is_installed(trained_student, shapes_data, tmp_path):
     pytest.importorskip("litert_torch", reason="LiteRT converter not installed (pip install 'detkd[litert]')")
-    table = export_models(distilled_run / "weights" / "best.pt", "litert", data=tiny_data, latency_runs=2,
+    table = export_models(trained_student / "weights" / "best.pt", "litert", data=shapes_data, latency_runs=2,
                           out_dir=tmp_path)  # fmt: skip
     assert table.passed and table.row("litert").parity["passed"]
 
@@ -242,8 +242,8 @@ def test_yolo26_exports_nms_free_where_the_format_can(yolo26_weights, tmp_path):
     assert table.pytorch["end2end"] is True
 
 
-def test_end2end_needs_a_one_to_one_head(distilled_run, capsys):
-    rc = main(["export", "--model", str(distilled_run / "weights" / "best.pt"), "--end2end"])
+def test_end2end_needs_a_one_to_one_head(trained_student, capsys):
+    rc = main(["export", "--model", str(trained_student / "weights" / "best.pt"), "--end2end"])
     assert rc == 2 and "--end2end needs a one-to-one (NMS-free) head" in capsys.readouterr().err
 
 
@@ -254,7 +254,7 @@ def test_yolo26_default_export_uses_the_one_to_many_head_and_nms(yolo26_weights,
     assert meta["end2end"] is False and runtime(np.zeros((1, 3, 64, 64), np.float32)).shape[1] == 4 + 3
 
 
-def test_tensorrt_export_on_a_gpu(distilled_run, tiny_data, tmp_path):
+def test_tensorrt_export_on_a_gpu(trained_student, shapes_data, tmp_path):
     """Runs only where an NVIDIA GPU, TensorRT and cuda-python are installed (skipped on CPU machines and in CI)."""
     import importlib.util
 
@@ -265,9 +265,11 @@ def test_tensorrt_export_on_a_gpu(distilled_run, tiny_data, tmp_path):
     for module in ("tensorrt", "cuda"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed (pip install tensorrt cuda-python)")
-    table = export_models(distilled_run / "weights" / "best.pt", "tensorrt,tensorrt-fp16", data=tiny_data,
+    table = export_models(trained_student / "weights" / "best.pt", "tensorrt,tensorrt-fp16", data=shapes_data,
                           latency_runs=5, out_dir=tmp_path, device="0")  # fmt: skip
     assert table.passed, [r.gate for r in table.rows]
     assert table.row("tensorrt").parity["passed"]
-    [record] = _script(tmp_path / "tensorrt", str(list_images(load_data_spec(tiny_data), "val")[0]), "--conf", "0.0002")
+    [record] = _script(
+        tmp_path / "tensorrt", str(list_images(load_data_spec(shapes_data), "val")[0]), "--conf", "0.0002"
+    )
     assert record["detections"]
