@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from detkd._offline import ensure_offline
 from detkd.errors import ConfigError, DetkdError
 
 LOGGER = logging.getLogger("detkd")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _train_args(ns: argparse.Namespace) -> dict[str, Any]:
@@ -40,7 +42,10 @@ def _train_args(ns: argparse.Namespace) -> dict[str, Any]:
             raise DetkdError(f"--train-arg {item!r}: expected KEY=VALUE, e.g. lr0=0.01")
         k, v = item.split("=", 1)
         try:
-            extra[k.strip()] = yaml.safe_load(v)
+            value = yaml.safe_load(v)
+            if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+                value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+            extra[k.strip()] = value
         except yaml.YAMLError as e:
             raise DetkdError(f"--train-arg {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from e
     check_train_args(extra, option_names=True)

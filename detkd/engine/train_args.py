@@ -28,7 +28,7 @@ SET_BY_DETKD = {
     "project": "use --project",
     "name": "use --name",
     "exist_ok": "use --exist-ok",
-    "resume": "use --resume RUN_DIR",
+    "resume": "pass --resume RUN_DIR to detkd (Ultralytics' resume=... is not used)",
 }
 # Arguments that have an option of their own on detkd's command line.
 OWN_OPTIONS = {"epochs": "--epochs", "imgsz": "--imgsz", "batch": "--batch", "device": "--device",

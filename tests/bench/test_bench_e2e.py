@@ -37,9 +37,9 @@ def test_quality_bench_runs_every_kind_of_run_and_caches_the_teacher(tmp_path: P
     assert "dis_loss" in csv["ultralytics-kd"] and "kd/" not in csv["ultralytics-kd"]  # Ultralytics' own KD ran
     assert "kd/cls" in csv["detkd"] and "dis_loss" not in csv["detkd"]
     assert "dis_loss" not in csv["baseline"] and "kd/" not in csv["baseline"]
-    # the built-in KD got detkd's re-saved teacher, never the user's file
+    # the built-in KD gets the teacher's file, which detkd's trainer loads for it (rebuilt from data, never unpickled)
     spec = json.loads((plan.work / "jobs" / "ultralytics-kd_s0.spec.json").read_text())
-    assert spec["train"]["distill_model"].endswith("teacher_for_ultralytics_kd.pt") and spec["train"]["dis"] == 6.0
+    assert spec["train"]["distill_model"].endswith("weights/last.pt") and spec["train"]["dis"] == 6.0
     assert set(payload["summary"]) == {"baseline", "ultralytics-kd", "detkd"}
     assert payload["summary"]["detkd"]["gain"]["n"] == 1
 

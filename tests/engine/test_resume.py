@@ -241,3 +241,23 @@ def test_resume_refuses_changes_that_would_alter_the_run(tmp_path):
         resume(tmp_path, epochs=10)
     with pytest.raises(DetkdError, match="not a detkd run folder"):
         resume(tmp_path)
+
+
+def test_an_epoch_whose_every_step_is_skipped_stops_the_run(tiny_data, tmp_path, monkeypatch):
+    """``skip`` mode with a KD term that is always non-finite (a weight of inf, say) would log zeros and exit 0
+    having trained nothing; it stops at the end of the first such epoch instead, the previous checkpoint intact."""
+    from detkd.engine.criterion import KDCriterion, NonFiniteLossError
+    from detkd.engine.distiller import Distiller
+
+    real = KDCriterion._kd
+
+    def always_nan(self, *args):
+        out = real(self, *args)
+        out.weighted["kd/cls"] = out.weighted["kd/cls"] * float("nan")
+        return out
+
+    monkeypatch.setattr(KDCriterion, "_kd", always_nan)
+    d = Distiller("yolov8s.yaml", "yolov8n.yaml", tiny_data)
+    with pytest.raises(NonFiniteLossError, match="epoch 1: every step had a non-finite loss and was skipped"):
+        d.train(project=tmp_path, name="kd", epochs=2, imgsz=32, batch=4, device="cpu", val=False, workers=0,
+                on_nonfinite="skip")  # fmt: skip

@@ -75,7 +75,9 @@ def test_each_step_runs_the_teacher_once_and_before_the_students_forward(tiny_da
     monkeypatch.setattr(BaseModel, "forward", recorded)  # a hook would be pickled into the checkpoint
     d.teacher.register_forward_pre_hook(lambda m, a: events.append("teacher"))
     tiny_distill(d, tmp_path)
-    assert events == ["teacher", "student"] * 2  # two steps (see tiny_distill)
+    steps = events[events.index("student") - 1 :]
+    assert steps == ["teacher", "student"] * 2  # two steps (see tiny_distill)
+    assert set(events[: -len(steps)]) <= {"teacher"}  # before training: the teacher scored on val
 
 
 def test_kd_terms_csv_logs_every_named_term_per_epoch(tiny_data, tmp_path):
@@ -109,3 +111,21 @@ def test_epoch_rows_are_replaced_from_a_resumed_epoch_on(tmp_path, caplog):
     blocked.mkdir()  # a directory where the file should be: the log is lost, not the run
     write_epoch_row(blocked, 1, {"kd/cls": 1.0})
     assert "could not write the KD terms of epoch 1" in caplog.text
+
+
+def test_a_teacher_that_scores_nothing_is_warned_about_and_a_trained_one_is_not(
+    tiny_data, trained_teacher, shapes_data, caplog
+):
+    """Before KD starts, the teacher is scored on val: a random teacher finds about nothing."""
+    import logging
+
+    from detkd.data.dataset import load_data_spec
+    from detkd.engine.distiller import MIN_TEACHER_MAP50, Distiller, score_teacher
+    from detkd.teachers import build_teacher
+
+    d = Distiller("yolov8n.yaml", "yolov8n.yaml", tiny_data)
+    with caplog.at_level(logging.WARNING, logger="detkd.engine.distiller"):
+        score = d._check_teacher(32, "cpu")
+    assert score["mAP50"] < MIN_TEACHER_MAP50 and "it finds about nothing on this data" in caplog.text
+    trained = score_teacher(build_teacher(trained_teacher), load_data_spec(shapes_data), 64, "cpu")
+    assert trained["mAP50"] > 0.1 and trained["images"] == 16

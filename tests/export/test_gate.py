@@ -121,3 +121,28 @@ def test_standalone_nms_matches_torchvision_on_overlapping_boxes():
     ours = standalone.nms(boxes, scores, 0.5)
     ref = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.zeros(300, dtype=torch.long), 0.5)
     assert ours.tolist() == ref.tolist()
+
+
+@pytest.mark.parametrize(
+    ("precision", "pytorch"), [("fp32", 0.0), ("fp32", 0.004), ("fp16", 0.004), ("int8", 0.0), ("int8", 0.012)]
+)
+def test_an_map_check_that_cannot_fail_says_so_and_parity_decides(precision, pytorch):
+    """A model scoring about nothing (within the budget of zero, or below 0.01) makes the mAP comparison vacuous: an
+    export that detects nothing would pass it. FP32/FP16 are then gated on raw outputs alone; INT8, which has no
+    raw-output tolerance, is inconclusive and does not pass."""
+    if precision == "int8":
+        no_tolerance = Parity(2, 1.0, 0.1, 0, 0, None, True, None)  # INT8: raw outputs have no tolerance
+        result = gate("x", "int8", no_tolerance, _maps(pytorch, 0.0), parse_budget(None))
+        assert not result.passed and not result.conclusive and "INCONCLUSIVE" in result.reason
+        assert "proves nothing" in result.reason
+        return
+    for parity_ok in (True, False):
+        tol = {"scores": 1.0, "boxes": 1.0}
+        result = gate("x", precision, _parity(passed=parity_ok, tolerance=tol), _maps(pytorch, 0.0), parse_budget(None))
+        assert "proves nothing" in result.reason and "raw outputs" in result.reason
+        assert result.passed is parity_ok and result.conclusive
+
+
+def test_a_meaningful_map_still_gates_on_map():
+    result = gate("x", "int8", Parity(2, 1.0, 0.1, 0, 0, None, True, None), _maps(0.08, 0.0), parse_budget(None))
+    assert not result.passed and result.conclusive and "FAIL" in result.reason and "proves nothing" not in result.reason
