@@ -193,3 +193,23 @@ def test_a_crafted_label_cache_is_never_read_and_the_dataset_is_not_written(tiny
     assert not marker.exists(), "a label cache was unpickled"
     after = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
     assert after == before, f"files written or changed in the dataset: {sorted(set(after) ^ set(before))}"
+
+
+@pytest.mark.slow
+@pytest.mark.export
+def test_int8_calibration_reads_no_label_cache_and_writes_nothing_into_the_dataset(trained_student, shapes_data,
+                                                                                  tmp_path):
+    """Ultralytics' exporter builds its calibration dataset like training does; detkd gives it the checked labels
+    and its own resolved data YAML (so it never resolves, caches or downloads anything in the user's dataset)."""
+    data = tmp_path / "ds"
+    shutil.copytree(shapes_data.parent, data)
+    marker = tmp_path / "pwned"
+    for split in ("train", "val"):
+        with (data / "labels" / f"{split}.cache").open("wb") as fh:
+            np.save(fh, np.array(Evil(marker), dtype=object), allow_pickle=True)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    table = export_models(trained_student / "weights" / "best.pt", "openvino-int8", data=data / "data.yaml",
+                          calib_images=8, latency_runs=2, out_dir=tmp_path / "export")  # fmt: skip
+    assert table.row("openvino-int8").map is not None
+    assert not marker.exists(), "a label cache was unpickled"
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before

@@ -75,6 +75,8 @@ class _Context:
         from ultralytics.data import build_dataloader, build_yolo_dataset
         from ultralytics.utils import DEFAULT_CFG
 
+        from detkd.data.checked_dataset import checked_labels
+        from detkd.data.checks import split_report
         from detkd.data.dataset import load_data_spec
         from detkd.engine.trainer import set_cpu_threads, torch_device_name
 
@@ -86,7 +88,8 @@ class _Context:
         overrides = {"imgsz": cfg.imgsz, "batch": cfg.batch, "data": cfg.data, **BUILTIN_KD_ARGS}
         self.args = cast(Any, get_cfg(DEFAULT_CFG, overrides))  # an IterableSimpleNamespace at run time
         data = {**self.spec.to_ultralytics(), "channels": 3}
-        ds = build_yolo_dataset(self.args, data["train"], cfg.batch, data, mode="train")
+        with checked_labels(split_report(self.spec, "train").samples):  # no label cache read or written
+            ds = build_yolo_dataset(self.args, data["train"], cfg.batch, data, mode="train")
         loader = build_dataloader(ds, cfg.batch, workers=0, shuffle=False, device=self.device)
         self.batches = [self._to_device(b) for b, _ in zip(loader, range(cfg.steps))]
         self.amp = self.device.type == "cuda"

@@ -353,7 +353,7 @@ class _Context:
         if self.end2end and not end2end:
             LOGGER.warning("%s has no top-k support: exported with the one-to-many head and NMS outside", target.name)
         model_path = convert(
-            self.model, target, bundle, self.imgsz, data=self.data, calib_split=self.calib_split,
+            self.model, target, bundle, self.imgsz, data=self.spec, calib_split=self.calib_split,
             calib_images=self.calib_images, device=self.device, end2end=end2end,
         )  # fmt: skip
         reference, ref = self.reference(end2end)

@@ -7,6 +7,7 @@ a scratch folder, then moved to ``dest``. INT8 targets calibrate on ``calib_imag
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from detkd._offline import ensure_offline, offline_guards
+from detkd.data.checked_dataset import checked_labels
 from detkd.errors import DetkdError
 from detkd.export.targets import Target
 
@@ -25,13 +27,17 @@ ensure_offline()
 LOGGER = logging.getLogger(__name__)
 
 
-def _calibration_fraction(data: Path, split: str, images: int) -> float:
-    from detkd.data.dataset import list_images, load_data_spec
+def _calibration(spec: Any, split: str, images: int, scratch: Path) -> tuple[Path, float, Any]:
+    """The data YAML Ultralytics' exporter calibrates on (detkd's resolved copy: absolute paths, image lists, no
+    ``download`` key, so the exporter never resolves or downloads anything itself), the fraction of ``split`` that
+    gives ``images`` images, and that split's checked samples (their labels feed the calibration dataset)."""
+    from detkd.data.checks import split_report
 
-    available = len(list_images(load_data_spec(data), split))
-    if available == 0:
-        raise DetkdError(f"{data}: split '{split}' has no images to calibrate INT8 with")
-    return min(1.0, images / available)
+    report = split_report(spec, split)
+    if not report.samples:
+        raise DetkdError(f"{spec.yaml_path}: split '{split}' has no images to calibrate INT8 with")
+    path = spec.write_resolved(scratch / "data.yaml")
+    return path, min(1.0, images / len(report.samples)), report.samples
 
 
 def convert(
@@ -40,13 +46,14 @@ def convert(
     dest: Path,
     imgsz: int,
     *,
-    data: Path | None = None,
+    data: Any = None,
     calib_split: str = "train",
     calib_images: int = 300,
     device: str = "cpu",
     end2end: bool = False,
 ) -> Path:
-    """Export ``model`` for ``target``; returns the model file (or folder, for OpenVINO/NCNN) inside ``dest``."""
+    """Export ``model`` for ``target``; returns the model file (or folder, for OpenVINO/NCNN) inside ``dest``.
+    ``data``: the checked :class:`~detkd.data.dataset.DataSpec` INT8 targets calibrate on."""
     from ultralytics.engine.exporter import Exporter
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -62,21 +69,20 @@ def convert(
     }
     if target.ultralytics_format in ("onnx", "engine"):
         overrides["simplify"] = True
-    if target.calibrates:
-        assert data is not None
-        overrides |= {
-            "data": str(data),
-            "split": calib_split,
-            "fraction": _calibration_fraction(data, calib_split, calib_images),
-        }
     ul_logger = logging.getLogger("ultralytics")
     level = ul_logger.level
     with tempfile.TemporaryDirectory(dir=dest) as scratch:
+        labels: Any = contextlib.nullcontext()
+        if target.calibrates:
+            assert data is not None
+            data_yaml, fraction, samples = _calibration(data, calib_split, calib_images, Path(scratch) / "calib")
+            overrides |= {"data": str(data_yaml), "split": calib_split, "fraction": fraction}
+            labels = checked_labels(samples)  # no label cache read or written beside the user's labels
         clone: Any = copy.deepcopy(model).float().eval()
         clone.pt_path = str(Path(scratch) / "model.pt")  # the exporter names its outputs after this path
         ul_logger.setLevel(logging.WARNING)  # its per-export banner and "Predict: yolo predict ..." hints
         try:
-            with offline_guards():
+            with offline_guards(), labels:
                 produced = Path(Exporter(overrides=overrides)(model=clone))
         except Exception as e:  # the exporter's converters raise anything; say which target and why
             raise DetkdError(f"{target.name}: Ultralytics' {target.ultralytics_format} export failed: {e}") from e
