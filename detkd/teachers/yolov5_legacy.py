@@ -3,7 +3,7 @@ any of the file's code.
 
 Such a ``.pt`` pickles the repository's own classes (``models.yolo.Model``, ``models.yolo.Detect``,
 ``models.common.Conv`` ...). detkd unpickles it with torch's restricted unpickler, rebuilding each of those classes
-as an inert stand-in module that only keeps its state (:func:`detkd.checkpoints.load_checkpoint`), reads the
+as an inert record that only keeps its state (:func:`detkd.checkpoints.load_checkpoint`), reads the
 architecture YAML and the weights from it, and rebuilds the network:
 
 * backbone and neck (layers 0-23 of ``yolov5n/s/m/l/x``) with Ultralytics' layer classes, which have the same
