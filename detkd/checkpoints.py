@@ -213,8 +213,8 @@ def load_checkpoint(path: str | Path, *, foreign: Collection[str] = ()) -> dict[
 
 
 def _unpickler_reason(e: Exception) -> str:
-    """The restricted unpickler's own reason, without the advice torch wraps around it (which suggests
-    ``weights_only=False``, exactly what must not be done with an untrusted file)."""
+    """The restricted unpickler's own reason, without the advice torch wraps around it (which suggests switching
+    the restriction off: exactly what must not be done with an untrusted file)."""
     text = str(e)
     _, found, after = text.partition("WeightsUnpickler error:")
     reason = after.strip().split("\n\n")[0] if found else text

@@ -174,42 +174,47 @@ def test_model_yaml_files_run_no_code(part: str, command: str, tiny_data: Path, 
     assert not marker.exists()
 
 
+def _dataset_with_crafted_caches(source: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of a dataset with a label cache beside each split's labels that runs code when unpickled."""
+    data, marker = tmp_path / "ds", tmp_path / "pwned"
+    shutil.copytree(source.parent, data)
+    for split in ("train", "val"):
+        with (data / "labels" / f"{split}.cache").open("wb") as fh:
+            np.save(fh, np.array(Evil(marker), dtype=object), allow_pickle=True)
+    return data, marker
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
 def test_a_crafted_label_cache_is_never_read_and_the_dataset_is_not_written(tiny_data: Path, tmp_path: Path):
     """Ultralytics loads ``labels/<split>.cache`` with ``allow_pickle=True``; detkd trains on its own check of the
     labels, so a crafted cache never runs, and nothing is written into the dataset folder."""
     from detkd.cli import main
 
-    data = tmp_path / "ds"
-    shutil.copytree(tiny_data.parent, data)
-    marker = tmp_path / "pwned"
-    for split in ("train", "val"):
-        with (data / "labels" / f"{split}.cache").open("wb") as fh:
-            np.save(fh, np.array(Evil(marker), dtype=object), allow_pickle=True)
-    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    data, marker = _dataset_with_crafted_caches(tiny_data, tmp_path)
+    before = _files(data)
     argv = ["train", "--model", "yolov8n.yaml", "--data", str(data / "data.yaml"), "--epochs", "1", "--imgsz", "32",
             "--batch", "4", "--device", "cpu", "--project", str(tmp_path / "runs")]  # fmt: skip
     assert main(argv) == 0
     assert not marker.exists(), "a label cache was unpickled"
-    after = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    after = _files(data)
     assert after == before, f"files written or changed in the dataset: {sorted(set(after) ^ set(before))}"
 
 
 @pytest.mark.slow
 @pytest.mark.export
-def test_int8_calibration_reads_no_label_cache_and_writes_nothing_into_the_dataset(trained_student, shapes_data,
-                                                                                  tmp_path):
+def test_int8_calibration_reads_no_label_cache_and_writes_nothing_into_the_dataset(
+    trained_student, shapes_data, tmp_path
+):
     """Ultralytics' exporter builds its calibration dataset like training does; detkd gives it the checked labels
     and its own resolved data YAML (so it never resolves, caches or downloads anything in the user's dataset)."""
-    data = tmp_path / "ds"
-    shutil.copytree(shapes_data.parent, data)
-    marker = tmp_path / "pwned"
-    for split in ("train", "val"):
-        with (data / "labels" / f"{split}.cache").open("wb") as fh:
-            np.save(fh, np.array(Evil(marker), dtype=object), allow_pickle=True)
-    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    data, marker = _dataset_with_crafted_caches(shapes_data, tmp_path)
+    before = _files(data)
     table = export_models(trained_student / "weights" / "best.pt", "openvino-int8", data=data / "data.yaml",
                           calib_images=8, latency_runs=2, out_dir=tmp_path / "export")  # fmt: skip
     assert table.row("openvino-int8").map is not None
     assert not marker.exists(), "a label cache was unpickled"
-    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    assert _files(data) == before

@@ -1,8 +1,8 @@
 """Ultralytics datasets whose labels are the ones detkd checked: no label cache read, none written.
 
 Ultralytics' ``YOLODataset`` re-reads every label file and keeps the result in ``labels/*.cache`` beside the user's
-labels: a NumPy pickle it loads with ``allow_pickle=True`` (so a dataset shipped with a crafted cache runs code
-when it is read), written into the user's dataset folder (a read-only or shared dataset gets a warning at best),
+labels: a NumPy pickle it loads with pickles allowed (so a dataset shipped with a crafted cache runs code when it
+is read), written into the user's dataset folder (a read-only or shared dataset gets a warning at best),
 and parsed by rules that differ from detkd's check (a file mixing box and polygon rows). Inside
 :func:`checked_labels`, every dataset Ultralytics builds (training, validation, INT8 calibration) takes its labels
 from detkd's own check instead (:mod:`detkd.data.checks`): what the data report counts is exactly what trains.
