@@ -112,6 +112,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _markdown(report: dict[str, Any]) -> str:
+    from detkd.export import gate_verdict
+
     rows = report["models"]
     kd = report["kd_effect"]
     exp = report["export"]
@@ -154,7 +156,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{exp['pytorch']['latency']['inference']['median_ms']:.1f} | {exp['pytorch']['size_mb']:.1f} | reference |",
         *(
             f"| {r['format']} | {r['runtime']} | {r['map']['mAP50-95']:.3f} | {r['gate']['delta_points']:+.2f} | "
-            f"{r['latency']['inference']['median_ms']:.1f} | {r['size_mb']:.1f} | {'pass' if r['passed'] else 'FAIL'} |"
+            f"{r['latency']['inference']['median_ms']:.1f} | {r['size_mb']:.1f} | "
+            f"{gate_verdict(r['passed'], r['gate'])} |"
             for r in exp["rows"]
             if not r["skipped"]
         ),

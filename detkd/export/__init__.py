@@ -104,7 +104,7 @@ class ExportTable:
                 why = f"skipped: {r.skipped}" if r.skipped else f"**ERROR**: {r.error}"
                 lines.append(f"| {r.format} | {r.precision} | {r.runtime} | | | | | | | {why} |")
                 continue
-            verdict = "pass" if r.passed else "**FAIL**"
+            verdict = gate_verdict(r.passed, r.gate)
             if r.fallback_to:
                 verdict += f" → fell back to {r.fallback_to}"
             delta = r.gate.get("delta_points") if r.gate else None
@@ -148,6 +148,13 @@ def _row_md(
     total = f"{lat['total']['median_ms']:.1f} / {lat['total']['p90_ms']:.1f}" if lat else ""
     mb = f"{size:.1f}" if size is not None else ""
     return f"| {name} | {precision} | {runtime} | {m} | {d} | {m50} | {stages} | {total} | {mb} | {verdict} |"
+
+
+def gate_verdict(passed: bool, gate: dict[str, Any] | None) -> str:
+    """``pass``, ``**FAIL**``, or ``**inconclusive**`` when nothing measured could have failed the export."""
+    if passed:
+        return "pass"
+    return "**inconclusive**" if gate and not gate.get("conclusive", True) else "**FAIL**"
 
 
 def export_models(
