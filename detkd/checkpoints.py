@@ -57,6 +57,9 @@ class UnsafeCheckpointError(DetkdError):
     """A checkpoint references or does something that detkd will not execute."""
 
 
+MAX_DEPTH = 64  # nesting of modules in a pickled network (YOLO models are 4-6 deep)
+
+
 class RecordError(DetkdError):
     """A record's structure is not what a pickled module looks like (the caller names the file)."""
 
@@ -96,10 +99,18 @@ class ModuleRecord:
     def get(self, name: str, default: Any = None) -> Any:
         return self.state.get(name, default)
 
+    def _mapping(self, key: str) -> dict[Any, Any]:
+        value = self.state.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise RecordError(f"{self.global_name}.{key} is a {type(value).__name__}, not a mapping")
+        return value
+
     def children(self) -> dict[str, ModuleRecord]:
         """Child modules by name (``_modules``), in order; a non-record child is an error."""
         out: dict[str, ModuleRecord] = {}
-        for k, v in (self.state.get("_modules") or {}).items():
+        for k, v in self._mapping("_modules").items():
             if v is None:
                 continue
             if not isinstance(v, ModuleRecord):
@@ -113,18 +124,30 @@ class ModuleRecord:
             rec = rec.children().get(part) if rec is not None else None
         return rec
 
-    def walk(self, prefix: str = "") -> Iterator[tuple[str, ModuleRecord]]:
-        yield prefix, self
-        for name, child in self.children().items():
-            yield from child.walk(f"{prefix}{name}.")
+    def walk(self) -> Iterator[tuple[str, ModuleRecord]]:
+        """(prefix, record) for this module and every submodule, depth first; a module that contains itself, or a
+        tree deeper than :data:`MAX_DEPTH`, is an error (a pickled network is a tree)."""
+        stack: list[tuple[str, ModuleRecord, tuple[int, ...]]] = [("", self, ())]
+        while stack:
+            prefix, rec, ancestors = stack.pop()
+            if id(rec) in ancestors:
+                raise RecordError(f"{rec.global_name} at '{prefix.rstrip('.')}' contains itself")
+            if len(ancestors) > MAX_DEPTH:
+                raise RecordError(f"module tree deeper than {MAX_DEPTH} levels")
+            yield prefix, rec
+            children = list(rec.children().items())
+            for name, child in reversed(children):
+                stack.append((f"{prefix}{name}.", child, (*ancestors, id(rec))))
 
     def tensors(self) -> dict[str, Tensor]:
         """The state dict the module would have: parameters and persistent buffers of every submodule."""
         out: dict[str, Tensor] = {}
         for prefix, rec in self.walk():
-            skip = set(rec.state.get("_non_persistent_buffers_set") or ())
+            skip = rec.state.get("_non_persistent_buffers_set") or ()
+            if not isinstance(skip, (set, frozenset, list, tuple)) or not all(isinstance(k, str) for k in skip):
+                raise RecordError(f"{rec.global_name}._non_persistent_buffers_set is not a set of names")
             for kind in ("_parameters", "_buffers"):
-                for k, v in (rec.state.get(kind) or {}).items():
+                for k, v in rec._mapping(kind).items():
                     if v is None or (kind == "_buffers" and k in skip):
                         continue
                     if not isinstance(v, Tensor):
@@ -227,7 +250,10 @@ def model_record(ckpt: dict[str, Any], path: str | Path) -> ModuleRecord:
     if not isinstance(rec, ModuleRecord):
         raise InputFileError(path, "checkpoint holds no model ('ema' or 'model' key)")
     if rec.class_name == "DistillationModel":  # Ultralytics' built-in KD wraps the student until the run ends
-        inner = rec.children().get("student_model")
+        try:
+            inner = rec.children().get("student_model")
+        except RecordError as e:
+            raise InputFileError(path, f"checkpoint model is malformed ({e})") from e
         if inner is None:
             raise InputFileError(path, "Ultralytics distillation checkpoint holds no student_model")
         rec = inner

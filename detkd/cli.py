@@ -159,7 +159,8 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 def _cmd_eval(ns: argparse.Namespace) -> int:
     from detkd.data.checks import split_report
     from detkd.data.dataset import load_data_spec
-    from detkd.engine.train_args import check_device, check_threads
+    from detkd.engine.checkpointing import check_writable
+    from detkd.engine.train_args import check_device, check_imgsz, check_threads
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor, data_class_map, on_data_classes
@@ -169,19 +170,20 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
 
     check_device(ns.device)
     check_threads(ns.threads)
-    for name in ("imgsz", "batch"):
-        if getattr(ns, name) < 1:
-            raise ConfigError(f"--{name} {getattr(ns, name)}: must be at least 1")
+    check_imgsz(ns.imgsz)
+    if ns.batch < 1:
+        raise ConfigError(f"--batch {ns.batch}: must be at least 1")
     spec = load_data_spec(ns.data)
     split_report(spec, ns.split, ns.bad_samples)
     model = load_eval_model(ns.model)
+    out = Path(ns.out) if ns.out else Path(ns.model).resolve().parent / f"eval_{ns.split}"
+    check_writable(out)
     cmap = data_class_map(uy.class_names(model), spec.names, ns.class_map, source=ns.model)
     device = torch_device_name(ns.device)
     if device == "cpu":
         set_cpu_threads(ns.threads)
     predictor = on_data_classes(TorchPredictor(model, device), cmap)
     result = evaluate(predictor, spec, ns.split, imgsz=ns.imgsz, batch=ns.batch, conf=ns.conf, iou=ns.iou)
-    out = Path(ns.out) if ns.out else Path(ns.model).resolve().parent / f"eval_{ns.split}"
     path = write_eval_report(result, out, f"COCO evaluation of {ns.model}", extra={"model": str(ns.model)})
     LOGGER.info("wrote %s and %s", path, path.with_name("metrics.md"))
     print(

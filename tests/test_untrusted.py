@@ -175,12 +175,17 @@ def test_model_yaml_files_run_no_code(part: str, command: str, tiny_data: Path, 
 
 
 def _dataset_with_crafted_caches(source: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of a dataset with a label cache beside each split's labels that runs code when unpickled."""
+    """A copy of a dataset with a label cache beside each split's labels that runs code when unpickled, and
+    ``.npy`` files beside two images (Ultralytics would read one instead of the image, and delete the other)."""
     data, marker = tmp_path / "ds", tmp_path / "pwned"
     shutil.copytree(source.parent, data)
     for split in ("train", "val"):
         with (data / "labels" / f"{split}.cache").open("wb") as fh:
             np.save(fh, np.array(Evil(marker), dtype=object), allow_pickle=True)
+    first, second = sorted((data / "images" / "train").iterdir())[:2]
+    np.save(first.with_suffix(".npy"), np.full((64, 64, 3), 255, np.uint8))  # an all-white "image"
+    first.with_suffix(".npy").touch()  # newer than its image: Ultralytics would read it instead
+    second.with_suffix(".npy").write_bytes(b"notes of the user's, not an array")  # Ultralytics would delete it
     return data, marker
 
 
@@ -197,9 +202,11 @@ def test_a_crafted_label_cache_is_never_read_and_the_dataset_is_not_written(tiny
     data, marker = _dataset_with_crafted_caches(tiny_data, tmp_path)
     before = _files(data)
     argv = ["train", "--model", "yolov8n.yaml", "--data", str(data / "data.yaml"), "--epochs", "1", "--imgsz", "32",
-            "--batch", "4", "--device", "cpu", "--project", str(tmp_path / "runs")]  # fmt: skip
+            "--batch", "4", "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", "t",
+            "--train-arg", "cache=disk"]  # fmt: skip
     assert main(argv) == 0
     assert not marker.exists(), "a label cache was unpickled"
+    assert len(list((tmp_path / "runs" / "t" / "data" / "npy" / "train").glob("*.npy"))) == 12  # cache=disk: here
     after = _files(data)
     assert after == before, f"files written or changed in the dataset: {sorted(set(after) ^ set(before))}"
 

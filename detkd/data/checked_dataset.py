@@ -11,9 +11,14 @@ from detkd's own check instead (:mod:`detkd.data.checks`): what the data report 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,16 +54,37 @@ def label_dict(sample: Sample, im_file: str) -> dict[str, Any]:
 
 
 class CheckedYOLODataset(YOLODataset):
-    """``YOLODataset`` whose labels come from detkd's checked samples (see module doc).
+    """``YOLODataset`` whose labels come from detkd's checked samples (see module doc), and whose ``*.npy`` image
+    files live in a folder of detkd's: Ultralytics reads, "refreshes" and deletes ``<image>.npy`` beside each image
+    (so a stray ``.npy`` in a dataset would replace the checked image, or be deleted), and ``cache=disk`` writes
+    them there.
 
     Args:
         samples: the usable samples of the split (their ``listed`` paths are what the image list names).
+        npy_dir: where ``cache=disk`` keeps its image files (the run's folder); None: a private temporary folder.
         *args, **kwargs: as for ``YOLODataset``.
     """
 
-    def __init__(self, *args: Any, samples: Sequence[Sample], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, samples: Sequence[Sample], npy_dir: Path | None = None, **kwargs: Any) -> None:
         self._checked = {_key(s.train_path): s for s in samples}
+        if npy_dir is None:
+            npy_dir = Path(tempfile.mkdtemp(prefix="detkd-npy-"))
+            weakref.finalize(self, shutil.rmtree, str(npy_dir), True)
+        self._npy_dir = Path(npy_dir)
+        self._npy_files: list[Path] = []
         super().__init__(*args, **kwargs)
+
+    @property
+    def npy_files(self) -> list[Path]:
+        return self._npy_files
+
+    @npy_files.setter
+    def npy_files(self, paths: Sequence[Any]) -> None:
+        """Ultralytics sets ``<image>.npy`` paths; each becomes a file named by its image's path in ``npy_dir``."""
+        self._npy_dir.mkdir(parents=True, exist_ok=True)
+        self._npy_files = [
+            self._npy_dir / f"{hashlib.sha1(str(Path(p).with_suffix('')).encode()).hexdigest()[:20]}.npy" for p in paths
+        ]
 
     def _load_or_scan_cache(self, cache_path: Any, cache_hash: str) -> tuple[dict[str, Any], bool]:
         labels = [label_dict(self._checked[_key(f)], f) for f in self.im_files if _key(f) in self._checked]
@@ -69,10 +95,10 @@ class CheckedYOLODataset(YOLODataset):
 
 
 @contextlib.contextmanager
-def checked_labels(samples: Sequence[Sample]) -> Iterator[None]:
+def checked_labels(samples: Sequence[Sample], npy_dir: Path | None = None) -> Iterator[None]:
     """While inside, ``build_yolo_dataset`` builds :class:`CheckedYOLODataset` for ``samples`` (one split)."""
     original = ul_build.YOLODataset
-    ul_build.YOLODataset = partial(CheckedYOLODataset, samples=samples)  # type: ignore[misc, assignment]
+    ul_build.YOLODataset = partial(CheckedYOLODataset, samples=samples, npy_dir=npy_dir)  # type: ignore[misc, assignment]
     try:
         yield
     finally:

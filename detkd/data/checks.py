@@ -324,7 +324,11 @@ def _orphans(image_dir: Path, label_files: set[Path]) -> list[Path]:
 
 def _check_sample(img: Path, formats: AbstractSet[str], nc: int) -> tuple[Sample | Skipped, ImageCheck]:
     """One image and its label: the usable sample, or why it is skipped."""
-    if not img.is_file():
+    try:
+        found = img.is_file()
+    except OSError as e:  # a name too long for the filesystem, a folder that cannot be searched
+        return Skipped(img, str(img)[:300], f"image path cannot be read ({e.strerror or e})"), ImageCheck()
+    if not found:
         return Skipped(img, str(img), "image file not found"), ImageCheck()
     image = check_image_file(img, formats)
     if image.error:

@@ -218,6 +218,11 @@ def load_data_spec(path: str | Path) -> DataSpec:
             yaml_path,
         )
     extra = {k: v for k, v in data.items() if k not in {"path", "train", "val", "test", "names", "nc"}}
+    channels = extra.get("channels", 3)
+    if channels != 3 or isinstance(channels, bool):
+        raise InputFileError(
+            yaml_path, f"'channels: {channels!r}': detkd trains 3-channel (RGB or replicated grayscale) detectors only"
+        )
     return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=names, extra=extra)
 
 

@@ -19,6 +19,7 @@ import errno
 import os
 import random
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def staged_writes(folder: Path, what: str, order: tuple[str, ...] = ()) -> Itera
     files already there are untouched.
     """
     staging = folder / STAGING
+    if staging.is_symlink():  # never stage files in a folder elsewhere
+        staging.unlink()
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of a write that was killed are never moved into place
     try:
         staging.mkdir(parents=True, exist_ok=True)
@@ -78,14 +81,46 @@ def staged_writes(folder: Path, what: str, order: tuple[str, ...] = ()) -> Itera
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before training when ``folder`` cannot be created or written."""
-    probe = folder / ".detkd_write_test"
+    """Fail before training when ``folder`` cannot be created or written (the probe is a fresh file of its own,
+    never a link someone left in the folder)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".detkd_write_test", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise DetkdError(f"{folder}: output folder is not writable ({type(e).__name__}: {e.strerror or e})") from e
+
+
+# What detkd and Ultralytics write inside a run folder (``data/repaired`` holds detkd's own links to your images).
+_WRITTEN_SUBFOLDERS = ("weights", "data")
+
+
+def check_own_files(folder: Path) -> None:
+    """Refuse a run folder (one being resumed or reused is untrusted) whose entries are symbolic links: every write
+    detkd and Ultralytics make there would go through them, to files elsewhere."""
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    for sub in _WRITTEN_SUBFOLDERS:
+        d = folder / sub
+        if d.is_dir() and not d.is_symlink():
+            entries += [p for p in d.iterdir() if p.name != "repaired"]
+    links = sorted(p for p in entries if p.is_symlink())
+    if links:
+        raise DetkdError(
+            f"{links[0]}: is a symbolic link; a run folder detkd writes into must hold its own files (refusing to "
+            "write through it)"
+        )
+
+
+def check_unfinished(folder: Path) -> None:
+    """A fresh run must not overwrite a killed run's state: its ``resume.pt`` would be lost with its epochs."""
+    if (folder / "weights" / RESUME_FILE).is_file():
+        raise DetkdError(
+            f"{folder}: holds an unfinished run (weights/{RESUME_FILE}); continue it with --resume {folder}, or "
+            "choose another --name"
+        )
 
 
 def check_free_space(folder: Path, need_bytes: int) -> None:
@@ -246,10 +281,17 @@ def truncate_results_csv(csv: Path, epochs_done: int) -> None:
 
 
 def replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a fresh temporary file and a rename: a kill leaves the old file or the new
+    one, and a link in ``path``'s place is replaced, never written through."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def run_folder(path: str | Path) -> Path:

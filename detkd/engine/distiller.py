@@ -26,24 +26,27 @@ from typing import Any
 import torch
 
 from detkd import __version__
+from detkd._io import read_text
 from detkd.checkpoints import load_checkpoint
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
 from detkd.data.checks import check_policy, split_report
 from detkd.data.dataset import DataSpec, load_data_spec
 from detkd.engine import distributed
 from detkd.engine.checkpointing import (
-    RESUME_FILE,
     RESUME_FORMAT,
     check_free_space,
+    check_own_files,
+    check_unfinished,
     check_writable,
     checkpoint_bytes,
     find_resume_file,
+    replace_text,
     run_folder,
 )
 from detkd.engine.runlock import RunLock
 from detkd.engine.train_args import check_threads, check_train_args
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
-from detkd.errors import DetkdError
+from detkd.errors import DetkdError, InputFileError
 from detkd.losses.composite import KDComposite
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
@@ -115,18 +118,26 @@ def run_environment() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _run_folder(project: str | Path, name: str, exist_ok: bool, device: Any = None) -> Iterator[Path]:
+def _run_folder(
+    project: str | Path, name: str, exist_ok: bool, device: Any = None, *, resuming: bool = False
+) -> Iterator[Path]:
     """The run folder, created, checked writable and locked (:mod:`detkd.engine.runlock`) before anything trains,
-    held until the run ends; under torchrun, rank 0 holds it and every rank gets its path."""
+    held until the run ends; under torchrun, rank 0 holds it and every rank gets its path. A folder that exists
+    already must hold its own files (no links); a fresh run may not take over a killed run's folder."""
     from ultralytics.utils.files import increment_path
 
+    if not name or name in (".", "..") or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise DetkdError(f"--name {name!r}: must name a folder inside --project (no '..', not absolute, not empty)")
     distributed.init(device)
     save_dir, lock = None, None
     if distributed.is_main():
-        save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=exist_ok))
+        save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=exist_ok or resuming))
+        check_own_files(save_dir)
         check_writable(save_dir)
         lock = RunLock(save_dir).acquire()
     try:
+        if save_dir is not None and not resuming:
+            check_unfinished(save_dir)  # (under the lock: a run in progress is reported as busy first)
         yield Path(distributed.broadcast(save_dir))
     finally:
         if lock is not None:
@@ -140,7 +151,7 @@ def _check_room(save_dir: Path, model: torch.nn.Module) -> None:
 
 def _write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
     if distributed.is_main():
-        (save_dir / RUN_META).write_text(json.dumps(meta, indent=2, default=str))
+        replace_text(save_dir / RUN_META, json.dumps(meta, indent=2, default=str))
 
 
 def _checked_data(data: str | Path | DataSpec, bad_samples: str = "skip") -> DataSpec:
@@ -313,7 +324,8 @@ def train_detector(
     spec = _checked_data(data, bad_samples)
     with seeded(int(train_args.get("seed") or 0)):
         net = uy.build_student(model, spec.nc, spec.names)
-    with _run_folder(project, name, exist_ok or resume_state is not None, train_args.get("device")) as save_dir:
+    resuming = resume_state is not None
+    with _run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
         _check_room(save_dir, net)
         data_yaml = _write_data(spec, save_dir, resume_state is not None)
         if resume_state is None:
@@ -468,7 +480,8 @@ class Distiller:
         if resume_state is None and distributed.is_main():
             teacher_score = self._check_teacher(int(train_args.get("imgsz") or 640), train_args.get("device"))
         self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
-        with _run_folder(project, name, exist_ok or resume_state is not None, train_args.get("device")) as save_dir:
+        resuming = resume_state is not None
+        with _run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
             _check_room(save_dir, self.student)
             data_yaml = _write_data(self.data, save_dir, resume_state is not None)
             if resume_state is None and distributed.is_main():
@@ -516,25 +529,17 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
     if unknown:
         raise DetkdError(f"resume: {unknown} cannot change on resume (only {', '.join(RESUMABLE_CHANGES)} can)")
     folder = run_folder(path)
-    meta_path = folder / RUN_META
-    if not meta_path.is_file():
-        raise DetkdError(f"{path}: not a detkd run folder ({RUN_META} missing)")
-    meta = json.loads(meta_path.read_text())
+    meta = _run_meta(folder, path)
     if meta.get("finished"):
         LOGGER.info("%s: the run finished all its epochs; nothing to resume", folder)
         return _finished(folder)
-    state = load_checkpoint(find_resume_file(folder))
-    if state.get("format") not in (1, RESUME_FORMAT):
-        raise DetkdError(f"{folder}: {RESUME_FILE} is not a detkd resume state (format {state.get('format')})")
-    if state["format"] == 1:
-        LOGGER.warning("%s: written by an older detkd without the partial gradient accumulation: the resumed run "
-                       "continues statistically, not exactly, like the uninterrupted one", folder)  # fmt: skip
+    state = _resume_state(find_resume_file(folder))
     if int(state["epoch"]) + 1 >= int(state["epochs"]):
         LOGGER.info("%s: all %d epochs were trained; nothing to resume", folder, state["epochs"])
         return _finished(folder)
-    args = {**meta.get("train_args", {}), **{k: v for k, v in changes.items() if k != "threads" and v is not None}}
+    args = {**meta["train_args"], **{k: v for k, v in changes.items() if k != "threads" and v is not None}}
     threads = changes.get("threads") or meta.get("threads")
-    where = {"project": folder.parent, "name": folder.name, "threads": threads, "resume_state": state}
+    where: dict[str, Any] = {"project": folder.parent, "name": folder.name, "threads": threads, "resume_state": state}
     data = folder / "data.yaml"
     LOGGER.info("resuming %s run %s after epoch %d", meta.get("kind"), folder, int(state["epoch"]) + 1)
     if meta.get("kind") == "distill":
@@ -545,6 +550,61 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
         distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"))
         return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
     return train_detector(meta["model"], data, **where, **args)
+
+
+_META_KEYS = {"train": ("model",), "distill": ("teacher_spec", "student")}  # strings a run's meta must name
+
+
+def _run_meta(folder: Path, given: str | Path) -> dict[str, Any]:
+    """A run folder's ``detkd_run.json``, checked: it comes from a folder that may not be the user's own."""
+    meta_path = folder / RUN_META
+    if not meta_path.is_file():
+        raise DetkdError(f"{given}: not a detkd run folder ({RUN_META} missing)")
+    try:
+        meta = json.loads(read_text(meta_path, "run description", max_bytes=1 << 22))
+    except ValueError as e:
+        raise InputFileError(meta_path, f"is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("kind") not in _META_KEYS:
+        raise InputFileError(meta_path, "is not a detkd run description (expected 'kind': train or distill)")
+    for key in _META_KEYS[meta["kind"]]:
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise InputFileError(meta_path, f"'{key}' must name a file or model (got {meta.get(key)!r})")
+    for key in ("class_map", "on_nonfinite"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise InputFileError(meta_path, f"'{key}' must be a string (got {meta[key]!r})")
+    train_args = meta.get("train_args", {})
+    if not isinstance(train_args, dict):
+        raise InputFileError(meta_path, f"'train_args' must be a mapping (got {type(train_args).__name__})")
+    threads = meta.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise InputFileError(meta_path, f"'threads' must be an integer (got {threads!r})")
+    try:
+        check_train_args(train_args)
+    except DetkdError as e:
+        raise InputFileError(meta_path, f"train_args: {e}") from e
+    return {**meta, "train_args": train_args}
+
+
+def _resume_state(path: Path) -> dict[str, Any]:
+    """``resume.pt``, loaded safely and checked to hold what a resume reads (the rest is checked as it is restored)."""
+    state = load_checkpoint(path)
+    if state.get("format") not in (1, RESUME_FORMAT):
+        raise InputFileError(path, f"is not a detkd resume state (format {state.get('format')!r})")
+    ints = {k: state.get(k) for k in ("epoch", "epochs", "updates")}
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in ints.values()):
+        raise InputFileError(path, f"epoch, epochs and updates must be integers (got {ints})")
+    if not -1 <= int(state["epoch"]) < int(state["epochs"]):
+        raise InputFileError(path, f"epoch {state['epoch']} is outside the run's {state['epochs']} epochs")
+    for key in ("model", "ema", "optimizer", "rng", "stopper"):
+        if not isinstance(state.get(key), dict):
+            raise InputFileError(path, f"'{key}' must be a mapping (got {type(state.get(key)).__name__})")
+    for key in ("model", "ema"):
+        if not all(isinstance(v, torch.Tensor) for v in state[key].values()):
+            raise InputFileError(path, f"'{key}' must hold tensors only (a state dict)")
+    if state["format"] == 1:
+        LOGGER.warning("%s: written by an older detkd without the partial gradient accumulation: the resumed run "
+                       "continues statistically, not exactly, like the uninterrupted one", path)  # fmt: skip
+    return state
 
 
 def _finished(folder: Path) -> TrainResult:

@@ -15,12 +15,14 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from detkd.errors import DetkdError
+from detkd._io import read_text
+from detkd.errors import DetkdError, InputFileError
 
 try:
     import fcntl
@@ -73,7 +75,7 @@ class RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         if fcntl is None:
             return self._acquire_file()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open(os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -88,12 +90,30 @@ class RunLock:
         self._fd = fd
         return self
 
+    def _open(self, flags: int) -> int:
+        """The lock file itself, never what a symbolic link in its place points to (a run folder being resumed is
+        untrusted: a planted link would have the lock truncate a file elsewhere)."""
+        try:
+            fd = os.open(self.path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise RunFolderBusyError(f"{self.path}: cannot be opened as a lock file ({e.strerror or e}); a run folder "
+                                     "must hold its own files, not links")  from e  # fmt: skip
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunFolderBusyError(f"{self.path}: is not a regular file; a run folder must hold its own files")
+        return fd
+
     def _acquire_file(self) -> RunLock:
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                previous = _holder(self.path.read_text(errors="replace"))
+                fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            except RunFolderBusyError as e:
+                if not isinstance(e.__cause__, FileExistsError):
+                    raise
+                try:
+                    previous = _holder(read_text(self.path, "lock file", max_bytes=1 << 16))
+                except InputFileError:
+                    previous = {}
                 pid = previous.get("pid")
                 if previous.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
                     self._report_stale(previous)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from typing import Any
 
 import torch
@@ -21,6 +22,9 @@ ensure_offline()
 from ultralytics.cfg import check_cfg  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG_DICT  # noqa: E402
 
+MAX_SEED = 2**32 - 1
+MAX_IMGSZ = 8192
+
 # Arguments detkd sets itself (the run folder, the model, the data it checked).
 SET_BY_DETKD = {
     "model": "the model is --model/--student",
@@ -29,6 +33,7 @@ SET_BY_DETKD = {
     "name": "use --name",
     "exist_ok": "use --exist-ok",
     "resume": "pass --resume RUN_DIR to detkd (Ultralytics' resume=... is not used)",
+    "pretrained": "detkd builds the model itself: start from weights with --student/--model X.pt",
 }
 # Arguments that have an option of their own on detkd's command line.
 OWN_OPTIONS = {"epochs": "--epochs", "imgsz": "--imgsz", "batch": "--batch", "device": "--device",
@@ -93,11 +98,13 @@ def check_train_args(args: dict[str, Any], *, option_names: bool = False) -> dic
     if "epochs" in args:
         _int("--epochs", args["epochs"], 1)
     if "imgsz" in args:
-        _int("--imgsz", args["imgsz"], 1, " (a size in pixels, rounded up to a multiple of the model's stride)")
+        check_imgsz(args["imgsz"])
     if "workers" in args and args["workers"] is not None:
         _int("--workers", args["workers"], 0)
     if "seed" in args:
         _int("--seed", args["seed"], 0)
+        if args["seed"] > MAX_SEED:
+            raise ConfigError(f"--seed {args['seed']}: must be at most {MAX_SEED} (NumPy's seed range)")
     batch = args.get("batch")
     if batch is not None and not (
         (isinstance(batch, int) and not isinstance(batch, bool) and (batch >= 1 or batch == -1))
@@ -115,3 +122,13 @@ def check_train_args(args: dict[str, Any], *, option_names: bool = False) -> dic
 def check_threads(threads: int | None) -> None:
     if threads is not None:
         _int("--threads", threads, 1)
+        most = max(64, 4 * (os.cpu_count() or 1))
+        if threads > most:
+            raise ConfigError(f"--threads {threads}: this machine has {os.cpu_count()} cores (at most {most})")
+
+
+def check_imgsz(imgsz: Any) -> None:
+    """A training or inference size in pixels: a positive integer up to :data:`MAX_IMGSZ`."""
+    _int("--imgsz", imgsz, 1, " (a size in pixels, rounded up to a multiple of the model's stride)")
+    if imgsz > MAX_IMGSZ:
+        raise ConfigError(f"--imgsz {imgsz}: at most {MAX_IMGSZ} pixels")

@@ -179,9 +179,10 @@ class DetectorTrainer(DetectionTrainer):
             self.model = DistillationModel(teacher_model=uy.load_detection_model(teacher), student_model=self.model)
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
-        """Ultralytics' dataset, labelled from detkd's check of the split (no label cache read or written)."""
-        report = self.data_spec.reports["train" if mode == "train" else "val"]
-        with checked_labels(report.samples):
+        """Ultralytics' dataset, labelled from detkd's check of the split (no label cache read or written); its
+        ``cache=disk`` image files live in the run folder, never beside the user's images."""
+        split = "train" if mode == "train" else "val"
+        with checked_labels(self.data_spec.reports[split].samples, npy_dir=self.save_dir / "data" / "npy" / split):
             return super().build_dataset(img_path, mode, batch)
 
     def _setup_ddp(self) -> None:
@@ -266,7 +267,17 @@ class DetectorTrainer(DetectionTrainer):
         return {}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state`` (a ``resume.pt``): weights, EMA, optimizer, schedules, random streams."""
+        """Continue from ``state`` (a ``resume.pt``): weights, EMA, optimizer, schedules, random streams. A state
+        that does not fit this run (another model, damaged fields) is one error naming the file."""
+        try:
+            self._restore(state)
+        except DetkdError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            why = " ".join(str(e).split())[:300]
+            raise DetkdError(f"{self.wdir / RESUME_FILE}: does not fit this run ({type(e).__name__}: {why})") from e
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
         ema: Any = self.ema
         optimizer: Any = self.optimizer
         scheduler: Any = self.scheduler
@@ -285,11 +296,22 @@ class DetectorTrainer(DetectionTrainer):
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best_fitness = state["best_fitness"]
+        for key, value in state["stopper"].items():  # numbers only, onto fields the stopper has
+            if key not in vars(self.stopper) or not isinstance(value, (int, float, type(None))):
+                raise ValueError(f"stopper.{key} = {value!r} is not one of the early stopper's numbers")
         self.stopper.__dict__.update(state["stopper"])
         self.start_epoch = int(state["epoch"]) + 1
         scheduler.last_epoch = self.start_epoch - 1
         self._last_step_ni = int(state.get("last_step", -1))
         self._pending_grads = list(state.get("grads") or []) or None
+        if self._pending_grads is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            shapes_ok = len(params) == len(self._pending_grads) and all(
+                g is None or (isinstance(g, torch.Tensor) and g.shape == p.shape)
+                for p, g in zip(params, self._pending_grads)
+            )
+            if not shapes_ok:
+                raise ValueError("the saved gradients do not match the model's parameters")
         restore_rng(state["rng"], self.train_loader)
         self._pending_augment = state["rng"]  # re-applied if Ultralytics rebuilds the augmentations this epoch
         if distributed.is_main():
@@ -540,14 +562,14 @@ class KDTrainer(DetectorTrainer):
             "balancer": balancer.state_dict() if balancer is not None else None,
         }
 
-    def restore(self, state: Mapping[str, Any]) -> None:
+    def _restore(self, state: Mapping[str, Any]) -> None:
         kd = state.get("kd") or {}
-        if "modules" not in kd:
+        if not isinstance(kd, Mapping) or "modules" not in kd:
             raise DetkdError("resume: the saved state has no KD adapters (it comes from a run without KD)")
         self.composite.load_state_dict(kd["modules"])
         if self.composite.balancer is not None and kd.get("balancer"):
             self.composite.balancer.load_state_dict(kd["balancer"])
-        super().restore(state)
+        super()._restore(state)
 
     def label_loss_items(self, loss_items: dict | None = None, prefix: str = "train") -> Any:
         """Validation runs the bare student (no teacher), so KD items are logged for training only."""

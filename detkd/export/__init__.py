@@ -187,6 +187,7 @@ def export_models(
     from detkd.data.dataset import load_data_spec
     from detkd.engine.checkpointing import check_writable
     from detkd.engine.distiller import run_environment
+    from detkd.engine.train_args import check_imgsz, check_threads
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.predict import data_class_map, read_image
     from detkd.export.checks import parse_budget
@@ -197,8 +198,9 @@ def export_models(
     for name, value in (("--runs", latency_runs), ("--calib-images", calib_images), ("parity_images", parity_images)):
         if value < 1:
             raise ConfigError(f"{name} {value}: must be at least 1")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads}: must be at least 1")
+    check_threads(threads)
+    if imgsz is not None:
+        check_imgsz(imgsz)
     device = torch_device_name(device)
     skipped = _unavailable(targets, device, data is not None, skip_unavailable)
 

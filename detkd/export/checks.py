@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -205,9 +206,12 @@ def parse_budget(spec: str | float | dict[str, float] | None) -> dict[str, float
         items = list(spec.items())
     elif isinstance(spec, (int, float)) or "=" not in str(spec):
         try:
-            return dict.fromkeys(budget, float(spec))
+            points = float(spec)
         except ValueError:
             raise ConfigError(f"--budget {spec!r}: expected a number of mAP points or PRECISION=POINTS,...") from None
+        if not math.isfinite(points) or points < 0:
+            raise ConfigError(f"--budget {spec}: must be a finite number >= 0 (mAP50-95 points the export may lose)")
+        return dict.fromkeys(budget, points)
     else:
         items = [tuple(part.split("=", 1)) for part in str(spec).split(",") if part.strip()]  # type: ignore[misc]
     for key, value in items:
@@ -218,7 +222,7 @@ def parse_budget(spec: str | float | dict[str, float] | None) -> dict[str, float
             budget[key] = float(value)
         except ValueError:
             raise ConfigError(f"--budget {key}={value!r}: expected a number of mAP50-95 points") from None
-        if budget[key] < 0:
+        if not math.isfinite(budget[key]) or budget[key] < 0:
             raise ConfigError(f"--budget {key}={value}: must be >= 0 (mAP50-95 points the export may lose)")
     return budget
 

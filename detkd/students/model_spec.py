@@ -31,6 +31,11 @@ ensure_offline()
 import ultralytics.nn.tasks as ul_tasks  # noqa: E402
 
 MAX_INT = 16384  # channels, kernel sizes, classes: far above any real detector's
+# parse_model turns a string argument naming one of its local variables into that object (the architecture dict,
+# the layer list, a module...). Only locals holding plain values may be named, as Ultralytics' own YAMLs do.
+_CODE = ul_tasks.parse_model.__code__
+_BUILDER_LOCALS = set(_CODE.co_varnames) | set(_CODE.co_cellvars)
+_PLAIN_LOCALS = {"nc", "kpt_shape", "reg_max", "end2end", "legacy"}
 MAX_REPEATS = 64
 MAX_MULTIPLE = 8.0
 MAX_LAYERS = 512
@@ -91,6 +96,8 @@ def _layer_class(name: Any) -> str | None:
 
 def _literal(value: Any, depth: int = 0) -> str | None:
     """None when ``value`` is a plain, bounded literal, else why not."""
+    if isinstance(value, str) and value in _BUILDER_LOCALS - _PLAIN_LOCALS:
+        return f"argument '{value}' would hand the builder's own '{value}' object to the layer"
     if value is None or isinstance(value, (bool, str)):
         return None
     if isinstance(value, int):

@@ -133,7 +133,7 @@ def build_architecture(
     try:
         with torch.random.fork_rng(devices=[]) if keep_rng else contextlib.nullcontext():
             return builder(copy.deepcopy(cfg), ch=int(cfg.get("channels", 3)), nc=nc, verbose=False)
-    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+    except Exception as e:  # a checked but untrusted architecture: whatever a layer raises, say which file
         raise InputFileError(source, f"model architecture does not build ({type(e).__name__}: {e})") from e
 
 
@@ -208,6 +208,13 @@ def rebuild_model(
     except DetkdError as e:
         raise InputFileError(path, f"checkpoint model is malformed ({e})") from e
     expected = model.state_dict()
+    odd = [k for k, v in tensors.items() if v.layout != torch.strided or v.is_complex() or v.dtype == torch.bool]
+    if odd:
+        raise InputFileError(path, f"checkpoint tensor {odd[0]} is {tensors[odd[0]].dtype}/{tensors[odd[0]].layout}, "
+                                   "not a dense real tensor")  # fmt: skip
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputFileError(path, f"checkpoint weights hold NaN or Inf ({', '.join(bad[:3])})")
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
@@ -217,7 +224,10 @@ def rebuild_model(
             if keys
         )
         raise InputFileError(path, f"checkpoint weights do not match the architecture YAML they came with ({detail})")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+    try:
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InputFileError(path, f"checkpoint weights do not load ({' '.join(str(e).split())[:300]})") from e
     names = _names_of(rec, path)
     if names is not None:
         model.names = names

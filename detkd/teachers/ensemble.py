@@ -80,6 +80,8 @@ def _parse(path: Path) -> tuple[list[MemberSpec], str, int]:
             raise ConfigError(f"{where}.members[{i}].weight: {weight!r} must be a number > 0")
 
         cmap = m.get("class_map")
+        if not isinstance(m["teacher"], str) or (cmap is not None and not isinstance(cmap, str)):
+            raise ConfigError(f"{where}.members[{i}]: 'teacher' and 'class_map' must be paths, got {m!r}")
         members.append(MemberSpec(_relative(path, str(m["teacher"])), float(weight), cmap and _relative(path, cmap)))
     features_from = data.get("features_from", 0)
     if not isinstance(features_from, int) or not 0 <= features_from < len(members):

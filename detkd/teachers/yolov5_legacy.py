@@ -66,6 +66,8 @@ def _check_yaml(path: Path, cfg: Any) -> dict[str, Any]:
     """The pickled architecture YAML, checked to hold only known layers and plain arguments."""
     if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), list) or not isinstance(cfg.get("head"), list):
         raise InputFileError(path, "legacy YOLOv5 checkpoint has no architecture YAML (model.yaml)")
+    if not cfg["head"] or not cfg["backbone"]:
+        raise InputFileError(path, "legacy YOLOv5 architecture YAML has an empty backbone or head")
     if "activation" in cfg:
         raise InputFileError(path, "legacy YOLOv5 checkpoint sets a custom activation; only the default SiLU loads")
     for row in cfg["backbone"] + cfg["head"]:
@@ -187,16 +189,46 @@ def load_legacy_yolov5(path: str | Path) -> LegacyYOLOv5:
         raise InputFileError(p, f"legacy YOLOv5 checkpoint is malformed ({e})") from e
     anchors = (detect.get("_buffers") or {}).get("anchors") if detect is not None else None
     stride, nc = (detect.get("stride"), detect.get("nc")) if detect is not None else (None, None)
-    if not isinstance(anchors, Tensor) or not isinstance(stride, Tensor) or not isinstance(nc, int):
+    if not isinstance(anchors, Tensor) or not isinstance(stride, Tensor) or not isinstance(nc, int) or nc < 1:
         raise InputFileError(p, "legacy YOLOv5 checkpoint has no Detect head with anchors")
+    head_from = cfg["head"][-1][0]
+    levels = len(head_from) if isinstance(head_from, list) else -1
+    if stride.dim() != 1 or anchors.dim() != 3 or anchors.shape[0] != levels or stride.numel() != levels:
+        shapes = f"strides {list(stride.shape)}, anchors {list(anchors.shape)}"
+        raise InputFileError(p, f"legacy YOLOv5 Detect head is inconsistent: 'from' {head_from!r}, {shapes}")
     names_raw = pickled.get("names") or {}
-    names = dict(enumerate(names_raw)) if isinstance(names_raw, (list, tuple)) else dict(names_raw)
-    names = {int(k): str(v) for k, v in names.items()}
+    items = enumerate(names_raw) if isinstance(names_raw, (list, tuple)) else getattr(names_raw, "items", None)
+    items = items() if callable(items) else items
+    if items is None:
+        raise InputFileError(p, f"legacy YOLOv5 class names are a {type(names_raw).__name__}, not a list or mapping")
+    try:
+        names = {int(k): str(v) for k, v in items}
+    except (TypeError, ValueError) as e:
+        raise InputFileError(p, f"legacy YOLOv5 class names must map indices to names ({e})") from e
+    try:
+        return _rebuild(p, cfg, state, nc, anchors, stride, [int(i) for i in head_from], names)
+    except DetkdError:
+        raise
+    except Exception as e:  # a checked but untrusted architecture: whatever the builder raises, name the file
+        raise InputFileError(p, f"legacy YOLOv5 checkpoint does not rebuild ({type(e).__name__}: {e})") from e
 
+
+def _rebuild(
+    p: Path,
+    cfg: dict[str, Any],
+    state: dict[str, Tensor],
+    nc: int,
+    anchors: Tensor,
+    stride: Tensor,
+    head_from: list[int],
+    names: dict[int, str],
+) -> LegacyYOLOv5:
     body = check_model_dict({**cfg, "nc": nc, "head": cfg["head"][:-1]}, p)
     with torch.random.fork_rng(devices=[]):  # weights are loaded next: leave the caller's random streams alone
         layers, _ = parse_model(copy.deepcopy(body), ch=int(cfg.get("ch", 3)), verbose=False)
     head_idx = len(layers)
+    if any(not 0 <= i < head_idx for i in head_from):
+        raise InputFileError(p, f"legacy YOLOv5 Detect reads layers {head_from}; the model has {head_idx}")
     prefix = f"model.{head_idx}."
     body_state = {
         k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and not k.startswith(prefix)
@@ -215,8 +247,10 @@ def load_legacy_yolov5(path: str | Path) -> LegacyYOLOv5:
     except KeyError as e:
         raise InputFileError(p, f"legacy YOLOv5 checkpoint has no head weights {e}") from e
     head = AnchorHead(channels, nc, anchors.float(), strides)
-    head.m.load_state_dict({k[len(prefix) + 2 :]: v for k, v in state.items() if k.startswith(prefix + "m.")})
-    head_from = [int(i) for i in cfg["head"][-1][0]]
+    try:
+        head.m.load_state_dict({k[len(prefix) + 2 :]: v for k, v in state.items() if k.startswith(prefix + "m.")})
+    except RuntimeError as e:
+        raise InputFileError(p, f"legacy YOLOv5 head weights do not match its Detect layer ({str(e)[:300]})") from e
     if len(names) != nc:
         names = {i: names.get(i, str(i)) for i in range(nc)}
     model = LegacyYOLOv5(layers, head_from, head, names)
