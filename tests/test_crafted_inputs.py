@@ -72,7 +72,7 @@ LEGACY_CRAFTS: dict[str, tuple[Callable[[Any, dict], None], str]] = {
     "conv-with-nine-args": (
         lambda m, cfg: cfg["backbone"][0].__setitem__(3, [16, 6, 2, 2, 1, 1, 1, 1, 1]),
         "does not rebuild|do not match",
-    ),  # fmt: skip
+    ),
 }
 
 

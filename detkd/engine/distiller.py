@@ -533,6 +533,8 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
     if meta.get("finished"):
         LOGGER.info("%s: the run finished all its epochs; nothing to resume", folder)
         return _finished(folder)
+    if meta["kind"] == "distill":  # a replaced teacher is refused before anything else is read
+        _check_same_inputs(meta.get("inputs") or {}, input_files(meta["teacher_spec"], meta.get("class_map")), folder)
     state = _resume_state(find_resume_file(folder))
     if int(state["epoch"]) + 1 >= int(state["epochs"]):
         LOGGER.info("%s: all %d epochs were trained; nothing to resume", folder, state["epochs"])
@@ -546,7 +548,6 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
         teacher = meta["teacher_spec"]
         if not str(teacher).endswith((".yaml", ".yml")) and ":" not in str(teacher) and not Path(teacher).exists():
             raise DetkdError(f"resume: the teacher {teacher} is gone (detkd rebuilds the teacher from its file)")
-        _check_same_inputs(meta.get("inputs") or {}, input_files(teacher, meta.get("class_map")), folder)
         distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"))
         return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
     return train_detector(meta["model"], data, **where, **args)
