@@ -92,8 +92,7 @@ def check_writable(folder: Path) -> None:
         raise DetkdError(f"{folder}: output folder is not writable ({type(e).__name__}: {e.strerror or e})") from e
 
 
-# What detkd and Ultralytics write inside a run folder (``data/repaired`` holds detkd's own links to your images).
-_WRITTEN_SUBFOLDERS = ("weights", "data")
+_WRITTEN_SUBFOLDERS = ("weights", "data")  # what detkd and Ultralytics write into inside a run folder
 
 
 def check_own_files(folder: Path) -> None:
@@ -105,7 +104,7 @@ def check_own_files(folder: Path) -> None:
     for sub in _WRITTEN_SUBFOLDERS:
         d = folder / sub
         if d.is_dir() and not d.is_symlink():
-            entries += [p for p in d.iterdir() if p.name != "repaired"]
+            entries += list(d.iterdir())  # (not inside data/repaired: its links to your images are detkd's own)
     links = sorted(p for p in entries if p.is_symlink())
     if links:
         raise DetkdError(
