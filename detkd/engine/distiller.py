@@ -188,12 +188,13 @@ def input_files(teacher: str | Path, class_map: str | Path | None = None) -> lis
     """Every file a teacher spec reads: the teacher file (or torchvision weights), an ensemble's members and class
     maps (recursively), and the class map."""
     from detkd.teachers.ensemble import is_ensemble, member_specs
+    from detkd.teachers.torchvision_det import PREFIX, parse_spec
 
     text = str(teacher)
     files: list[Path] = []
-    if text.startswith("torchvision:"):
-        weights = text.split(":", 2)[2] if text.count(":") >= 2 else ""
-        files += [Path(weights)] if weights else []
+    if text.startswith(PREFIX):
+        weights = parse_spec(text)[1]
+        files += [weights] if weights is not None else []
     elif Path(text).is_file():
         files.append(Path(text))
         if is_ensemble(text):
@@ -327,8 +328,8 @@ def train_detector(
     resuming = resume_state is not None
     with _run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
         _check_room(save_dir, net)
-        data_yaml = _write_data(spec, save_dir, resume_state is not None)
-        if resume_state is None:
+        data_yaml = _write_data(spec, save_dir, resuming)
+        if not resuming:
             _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
                                    "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
         overrides = _overrides(model, data_yaml, save_dir, **train_args)
@@ -483,8 +484,8 @@ class Distiller:
         resuming = resume_state is not None
         with _run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
             _check_room(save_dir, self.student)
-            data_yaml = _write_data(self.data, save_dir, resume_state is not None)
-            if resume_state is None and distributed.is_main():
+            data_yaml = _write_data(self.data, save_dir, resuming)
+            if not resuming and distributed.is_main():
                 dump_kd_config(self.kd, save_dir / "kd.yaml")
                 _write_meta(save_dir, {
                     "kind": "distill",

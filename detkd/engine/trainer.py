@@ -136,7 +136,7 @@ class DetectorTrainer(DetectionTrainer):
         if self.ddp:
             raise DetkdError(
                 f"--device {self.args.device}: for several GPUs launch detkd with torchrun, e.g. "
-                f"torchrun --nproc_per_node {self.world_size} -m detkd distill ... (see README, Running at scale)"
+                f"torchrun --nproc_per_node {self.world_size} -m detkd distill ... (see docs/scale.md)"
             )
         if distributed.launched():
             self.world_size = distributed.world_size()
