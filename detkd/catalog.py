@@ -121,7 +121,12 @@ METHODS: tuple[MethodInfo, ...] = (
 )
 
 FAMILIES: dict[str, type] = {"feature": C.FeatureKDConfig, "logit": C.LogitKDConfig, "box": C.BoxKDConfig}
-SECTIONS: dict[str, type] = {**FAMILIES, "schedule": C.ScheduleConfig, "balance": C.BalanceConfig}
+SECTIONS: dict[str, type] = {
+    **FAMILIES,
+    "schedule": C.ScheduleConfig,
+    "balance": C.BalanceConfig,
+    "unlabeled": C.UnlabeledConfig,
+}
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
@@ -180,8 +185,9 @@ def render_text() -> str:
             for name, value, doc in options_of(m.options) if m.options else []:
                 lines.append(f"      kd.{family}.{m.name}.{name} = {_fmt(value)}    {doc}")
         lines.append("")
-    for section, cls in (("schedule", C.ScheduleConfig), ("balance", C.BalanceConfig)):
-        where = "kd.<family>.schedule" if section == "schedule" else "kd.balance"
+    for section, cls in (("schedule", C.ScheduleConfig), ("balance", C.BalanceConfig),
+                         ("unlabeled", C.UnlabeledConfig)):  # fmt: skip
+        where = "kd.<family>.schedule" if section == "schedule" else f"kd.{section}"
         lines.append(f"[{section}] {where}.*")
         for name, value, doc in options_of(cls):
             lines.append(f"  {name} = {_fmt(value)}    {doc}")
@@ -211,4 +217,5 @@ def render_markdown() -> str:
             out += _md_options(f"kd.{family}.{m.name}", m.options)
     out += _md_options("kd.<family>.schedule", C.ScheduleConfig)
     out += _md_options("kd.balance", C.BalanceConfig)
+    out += _md_options("kd.unlabeled", C.UnlabeledConfig)
     return "\n".join(out) + "\n"

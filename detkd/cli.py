@@ -120,9 +120,19 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
     if ns.resume:
         _print_result(_resumed(ns))
         return 0
-    _required(ns, "teacher", "student", "data")
+    if ns.teacher_cache is not None and ns.teacher is not None:
+        raise DetkdError("distill: give --teacher or --teacher-cache, not both (the cache records its teacher)")
+    _required(ns, *(("teacher",) if ns.teacher_cache is None else ()), "student", "data")
     distiller = Distiller(
-        ns.teacher, ns.student, ns.data, ns.kd, overrides=ns.set, class_map=ns.class_map, bad_samples=ns.bad_samples
+        ns.teacher,
+        ns.student,
+        ns.data,
+        ns.kd,
+        overrides=ns.set,
+        class_map=ns.class_map,
+        bad_samples=ns.bad_samples,
+        teacher_cache=ns.teacher_cache,
+        unlabeled=ns.unlabeled,
     )
     result = distiller.train(
         project=ns.project,
@@ -133,6 +143,31 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
         **_train_args(ns),
     )
     _print_result(result)
+    return 0
+
+
+def _cmd_cache(ns: argparse.Namespace) -> int:
+    from detkd.offline.build import cache_teacher
+
+    result = cache_teacher(
+        ns.teacher,
+        data=ns.data,
+        images=ns.images or [],
+        unlabeled=ns.unlabeled or [],
+        out=ns.out,
+        imgsz=ns.imgsz,
+        class_map=ns.class_map,
+        conf=ns.conf,
+        max_det=ns.max_det,
+        batch=ns.batch,
+        device=ns.device,
+        pair_dir=ns.pair_dir,
+        threads=ns.threads,
+        progress=not ns.quiet,
+    )
+    print(json.dumps({"cache": str(result.folder), "images": result.images, "new_images": result.new_images,
+                      "soft_boxes": result.boxes, "seconds": round(result.seconds, 2),
+                      "mib": round(result.bytes / 2**20, 3)}))  # fmt: skip
     return 0
 
 
@@ -269,8 +304,41 @@ def build_parser() -> argparse.ArgumentParser:
         default="stop",
         help="a NaN/Inf loss: stop (naming term, epoch, batch; default) or skip that optimizer step",
     )
+    p.add_argument(
+        "--teacher-cache",
+        default=None,
+        metavar="CACHE",
+        help="train from a teacher cache (detkd cache) instead of a live teacher: logit and box KD, no teacher loaded",
+    )
+    p.add_argument(
+        "--unlabeled",
+        action="append",
+        metavar="DIR",
+        help="a folder or image list of unlabeled images (repeatable; adds to the data YAML's 'unlabeled' key); "
+        "on them the student learns from the teacher only (kd.unlabeled.*)",
+    )
     _add_training_options(p, "distill")
     p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser("cache", help="run a teacher once over images and keep its soft boxes for offline KD")
+    p.add_argument("--teacher", required=True, help="any teacher detkd distils from (as for distill --teacher)")
+    p.add_argument("--data", default=None, help="data YAML: its train (and unlabeled) images are cached")
+    p.add_argument("--images", action="append", metavar="DIR", help="more images to cache: a folder or list")
+    p.add_argument("--unlabeled", action="append", metavar="DIR", help="unlabeled images to cache (repeatable)")
+    p.add_argument("--out", required=True, help="the cache folder (created; a partial cache of the same key resumes)")
+    p.add_argument("--imgsz", type=int, default=640, help="the training image size the cache serves (default 640)")
+    p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's")
+    p.add_argument("--conf", type=float, default=0.01, help="lowest class probability a soft box keeps (0.01)")
+    p.add_argument("--max-det", type=int, default=100, help="soft boxes kept per image (100)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, 0, ... (default: a GPU when there is one)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument(
+        "--pair-dir",
+        default=None,
+        help="the teacher sees another modality: its image of each scene is the file of the same stem in this folder",
+    )
+    p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("train", help="train a detector without KD (a teacher, or a baseline)")
     p.add_argument("--model", default=None, help="model YAML or .pt")

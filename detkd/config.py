@@ -418,14 +418,47 @@ class BalanceConfig:
         _check_positive("kd.balance", "max_scale", self.max_scale)
 
 
+# ---- unlabeled images ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnlabeledConfig:
+    """How a run uses unlabeled images (``unlabeled:`` in the data YAML, or ``--unlabeled DIR``).
+
+    On unlabeled images the student learns from the teacher only: the soft logit and box KD terms everywhere and,
+    with ``pseudo_labels``, the detection loss at the teacher's confident detections (never as background).
+
+    Attributes:
+        fraction: share of each training batch that is unlabeled images (an epoch is one pass over the labelled
+            ones).
+        pseudo_labels: feed the teacher's detections on unlabeled images above the threshold to the detection loss
+            as hard labels.
+        pseudo_conf: class probability a teacher detection needs to become a pseudo-label.
+        pseudo_class_conf: one threshold per class (in class order) instead of ``pseudo_conf``; empty: none.
+    """
+
+    fraction: float = 0.5
+    pseudo_labels: bool = False
+    pseudo_conf: float = 0.5
+    pseudo_class_conf: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_range("kd.unlabeled", "fraction", self.fraction, 0.0, 0.95)
+        _check_range("kd.unlabeled", "pseudo_conf", self.pseudo_conf, 0.001, 1.0)
+        for v in self.pseudo_class_conf:
+            _check_range("kd.unlabeled", "pseudo_class_conf", v, 0.001, 1.0)
+
+
 @dataclass(frozen=True)
 class KDConfig:
-    """The whole KD recipe: one section per knowledge family, and the balancing policy."""
+    """The whole KD recipe: one section per knowledge family, the balancing policy, and the use of unlabeled
+    images."""
 
     feature: FeatureKDConfig = field(default_factory=FeatureKDConfig)
     logit: LogitKDConfig = field(default_factory=LogitKDConfig)
     box: BoxKDConfig = field(default_factory=BoxKDConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

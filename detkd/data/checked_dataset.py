@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,18 @@ class CheckedYOLODataset(YOLODataset):
         *args, **kwargs: as for ``YOLODataset``.
     """
 
-    def __init__(self, *args: Any, samples: Sequence[Sample], npy_dir: Path | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        samples: Sequence[Sample],
+        npy_dir: Path | None = None,
+        soft: Any = None,
+        unlabeled: AbstractSet[str] = frozenset(),
+        **kwargs: Any,
+    ) -> None:
         self._checked = {_key(s.train_path): s for s in samples}
+        self.soft = soft  # a detkd.offline.dataset.SoftLabelSource: soft boxes travel as label rows
+        self.unlabeled = frozenset(_key(p) for p in unlabeled)  # images that mix with their own kind only
         if npy_dir is None:
             npy_dir = Path(tempfile.mkdtemp(prefix="detkd-npy-"))
             weakref.finalize(self, shutil.rmtree, str(npy_dir), True)
@@ -86,6 +97,27 @@ class CheckedYOLODataset(YOLODataset):
             self._npy_dir / f"{hashlib.sha1(str(Path(p).with_suffix('')).encode()).hexdigest()[:20]}.npy" for p in paths
         ]
 
+    def update_labels_info(self, label: dict[str, Any]) -> dict[str, Any]:
+        if self.soft is not None:
+            from detkd.offline.dataset import add_soft_boxes
+
+            label = add_soft_boxes(label, self.soft)
+        return super().update_labels_info(label)
+
+    def build_transforms(self, hyp: Any = None) -> Any:
+        transforms = super().build_transforms(hyp)
+        if self.augment and (self.soft is not None or self.unlabeled):
+            from detkd.offline.dataset import mix_within_pools, record_flips
+
+            record_flips(transforms)
+            if self.unlabeled:
+                pools = [
+                    [i for i, f in enumerate(self.im_files) if _key(f) not in self.unlabeled],
+                    [i for i, f in enumerate(self.im_files) if _key(f) in self.unlabeled],
+                ]
+                mix_within_pools(transforms, lambda f: int(_key(f) in self.unlabeled), pools)
+        return transforms
+
     def _load_or_scan_cache(self, cache_path: Any, cache_hash: str) -> tuple[dict[str, Any], bool]:
         labels = [label_dict(self._checked[_key(f)], f) for f in self.im_files if _key(f) in self._checked]
         found = sum(len(lb["cls"]) > 0 for lb in labels)
@@ -95,10 +127,11 @@ class CheckedYOLODataset(YOLODataset):
 
 
 @contextlib.contextmanager
-def checked_labels(samples: Sequence[Sample], npy_dir: Path | None = None) -> Iterator[None]:
-    """While inside, ``build_yolo_dataset`` builds :class:`CheckedYOLODataset` for ``samples`` (one split)."""
+def checked_labels(samples: Sequence[Sample], npy_dir: Path | None = None, **extra: Any) -> Iterator[None]:
+    """While inside, ``build_yolo_dataset`` builds :class:`CheckedYOLODataset` for ``samples`` (one split);
+    ``extra``: its ``soft`` and ``unlabeled`` arguments."""
     original = ul_build.YOLODataset
-    ul_build.YOLODataset = partial(CheckedYOLODataset, samples=samples, npy_dir=npy_dir)  # type: ignore[misc, assignment]
+    ul_build.YOLODataset = partial(CheckedYOLODataset, samples=samples, npy_dir=npy_dir, **extra)  # type: ignore[misc, assignment]
     try:
         yield
     finally:

@@ -322,8 +322,11 @@ def _orphans(image_dir: Path, label_files: set[Path]) -> list[Path]:
     return sorted(p for p in label_dir.rglob("*.txt") if p not in label_files and p.name != "classes.txt")
 
 
-def _check_sample(img: Path, formats: AbstractSet[str], nc: int) -> tuple[Sample | Skipped, ImageCheck]:
-    """One image and its label: the usable sample, or why it is skipped."""
+def _check_sample(
+    img: Path, formats: AbstractSet[str], nc: int, labels: bool = True
+) -> tuple[Sample | Skipped, ImageCheck]:
+    """One image and its label (``labels=False``: an unlabeled image, its label file if any not read): the usable
+    sample, or why it is skipped."""
     try:
         found = img.is_file()
     except OSError as e:  # a name too long for the filesystem, a folder that cannot be searched
@@ -333,6 +336,12 @@ def _check_sample(img: Path, formats: AbstractSet[str], nc: int) -> tuple[Sample
     image = check_image_file(img, formats)
     if image.error:
         return Skipped(img, str(img), image.error), image
+    if not labels:
+        sample = Sample(img, [], image.size)
+        if image.truncated_jpeg:
+            sample.reencode = True
+            sample.repairs.append("JPEG without its end marker: a copy with the marker restored is used")
+        return sample, image
     label = check_label_file(label_path_for(img), nc)
     if label.error:
         return Skipped(img, label.where, label.error), image
@@ -352,12 +361,16 @@ def scan_split(spec: DataSpec, split: str) -> SplitReport:
         images = source_images(src, files, formats)
         if src.is_dir():
             report.unsupported += [p for p in files if _unsupported(p, formats)]
-            report.orphan_labels += _orphans(src, {label_path_for(p) for p in images})
+            if split != UNLABELED:
+                report.orphan_labels += _orphans(src, {label_path_for(p) for p in images})
+        if not images and split == UNLABELED:
+            raise InputFileError(src, "unlabeled image source has no images")
         candidates += images
     if not candidates:
         raise InputFileError(spec.yaml_path, f"split '{split}' has no images")
+    labels = split != UNLABELED
     with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:  # file reads and decoding release the GIL
-        checked = pool.map(lambda img: _check_sample(img, formats, spec.nc), candidates)
+        checked = pool.map(lambda img: _check_sample(img, formats, spec.nc, labels), candidates)
         for img, (result, image) in zip(candidates, checked):
             if isinstance(result, Skipped):
                 report.skipped.append(result)
@@ -402,6 +415,9 @@ def validate_split(spec: DataSpec, split: str, *, bad_samples: str = "skip") -> 
         raise InputFileError(spec.yaml_path, f"split '{split}' has no usable image ({len(report.skipped)} skipped)")
     LOGGER.info("data %s: %s", split, report.summary())
     return report
+
+
+UNLABELED = "unlabeled"  # the split of images without labels (``unlabeled:`` in a data YAML, ``--unlabeled``)
 
 
 def split_report(spec: DataSpec, split: str, bad_samples: str = "skip") -> SplitReport:

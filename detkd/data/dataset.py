@@ -200,7 +200,7 @@ def load_data_spec(path: str | Path) -> DataSpec:
     names = _names(data, yaml_path)
     root = _root(data, yaml_path, yaml_dir)
     splits: dict[str, list[Path]] = {}
-    for key in ("train", "val", "test"):
+    for key in ("train", "val", "test", "unlabeled"):
         value = data.get(key)
         if value is None:
             if key in ("train", "val"):
@@ -224,6 +224,19 @@ def load_data_spec(path: str | Path) -> DataSpec:
             yaml_path, f"'channels: {channels!r}': detkd trains 3-channel (RGB or replicated grayscale) detectors only"
         )
     return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=names, extra=extra)
+
+
+def add_unlabeled(spec: DataSpec, sources: list[str | Path]) -> None:
+    """Add folders or image lists of unlabeled images (``--unlabeled``) to the spec's ``unlabeled`` split."""
+    for src in sources:
+        p = Path(src).expanduser().absolute()
+        if not p.exists():
+            raise InputFileError(p, "unlabeled image folder or list not found (--unlabeled)")
+        if not (p.is_dir() or p.is_file()):
+            raise InputFileError(p, "is not a folder or an image list (--unlabeled)")
+        spec.splits.setdefault("unlabeled", [])
+        if p not in spec.splits["unlabeled"]:
+            spec.splits["unlabeled"].append(p)
 
 
 def _walk(root: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import torch
@@ -25,6 +26,13 @@ from detkd.engine import distributed, positions
 from detkd.errors import DetkdError
 from detkd.losses._checks import all_finite, normalise_over_ranks
 from detkd.losses.composite import TERMS, KDComposite, KDInputs, KDTerms
+from detkd.offline.unlabeled import (
+    add_hard_labels,
+    class_thresholds,
+    labelled_only,
+    pseudo_from_head,
+    pseudo_from_soft,
+)
 from detkd.students import ultralytics_yolo as uy
 from detkd.types import Teacher, TeacherOutputs
 
@@ -56,7 +64,14 @@ class KDCriterion:
             returns a finite stand-in loss and flags the step so the trainer drops it (:meth:`take_skip`).
     """
 
-    def __init__(self, student: Any, teacher: Teacher, composite: KDComposite, on_nonfinite: str = "stop") -> None:
+    def __init__(
+        self,
+        student: Any,
+        teacher: Teacher,
+        composite: KDComposite,
+        on_nonfinite: str = "stop",
+        unlabeled: frozenset[str] = frozenset(),
+    ) -> None:
         if on_nonfinite not in NONFINITE_MODES:
             raise DetkdError(f"on_nonfinite must be one of {NONFINITE_MODES}, got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
@@ -73,6 +88,8 @@ class KDCriterion:
         self._counts: dict[str, int] = {}
         self.epoch, self.epochs, self.batches, self.step = 0, 1, 1, 0
         self.item_names = (*KD_ITEM_NAMES, *ratio_item_names(composite))
+        self.unlabeled = unlabeled  # absolute paths of the training images that have no labels
+        self.counts: dict[str, int] = {}  # images, unlabeled images, pseudo-labels, soft boxes this epoch
 
     def update(self) -> None:
         """Called by Ultralytics once per epoch (end-to-end loss schedule)."""
@@ -91,18 +108,70 @@ class KDCriterion:
 
     def run_teacher(self, batch: dict[str, Any]) -> None:
         """Run the teacher on this step's images now, before the student's forward; the next call with the same
-        image tensor uses the outputs (any other call runs the teacher itself). Nothing runs while KD is off."""
-        self._set_progress()
-        self._ran = (batch["img"], self.teacher(batch["img"])) if self.composite.any_on else None
+        image tensor uses the outputs (any other call runs the teacher itself). Nothing runs while KD is off.
 
-    def _teacher_outputs(self, images: Tensor) -> TeacherOutputs:
+        A cached teacher gives the targets of the batch's soft boxes instead. Unlabeled images get their
+        pseudo-labels here (``kd.unlabeled.pseudo_labels``), added to the batch's ground truth, and the batch is
+        told which images have labels (``detkd_labelled``)."""
+        self._set_progress()
+        cached = getattr(self.teacher, "from_batch", None)
+        soft = self.teacher.soft_boxes(batch) if cached is not None else None  # type: ignore[attr-defined]
+        out = None
+        if self.composite.any_on:
+            out = cached(batch, soft) if cached is not None else self.teacher(batch["img"])
+        unlabeled = self._unlabeled(batch)
+        n = int(batch["img"].shape[0])
+        self._count("images", n)
+        self._count("soft_boxes", len(soft) if soft is not None else 0)
+        if unlabeled is not None:
+            batch["detkd_labelled"] = ~unlabeled
+            self._count("unlabeled_images", int(unlabeled.sum()))
+            cfg = self.composite.cfg.unlabeled
+            if cfg.pseudo_labels and bool(unlabeled.any()):
+                thr = class_thresholds(cfg.pseudo_conf, cfg.pseudo_class_conf, self.composite_classes, unlabeled.device)
+                hard: tuple[Tensor, ...]
+                if soft is not None:
+                    hard = pseudo_from_soft(soft, unlabeled.to(soft.boxes.device), thr.to(soft.boxes.device))
+                else:
+                    if out is None:
+                        out = self.teacher(batch["img"])
+                    hard = pseudo_from_head(out.heads["one2many"], unlabeled, thr)
+                self._count("pseudo_labels", add_hard_labels(batch, *hard))
+        self._ran = (batch["img"], out) if out is not None else None
+
+    @property
+    def composite_classes(self) -> int:
+        return int(self.head.nc)
+
+    def _count(self, key: str, value: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + int(value)
+
+    def _unlabeled(self, batch: dict[str, Any]) -> Tensor | None:
+        """(B,) True for the batch's unlabeled images (None when the run has none)."""
+        if not self.unlabeled:
+            return None
+        files = batch.get("im_file") or ()
+        flags = [os.path.abspath(f) in self.unlabeled for f in files]
+        return torch.tensor(flags, dtype=torch.bool, device=batch["img"].device)
+
+    def take_counts(self) -> dict[str, int]:
+        """This epoch's image, unlabeled-image, pseudo-label and soft-box counts; resets them."""
+        counts, self.counts = self.counts, {}
+        return counts
+
+    def _teacher_outputs(self, batch: dict[str, Any]) -> TeacherOutputs:
         ran, self._ran = self._ran, None
-        return ran[1] if ran is not None and ran[0] is images else self.teacher(images)
+        images = batch["img"]
+        if ran is not None and ran[0] is images:
+            return ran[1]
+        cached = getattr(self.teacher, "from_batch", None)
+        return cached(batch) if cached is not None else self.teacher(images)
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         self._set_progress()
         branches = uy.split_branches(preds)
-        det = self.det(branches, batch)
+        with labelled_only(self.det.losses(), batch.get("detkd_labelled")):
+            det = self.det(branches, batch)
         cls_scale = self.composite.det_cls_scale
         det_loss = det.loss * det.loss.new_tensor([1.0, cls_scale, 1.0])
         zero = det_loss.new_zeros(())
@@ -174,7 +243,7 @@ class KDCriterion:
 
     def _kd(self, preds: Any, batch: dict[str, Any], branches: dict[str, Any], det: Any, det_total: Tensor) -> Any:
         comp, cfg = self.composite, self.composite.cfg
-        teacher_out = self._teacher_outputs(batch["img"])
+        teacher_out = self._teacher_outputs(batch)
         feats = uy.neck_features(preds)
         grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
         heads = {name: uy.head_outputs(raw, self.head) for name, raw in branches.items()}

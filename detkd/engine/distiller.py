@@ -29,8 +29,8 @@ from detkd import __version__
 from detkd._io import read_text
 from detkd.checkpoints import load_checkpoint
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
-from detkd.data.checks import check_policy, split_report
-from detkd.data.dataset import DataSpec, load_data_spec
+from detkd.data.checks import UNLABELED, check_policy, split_report
+from detkd.data.dataset import DataSpec, add_unlabeled, load_data_spec
 from detkd.engine import distributed
 from detkd.engine.checkpointing import (
     RESUME_FORMAT,
@@ -48,6 +48,8 @@ from detkd.engine.train_args import check_threads, check_train_args
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
 from detkd.errors import DetkdError, InputFileError
 from detkd.losses.composite import KDComposite
+from detkd.offline.cache import TeacherCache, image_digests
+from detkd.offline.teacher import CachedTeacher
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
 from detkd.teachers.mapped import paired_classes
@@ -154,15 +156,22 @@ def _write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
         replace_text(save_dir / RUN_META, json.dumps(meta, indent=2, default=str))
 
 
-def _checked_data(data: str | Path | DataSpec, bad_samples: str = "skip") -> DataSpec:
-    """The data spec with every sample of train and val checked (once: a checked spec is passed through).
+def _checked_data(
+    data: str | Path | DataSpec, bad_samples: str = "skip", unlabeled: list[str | Path] | None = None
+) -> DataSpec:
+    """The data spec with every sample of train and val (and unlabeled images, from the YAML's ``unlabeled`` key
+    and ``unlabeled``) checked (once: a checked spec is passed through).
 
     ``bad_samples``: ``skip`` leaves unusable samples out with one warning each, ``fail`` stops on the first.
     """
     check_policy(bad_samples)
     spec = data if isinstance(data, DataSpec) else load_data_spec(data)
-    for split in ("train", "val"):
-        split_report(spec, split, bad_samples)
+    if unlabeled:
+        spec.reports.pop(UNLABELED, None)
+        add_unlabeled(spec, unlabeled)
+    for split in ("train", "val", UNLABELED):
+        if split in spec.splits:
+            split_report(spec, split, bad_samples)
     return spec
 
 
@@ -382,7 +391,7 @@ class Distiller:
 
     Args:
         teacher: an Ultralytics detection ``.pt`` (loaded with the restricted unpickler) or a model YAML (random
-            weights; for tests).
+            weights; for tests); None with ``teacher_cache``.
         student: a model YAML (e.g. ``yolov8n.yaml``) or a ``.pt`` to start from.
         data: an Ultralytics data YAML.
         kd: a :class:`KDConfig`, a path to a KD YAML, or None for the defaults.
@@ -391,6 +400,11 @@ class Distiller:
             without one, a teacher whose classes include every data class by name is mapped by name.
         bad_samples: ``skip`` (default) leaves images that do not decode or have malformed labels out, with one
             warning each and a count; ``fail`` stops on the first, before training.
+        teacher_cache: a folder made by ``detkd cache`` (:func:`detkd.offline.build_cache`): the teacher's soft
+            boxes are read from it and travel through augmentation, and the teacher is never loaded (logit and box
+            KD only).
+        unlabeled: folders or image lists of unlabeled images, added to the data's ``unlabeled`` key; on them the
+            student learns from the teacher only (see ``kd.unlabeled``).
 
     Raises:
         DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
@@ -398,7 +412,7 @@ class Distiller:
 
     def __init__(
         self,
-        teacher: str | Path,
+        teacher: str | Path | None,
         student: str | Path,
         data: str | Path | DataSpec,
         kd: KDConfig | str | Path | None = None,
@@ -406,23 +420,37 @@ class Distiller:
         overrides: list[str] | None = None,
         class_map: str | Path | None = None,
         bad_samples: str = "skip",
+        teacher_cache: str | Path | None = None,
+        unlabeled: list[str | Path] | None = None,
     ) -> None:
         if isinstance(kd, KDConfig):
             self.kd = kd_config_from_dict(apply_overrides(kd.to_dict(), overrides or []))
+        elif isinstance(kd, dict):
+            self.kd = kd_config_from_dict(apply_overrides(kd, overrides or []))
         else:
             self.kd = load_kd_config(kd, overrides)
-        self.data = _checked_data(data, bad_samples)
-        self.teacher_spec, self.student_spec = str(teacher), str(student)
-        with seeded(0):  # a teacher from YAML (random weights) is the same in every process, e.g. on resume
-            built = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
-        self.teacher = paired_classes(
-            built,
-            self.data.names,
-            class_map,
-            required=self.kd.logit.weight > 0,
-        )
+        self.data = _checked_data(data, bad_samples, unlabeled)
+        self.student_spec = str(student)
+        self.teacher_cache = str(teacher_cache) if teacher_cache is not None else None
+        self.digests: dict[str, str] = {}
         self.class_map = str(class_map) if class_map else None
+        if teacher_cache is not None:
+            if teacher is not None:
+                raise DetkdError("give a teacher or a teacher cache, not both (the cache records its teacher)")
+            if class_map:
+                raise DetkdError("a class map is applied when the cache is built (detkd cache --class-map)")
+            self.teacher_spec = str(teacher_cache)
+            built = self.teacher = self._cached_teacher(Path(teacher_cache))
+        elif teacher is None:
+            raise DetkdError("a teacher is needed: a teacher file, or teacher_cache= (--teacher-cache)")
+        else:
+            self.teacher_spec = str(teacher)
+            with seeded(0):  # a teacher from YAML (random weights) is the same in every process, e.g. on resume
+                built = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
+            self.teacher = paired_classes(built, self.data.names, class_map, required=self.kd.logit.weight > 0)
         self.student, self.composite = self._build_student(seed=0)  # validates the pairing now, not mid-epoch
+        if isinstance(self.teacher, CachedTeacher):
+            self.teacher.use_distributions = self.composite.box_method == "ld"
         LOGGER.info("teacher: %s", self.teacher.describe())
         LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_method)
         LOGGER.info("feature levels: %s", self.composite.pairing)
@@ -434,6 +462,31 @@ class Distiller:
                 method,
                 type(source).__name__,
             )
+
+    def _cached_teacher(self, folder: Path) -> CachedTeacher:
+        """The cache as a teacher, checked against this run: its classes, the recipe (no feature KD), and every
+        training image (labelled and unlabeled) in it, by content."""
+        cache = TeacherCache(folder)
+        names = [self.data.names[i] for i in sorted(self.data.names)]
+        if cache.names != names:
+            raise InputFileError(
+                folder / "cache.json", f"the cache's classes {cache.names[:6]} are not the data's {names[:6]} "
+                "(build the cache with --class-map for a teacher of other classes)",
+            )  # fmt: skip
+        samples = [s for split in ("train", UNLABELED) if split in self.data.reports
+                   for s in self.data.reports[split].samples]  # fmt: skip
+        keys = image_digests([s.image for s in samples])
+        self.digests = {str(s.image): k for s, k in zip(samples, keys)}
+        missing = [s.image for s, k in zip(samples, keys) if k not in cache.entries]
+        if missing:
+            raise InputFileError(
+                folder, f"{len(missing)} of {len(samples)} training images are not in the cache (e.g. {missing[0]}); "
+                "build it over these images (detkd cache ... --data D.yaml [--unlabeled DIR]; a partial cache resumes)",
+            )  # fmt: skip
+        specs = uy.feature_specs(uy.build_student(self.student_spec, self.data.nc, self.data.names))
+        teacher = CachedTeacher(cache, specs)
+        teacher.check_recipe(self.kd)
+        return teacher
 
     def _check_teacher(self, imgsz: int, device: Any) -> dict[str, float]:
         score = score_teacher(self.teacher, self.data, imgsz, device)
@@ -478,8 +531,14 @@ class Distiller:
         if on_nonfinite not in ("stop", "skip"):
             raise DetkdError(f"on_nonfinite '{on_nonfinite}': valid: stop, skip")
         teacher_score = None
-        if resume_state is None and distributed.is_main():
-            teacher_score = self._check_teacher(int(train_args.get("imgsz") or 640), train_args.get("device"))
+        imgsz = int(train_args.get("imgsz") or 640)
+        if isinstance(self.teacher, CachedTeacher) and self.teacher.cache.imgsz != imgsz:
+            raise DetkdError(
+                f"{self.teacher_cache}: the cache was built at {self.teacher.cache.imgsz} px and this run trains at "
+                f"{imgsz} px; build a cache at --imgsz {imgsz} (the teacher sees another image at another size)"
+            )
+        if resume_state is None and distributed.is_main() and not isinstance(self.teacher, CachedTeacher):
+            teacher_score = self._check_teacher(imgsz, train_args.get("device"))
         self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
         resuming = resume_state is not None
         with _run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
@@ -491,8 +550,11 @@ class Distiller:
                     "kind": "distill",
                     "teacher": self.teacher.describe(),
                     "teacher_spec": self.teacher_spec,
+                    "teacher_cache": self.teacher_cache,
                     "class_map": self.class_map,
-                    "inputs": fingerprints(input_files(self.teacher_spec, self.class_map)),
+                    "inputs": fingerprints(self.input_files()),
+                    "unlabeled_images": len(self.data.reports[UNLABELED].samples)
+                    if UNLABELED in self.data.reports else 0,
                     "teacher_on_val": teacher_score,
                     "student": self.student_spec,
                     "data": str(self.data.yaml_path),
@@ -512,8 +574,15 @@ class Distiller:
                 resume_state=resume_state,
                 on_nonfinite=on_nonfinite,
                 data=self.data,
+                digests=self.digests,
             )
             return _run(trainer, save_dir, started, self.data)
+
+    def input_files(self) -> list[Path]:
+        """The files this run distils from (fingerprinted in the run, checked on resume)."""
+        if self.teacher_cache is not None:
+            return [Path(self.teacher_cache) / "cache.json"]
+        return input_files(self.teacher_spec, self.class_map)
 
 
 RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed
@@ -535,7 +604,9 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
         LOGGER.info("%s: the run finished all its epochs; nothing to resume", folder)
         return _finished(folder)
     if meta["kind"] == "distill":  # a replaced teacher is refused before anything else is read
-        _check_same_inputs(meta.get("inputs") or {}, input_files(meta["teacher_spec"], meta.get("class_map")), folder)
+        cache = meta.get("teacher_cache")
+        files = [Path(cache) / "cache.json"] if cache else input_files(meta["teacher_spec"], meta.get("class_map"))
+        _check_same_inputs(meta.get("inputs") or {}, files, folder)
     state = _resume_state(find_resume_file(folder))
     if int(state["epoch"]) + 1 >= int(state["epochs"]):
         LOGGER.info("%s: all %d epochs were trained; nothing to resume", folder, state["epochs"])
@@ -547,6 +618,10 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
     LOGGER.info("resuming %s run %s after epoch %d", meta.get("kind"), folder, int(state["epoch"]) + 1)
     if meta.get("kind") == "distill":
         teacher = meta["teacher_spec"]
+        cache = meta.get("teacher_cache")
+        if cache:
+            distiller = Distiller(None, meta["student"], data, folder / "kd.yaml", teacher_cache=cache)
+            return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
         if not str(teacher).endswith((".yaml", ".yml")) and ":" not in str(teacher) and not Path(teacher).exists():
             raise DetkdError(f"resume: the teacher {teacher} is gone (detkd rebuilds the teacher from its file)")
         distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"))
@@ -571,7 +646,7 @@ def _run_meta(folder: Path, given: str | Path) -> dict[str, Any]:
     for key in _META_KEYS[meta["kind"]]:
         if not isinstance(meta.get(key), str) or not meta[key]:
             raise InputFileError(meta_path, f"'{key}' must name a file or model (got {meta.get(key)!r})")
-    for key in ("class_map", "on_nonfinite"):
+    for key in ("class_map", "on_nonfinite", "teacher_cache"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise InputFileError(meta_path, f"'{key}' must be a string (got {meta[key]!r})")
     train_args = meta.get("train_args", {})

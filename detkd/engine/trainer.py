@@ -39,6 +39,7 @@ from detkd.engine import distributed
 from detkd.engine.checkpointing import (
     RESUME_FILE,
     RESUME_FORMAT,
+    epoch_shuffle,
     plain,
     replace_text,
     restore_augmenters,
@@ -51,6 +52,8 @@ from detkd.engine.checkpointing import (
 from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, NonFiniteLossError, ratio_item_names
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
+from detkd.offline.dataset import MixedBatches, SoftLabelSource, split_soft
+from detkd.offline.teacher import CachedTeacher
 from detkd.types import Teacher
 
 ensure_offline()
@@ -180,10 +183,33 @@ class DetectorTrainer(DetectionTrainer):
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
         """Ultralytics' dataset, labelled from detkd's check of the split (no label cache read or written); its
-        ``cache=disk`` image files live in the run folder, never beside the user's images."""
+        ``cache=disk`` image files live in the run folder, never beside the user's images. A KD run's training
+        set also holds its unlabeled images and, from a teacher cache, the soft boxes of each image."""
         split = "train" if mode == "train" else "val"
-        with checked_labels(self.data_spec.reports[split].samples, npy_dir=self.save_dir / "data" / "npy" / split):
+        samples = list(self.data_spec.reports[split].samples)
+        extra: dict[str, Any] = {}
+        if split == "train":
+            unlabeled = self.unlabeled_samples()
+            if unlabeled:
+                samples += unlabeled
+                extra["unlabeled"] = {str(s.train_path) for s in unlabeled}
+                listed = self.save_dir / "data" / "train_and_unlabeled.txt"
+                listed.parent.mkdir(parents=True, exist_ok=True)
+                replace_text(listed, "".join(f"{s.train_path}\n" for s in samples))
+                img_path = str(listed)
+            soft = self.soft_source(samples)
+            if soft is not None:
+                extra["soft"] = soft
+        with checked_labels(samples, npy_dir=self.save_dir / "data" / "npy" / split, **extra):
             return super().build_dataset(img_path, mode, batch)
+
+    def unlabeled_samples(self) -> list[Any]:
+        """The unlabeled images this run trains on (a KD run's; none here)."""
+        return []
+
+    def soft_source(self, samples: list[Any]) -> Any:
+        """Where the training images' soft boxes come from (a KD run from a teacher cache; none here)."""
+        return None
 
     def _setup_ddp(self) -> None:
         """One process per device under torchrun: this rank's GPU (or the CPU with gloo), process group joined."""
@@ -322,7 +348,12 @@ class DetectorTrainer(DetectionTrainer):
         loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
         if mode == "train":
             use_epoch_shuffle(loader)
+            self.mix_batches(loader, batch_size)
         return loader
+
+    def mix_batches(self, loader: Any, batch_size: int) -> None:
+        """Set the labelled/unlabeled make-up of each training batch (a KD run with unlabeled images)."""
+        return None
 
     def _close_dataloader_mosaic(self) -> None:
         super()._close_dataloader_mosaic()
@@ -429,6 +460,7 @@ class KDTrainer(DetectorTrainer):
         overrides, threads, resume_state, data: as for :class:`DetectorTrainer`.
         on_nonfinite: ``stop`` (raise, naming the term, epoch and batch) or ``skip`` (drop that optimizer step,
             warn, count; stop after :data:`~detkd.engine.criterion.MAX_CONSECUTIVE_SKIPS` in a row).
+        digests: the content key of each training image (its user's file), for a teacher from a cache.
     """
 
     def __init__(
@@ -442,11 +474,13 @@ class KDTrainer(DetectorTrainer):
         on_nonfinite: str = "stop",
         *,
         data: DataSpec | None = None,
+        digests: Mapping[str, str] | None = None,
     ) -> None:
         self.teacher = teacher
         self.composite = composite
         self.on_nonfinite = on_nonfinite
         self.criterion: KDCriterion | None = None
+        self.digests = dict(digests or {})
         super().__init__(model, overrides, threads, resume_state, data=data)
 
     def setup_model(self) -> None:
@@ -492,16 +526,51 @@ class KDTrainer(DetectorTrainer):
         self.add_callback("on_train_epoch_end", lambda t: t.log_kd_terms())
 
     def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Ultralytics' preprocessing (device, scaling, multi-scale), then the teacher's forward on the result."""
+        """Soft boxes out of the labels, Ultralytics' preprocessing (device, scaling, multi-scale), then the
+        teacher's forward (or the cache's targets) on the result."""
+        if self.cache_teacher is not None:
+            batch = split_soft(batch)
         batch = super().preprocess_batch(batch)
         if self.criterion is not None:
             self.criterion.run_teacher(batch)
         return batch
 
+    @property
+    def cache_teacher(self) -> CachedTeacher | None:
+        return self.teacher if isinstance(self.teacher, CachedTeacher) else None
+
+    def unlabeled_samples(self) -> list[Any]:
+        report = self.data_spec.reports.get("unlabeled")
+        return list(report.samples) if report is not None else []
+
+    def soft_source(self, samples: list[Any]) -> Any:
+        if self.cache_teacher is None:
+            return None
+        digests = {str(s.train_path): self.digests[str(s.image)] for s in samples}
+        return SoftLabelSource(self.cache_teacher.cache, digests)
+
+    def mix_batches(self, loader: Any, batch_size: int) -> None:
+        dataset = loader.dataset
+        if not getattr(dataset, "unlabeled", None) or self.world_size > 1:
+            if getattr(dataset, "unlabeled", None):
+                LOGGER.warning("unlabeled images under DDP: each rank's batches mix them at random (not a fixed share)")
+            return
+        inner = loader.batch_sampler  # Ultralytics' repeat sampler around torch's batch sampler
+        seed = int(getattr(epoch_shuffle(loader), "seed", 0) or 0)
+        unl = dataset.unlabeled
+        labelled = [i for i, f in enumerate(dataset.im_files) if os.path.abspath(f) not in unl]
+        unlabeled = [i for i, f in enumerate(dataset.im_files) if os.path.abspath(f) in unl]
+        fraction = self.composite.cfg.unlabeled.fraction
+        inner.sampler = MixedBatches(labelled, unlabeled, batch_size, fraction, seed)
+        LOGGER.info("training batches: %d labelled + %d unlabeled images (kd.unlabeled.fraction %.2f); %d labelled "
+                    "and %d unlabeled images in all", inner.sampler.per, inner.sampler.k, fraction, len(labelled),
+                    len(unlabeled))  # fmt: skip
+
     def build_criterion(self) -> KDCriterion:
         student: Any = unwrap_model(self.model)
+        unlabeled = frozenset(os.path.abspath(str(s.train_path)) for s in self.unlabeled_samples())
         student.criterion = self.criterion = KDCriterion(
-            student, self.teacher, self.composite, on_nonfinite=self.on_nonfinite
+            student, self.teacher, self.composite, on_nonfinite=self.on_nonfinite, unlabeled=unlabeled
         )
         return self.criterion
 
@@ -552,8 +621,13 @@ class KDTrainer(DetectorTrainer):
         if self.criterion is None:
             return
         means = distributed.pooled_means(*self.criterion.epoch_terms())
-        if distributed.is_main() and means:
-            write_epoch_row(self.save_dir / KD_TERMS_CSV, self.epoch + 1, means)
+        counts = {f"data/{k}": float(v) for k, v in self.criterion.take_counts().items()}  # this rank's images
+        if counts.get("data/unlabeled_images"):
+            LOGGER.info("epoch %d: %d images (%d unlabeled), %d pseudo-labels, %d soft boxes", self.epoch + 1,
+                        counts.get("data/images", 0), counts["data/unlabeled_images"],
+                        counts.get("data/pseudo_labels", 0), counts.get("data/soft_boxes", 0))  # fmt: skip
+        if distributed.is_main() and (means or counts):
+            write_epoch_row(self.save_dir / KD_TERMS_CSV, self.epoch + 1, {**means, **counts})
 
     def kd_state(self) -> dict[str, Any]:
         balancer = self.composite.balancer

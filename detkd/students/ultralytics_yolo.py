@@ -310,6 +310,12 @@ class AssignedDetectionLoss:
         (fg, _, boxes, *_), loss, items = self.inner.get_assigned_targets_and_loss(branches["one2many"], batch)
         return DetectionLossResult(loss, items, {"one2many": fg}, {"one2many": boxes})
 
+    def losses(self) -> list[Any]:
+        """Ultralytics' per-branch detection losses (``v8DetectionLoss`` instances)."""
+        if isinstance(self.inner, E2ELoss):
+            return [self.inner.one2many, self.inner.one2one]
+        return [self.inner]
+
     def update(self) -> None:
         """Per-epoch schedule of the end-to-end loss (one-to-many weight decay); no-op otherwise."""
         if hasattr(self.inner, "update"):

@@ -1,0 +1,310 @@
+"""The teacher cache: a teacher's soft boxes for every image, on disk, keyed by what produced them.
+
+Layout of a cache folder::
+
+    cache.json               what made it (the key), the classes, and the shards in order
+    shard-00000.safetensors  up to SHARD_IMAGES images' soft boxes (written whole, then renamed: never half a shard)
+    ...
+
+A shard is a `safetensors <https://github.com/huggingface/safetensors>`_ file (a JSON header and raw little-endian
+arrays; no pickle, nothing in it runs): per image ``keys`` (n, 32) uint8, the SHA-256 of the image file's bytes,
+``sizes`` (n, 2) int32 width and height and ``offsets`` (n + 1) int64 into the per-box arrays; per box ``boxes``
+(m, 4) float32 xyxy pixels of the original image, ``probs`` (m, C) float16 class probabilities, and for DFL
+teachers ``dist`` (m, 4, R) float16 per-side bin probabilities with ``spacing`` (m,) float32, the predicting
+anchor's stride in original pixels. Readers map each array straight from the file (:class:`numpy.memmap` at the
+offsets the header gives), so opening a cache reads its headers only and a box is read when it is used.
+Why this format (size, read speed, random access against NumPy ``.npz`` and one file per image) is measured in
+``benchmarks/RESULTS.md``.
+
+Keys: the cache records the teacher's files (SHA-256 of each), image size, class map, confidence threshold, box
+cap, the paired-modality folder and :data:`CACHE_VERSION`; a build with another key is refused with the fields that
+differ; a build with the same key resumes, skipping images already cached (by content, so a moved dataset still
+matches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detkd._io import read_text
+from detkd.errors import DetkdError, InputFileError
+
+CACHE_FORMAT = "detkd-teacher-cache"
+CACHE_VERSION = 1
+MANIFEST = "cache.json"
+SHARD_IMAGES = 256
+MAX_HEADER_BYTES = 16 * 2**20
+MAX_MANIFEST_BYTES = 64 * 2**20
+_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8}
+# array name -> (dtype, trailing shape after the first axis; "C"/"R" are the cache's classes and bins)
+_ARRAYS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "keys": ("U8", (32,)),
+    "sizes": ("I32", (2,)),
+    "offsets": ("I64", ()),
+    "boxes": ("F32", (4,)),
+    "probs": ("F16", ("C",)),
+    "dist": ("F16", (4, "R")),
+    "spacing": ("F32", ()),
+}
+ID_BASE = 1 << 32  # a soft box's id: shard * ID_BASE + row (exact in float64)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex): the key of an image in a cache."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def image_digests(paths: Iterable[Path], threads: int = 4) -> list[str]:
+    """Content keys of many images (file reads release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(file_digest, paths))
+
+
+def describe_key_change(cached: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """Which key fields differ, as ``field: cache has X, asked for Y`` clauses."""
+    out = []
+    for k in sorted(set(cached) | set(wanted)):
+        if cached.get(k) != wanted.get(k):
+            a, b = json.dumps(cached.get(k)), json.dumps(wanted.get(k))
+            out.append(f"{k}: cache has {a[:120]}, asked for {b[:120]}")
+    return "; ".join(out)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_shard(path: Path, arrays: Mapping[str, np.ndarray]) -> str:
+    """Write one shard atomically; returns its SHA-256."""
+    from safetensors.numpy import save_file
+
+    _atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp))
+    return file_digest(path)
+
+
+def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(manifest, indent=1))
+
+    _atomic_write(folder / MANIFEST, write)
+
+
+def _shard_arrays(path: Path, nc: int, reg_max: int) -> dict[str, np.ndarray]:
+    """The arrays of a shard mapped from the file, after checking its header against the cache's shapes."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+                raise InputFileError(path, "is not a safetensors file (bad header length)")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise InputFileError(path, f"cache shard cannot be read ({e})") from e
+    if not isinstance(header, dict):
+        raise InputFileError(path, "cache shard header is not a mapping")
+    header.pop("__metadata__", None)
+    want = {k for k in _ARRAYS if k not in ("dist", "spacing") or reg_max > 1}
+    if set(header) != want:
+        raise InputFileError(path, f"cache shard holds {sorted(header)}, expected {sorted(want)}")
+    dims = {"C": nc, "R": reg_max}
+    out: dict[str, np.ndarray] = {}
+    for name, spec in header.items():
+        dtype, trailing = _ARRAYS[name]
+        ok = isinstance(spec, dict) and spec.get("dtype") == dtype and isinstance(spec.get("shape"), list)
+        shape: list[Any] = list(spec["shape"]) if ok else []
+        expected_tail = [dims.get(t, t) for t in trailing]
+        if not ok or len(shape) != 1 + len(trailing) or shape[1:] != expected_tail or not isinstance(shape[0], int):
+            raise InputFileError(path, f"cache array '{name}' is {spec}, expected {dtype} (n, {expected_tail})")
+        offsets = spec.get("data_offsets")
+        begin, end = offsets if isinstance(offsets, list) and len(offsets) == 2 else (None, None)
+        count = int(np.prod(shape))
+        np_type: Any = _DTYPES[dtype]
+        itemsize = np.dtype(np_type).itemsize
+        if not (isinstance(begin, int) and isinstance(end, int) and end - begin == count * itemsize):
+            raise InputFileError(path, f"cache array '{name}' has inconsistent offsets {begin}..{end}")
+        if 8 + n + end > size:
+            raise InputFileError(path, f"cache array '{name}' runs past the end of the file (truncated?)")
+        out[name] = (
+            np.memmap(path, dtype=np_type, mode="r", offset=8 + n + begin, shape=tuple(shape))
+            if count
+            else np.zeros(tuple(shape), np_type)
+        )
+    images, boxes = out["keys"].shape[0], out["boxes"].shape[0]
+    off = np.asarray(out["offsets"])
+    if (
+        out["sizes"].shape[0] != images
+        or off.shape[0] != images + 1
+        or off[0] != 0
+        or off[-1] != boxes
+        or (np.diff(off) < 0).any()
+    ):
+        raise InputFileError(path, "cache shard's image offsets do not match its boxes")
+    if any(out[k].shape[0] != boxes for k in ("probs", "dist", "spacing") if k in out):
+        raise InputFileError(path, "cache shard's per-box arrays have different lengths")
+    for name in ("boxes", "probs", "dist", "spacing"):
+        if name in out and out[name].size and not np.isfinite(out[name]).all():
+            raise InputFileError(path, f"cache array '{name}' holds NaN or Inf")
+    if out["probs"].size and (out["probs"].min() < 0 or out["probs"].max() > 1):
+        raise InputFileError(path, "cache class probabilities lie outside [0, 1]")
+    return out
+
+
+@dataclass
+class Entry:
+    shard: int
+    start: int
+    end: int
+    size: tuple[int, int]
+
+
+def _manifest_field(manifest: dict[str, Any], path: Path, key: str, kind: type | tuple[type, ...]) -> Any:
+    value = manifest.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InputFileError(path, f"'{key}' is missing or not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise InputFileError(folder, "teacher cache folder not found (build one with `detkd cache`)")
+    if not path.is_file():
+        raise InputFileError(folder, f"is not a detkd teacher cache ({MANIFEST} missing; build one with `detkd cache`)")
+    try:
+        manifest = json.loads(read_text(path, "teacher cache manifest", max_bytes=MAX_MANIFEST_BYTES))
+    except ValueError as e:
+        raise InputFileError(path, f"is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        raise InputFileError(path, "is not a detkd teacher cache manifest")
+    if manifest.get("version") != CACHE_VERSION:
+        raise InputFileError(
+            path, f"cache version {manifest.get('version')!r}; this detkd reads version {CACHE_VERSION}: rebuild it"
+        )
+    _manifest_field(manifest, path, "key", dict)
+    names = _manifest_field(manifest, path, "names", list)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InputFileError(path, "'names' must list the class names")
+    reg_max = _manifest_field(manifest, path, "reg_max", int)
+    if not 1 <= reg_max <= 64:
+        raise InputFileError(path, f"'reg_max' {reg_max} outside 1..64")
+    for shard in _manifest_field(manifest, path, "shards", list):
+        file = shard.get("file") if isinstance(shard, dict) else None
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(".safetensors"):
+            raise InputFileError(path, f"shard entry {shard!r} must name a .safetensors file in the cache folder")
+    mask = manifest.get("class_mask")
+    if mask is not None and (not isinstance(mask, list) or len(mask) != len(names)):
+        raise InputFileError(path, "'class_mask' must list one 0/1 per class")
+    return manifest
+
+
+class TeacherCache:
+    """A built cache, opened for reading (see module doc). Raises :class:`InputFileError` naming the file for
+    anything that does not match the format."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.names: list[str] = list(self.manifest["names"])
+        self.nc = len(self.names)
+        self.reg_max = int(self.manifest["reg_max"])
+        self.key: dict[str, Any] = dict(self.manifest["key"])
+        self.imgsz = int(self.key.get("imgsz", 0))
+        mask = self.manifest.get("class_mask")
+        self.class_mask = None if mask is None else np.asarray(mask, dtype=np.float32)
+        self.shard_files = [self.folder / s["file"] for s in self.manifest["shards"]]
+        self._pid = -1
+        self._arrays: list[dict[str, np.ndarray]] = []
+        self.entries: dict[str, Entry] = {}
+        for i, arrays in enumerate(self._open()):
+            keys, sizes, off = arrays["keys"], np.asarray(arrays["sizes"]), np.asarray(arrays["offsets"])
+            for j in range(keys.shape[0]):
+                size = (int(sizes[j, 0]), int(sizes[j, 1]))
+                self.entries[bytes(keys[j]).hex()] = Entry(i, int(off[j]), int(off[j + 1]), size)
+
+    def _open(self) -> list[dict[str, np.ndarray]]:
+        if self._pid != os.getpid():  # mapped once per process (data-loader workers map their own)
+            for f in self.shard_files:
+                if not f.is_file():
+                    raise InputFileError(f, "cache shard listed in cache.json is missing")
+            self._arrays = [_shard_arrays(f, self.nc, self.reg_max) for f in self.shard_files]
+            self._pid = os.getpid()
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"], state["_pid"] = [], -1
+        return state
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def boxes_total(self) -> int:
+        return sum(e.end - e.start for e in self.entries.values())
+
+    def describe(self) -> str:
+        return (
+            f"teacher cache {self.folder} ({len(self)} images, {self.boxes_total} soft boxes, {self.nc} classes, "
+            f"{self.imgsz} px, teacher {self.manifest.get('teacher', '?')})"
+        )
+
+    def image(self, digest: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
+        """(boxes (m, 4) xyxy original pixels, ids (m,) float64, (w, h)) of an image, or None if not cached."""
+        e = self.entries.get(digest)
+        if e is None:
+            return None
+        boxes = np.array(self._open()[e.shard]["boxes"][e.start : e.end], dtype=np.float32)
+        ids = e.shard * float(ID_BASE) + np.arange(e.start, e.end, dtype=np.float64)
+        return boxes, ids, e.size
+
+    def image_index(self, ids: np.ndarray) -> np.ndarray:
+        """Per soft box id, the number of the cached image it belongs to (unique across shards)."""
+        ids = np.asarray(ids, dtype=np.float64)
+        shard = (ids // ID_BASE).astype(np.int64)
+        row = (ids - shard * float(ID_BASE)).astype(np.int64)
+        arrays = self._open()
+        base = np.cumsum([0] + [a["keys"].shape[0] for a in arrays])
+        out = np.zeros(len(ids), np.int64)
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            off = np.asarray(arrays[s]["offsets"])
+            out[sel] = base[s] + np.searchsorted(off, row[sel], side="right") - 1
+        return out
+
+    def payload(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per soft box id: ``boxes`` (original pixels), ``probs`` and, for DFL teachers, ``dist`` and ``spacing``."""
+        ids = np.asarray(ids, dtype=np.float64)
+        shard = (ids // ID_BASE).astype(np.int64)
+        row = (ids - shard * float(ID_BASE)).astype(np.int64)
+        arrays = self._open()
+        names = ["boxes", "probs"] + (["dist", "spacing"] if self.reg_max > 1 else [])
+        out = {n: np.zeros((len(ids), *arrays[0][n].shape[1:]) if arrays else (0,), np.float32) for n in names}
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            if not 0 <= s < len(arrays) or (row[sel] >= arrays[s]["boxes"].shape[0]).any() or (row[sel] < 0).any():
+                raise DetkdError(f"{self.folder}: soft box ids outside the cache (a cache changed during training?)")
+            for n in names:
+                out[n][sel] = arrays[s][n][row[sel]]
+        return out

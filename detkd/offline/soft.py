@@ -1,0 +1,228 @@
+"""Soft labels: a teacher's detections kept with everything logit and box KD need, and turned back into dense
+per-anchor targets on the student's grid after augmentation has moved them.
+
+A *soft box* is one teacher detection before the final confidence cut: its box, the whole class-probability vector
+and, for DFL heads, the four per-side distance distributions with the stride of the anchor that predicted them.
+The distributions are kept in a frame-free form, *offsets of each bin from the expected edge* in pixels
+(:func:`edge_offsets`), so that scaling, translating and flipping an image moves them exactly: scale multiplies the
+offsets, translation moves only the box, a left-right flip swaps the left and right sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from detkd.types import HeadOutputs
+
+EPS = 1e-6
+
+
+@dataclass
+class SoftBoxes:
+    """Teacher detections of a batch (or of one image, ``batch_idx`` all 0), in one frame.
+
+    Attributes:
+        boxes: (M, 4) xyxy pixels of the frame.
+        batch_idx: (M,) image of each box in the batch.
+        probs: (M, C) class probabilities (sigmoid scores of the teacher's head).
+        dist: optional (M, 4, R) per-side DFL bin probabilities (l, t, r, b), for heads with ``R > 1`` bins.
+        spacing: optional (M, 2) pixels between neighbouring bins along x (l, r) and y (t, b): the predicting
+            anchor's stride, scaled with the frame.
+    """
+
+    boxes: Tensor
+    batch_idx: Tensor
+    probs: Tensor
+    dist: Tensor | None = None
+    spacing: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def select(self, keep: Tensor) -> SoftBoxes:
+        return SoftBoxes(
+            self.boxes[keep],
+            self.batch_idx[keep],
+            self.probs[keep],
+            None if self.dist is None else self.dist[keep],
+            None if self.spacing is None else self.spacing[keep],
+        )
+
+
+def dense_to_detections(
+    head: HeadOutputs, *, conf: float, max_det: int, iou: float = 0.7
+) -> list[tuple[Tensor, Tensor, Tensor | None, Tensor]]:
+    """A dense head's detections before the final confidence cut, per image.
+
+    Candidates are anchors whose highest class probability reaches ``conf``; overlapping ones are suppressed
+    class-agnostically (IoU > ``iou``, each survivor keeps its whole class vector, so a box the teacher is unsure
+    between two classes stays one soft box), and the ``max_det`` highest are kept.
+
+    Returns:
+        per image ``(boxes (n, 4) xyxy input pixels, probs (n, C), dist (n, 4, R) or None, stride (n,))``.
+
+    >>> h = HeadOutputs(torch.tensor([[[4.0, -9.0]]]), torch.ones(1, 4, 2), 1,
+    ...                 torch.tensor([[1.5, 1.5], [3.5, 3.5]]), torch.tensor([[8.0], [8.0]]))
+    >>> boxes, probs, dist, stride = dense_to_detections(h, conf=0.5, max_det=10)[0]
+    >>> boxes.tolist(), dist, stride.tolist()
+    ([[4.0, 4.0, 20.0, 20.0]], None, [8.0])
+    """
+    from torchvision.ops import nms
+
+    probs_all = head.cls_logits.detach().float().sigmoid()  # (B, C, A)
+    if head.class_mask is not None:
+        probs_all = probs_all * head.class_mask.view(1, -1, 1).to(probs_all)
+    boxes_all = head.boxes_xyxy().detach().float()  # (B, 4, A)
+    dist_all = None
+    if head.reg_max > 1:
+        b, _, a = head.box_raw.shape
+        dist_all = head.box_raw.detach().float().view(b, 4, head.reg_max, a).softmax(dim=2)
+    out: list[tuple[Tensor, Tensor, Tensor | None, Tensor]] = []
+    for i in range(probs_all.shape[0]):
+        score = probs_all[i].amax(dim=0)
+        cand = torch.nonzero(score >= conf).squeeze(1)
+        if cand.numel() > max(max_det, 1) * 30:  # NMS cost: keep the strongest candidates only
+            cand = cand[score[cand].topk(max_det * 30).indices]
+        boxes = boxes_all[i][:, cand].t()
+        kept = nms(boxes, score[cand], iou)[:max_det]
+        idx = cand[kept]
+        out.append(
+            (
+                boxes[kept],
+                probs_all[i][:, idx].t(),
+                None if dist_all is None else dist_all[i][:, :, idx].permute(2, 0, 1),
+                head.stride_tensor.view(-1)[idx].float(),
+            )
+        )
+    return out
+
+
+def edge_offsets(dist: Tensor, spacing: Tensor) -> Tensor:
+    """Pixel offset of every bin of every side from the side's expected edge (outwards is negative for l/t).
+
+    For the left side the edge of bin ``j`` lies at ``anchor_x - j * s`` and the expected edge at
+    ``anchor_x - d * s`` (``d`` the distribution's mean), so its offset is ``-(j - d) * s``; right and bottom are
+    ``+(j - d) * s``. Shape: dist (M, 4, R), spacing (M, 2) -> (M, 4, R).
+
+    >>> d = torch.zeros(1, 4, 3); d[..., 1] = 1.0  # all mass in bin 1: the edge is exactly at the mean
+    >>> (edge_offsets(d, torch.tensor([[8.0, 8.0]]))[0, 0] + 0.0).tolist()
+    [8.0, 0.0, -8.0]
+    """
+    r = dist.shape[-1]
+    bins = torch.arange(r, device=dist.device, dtype=dist.dtype)
+    mean = (dist * bins).sum(dim=-1, keepdim=True)
+    side_spacing = spacing[:, [0, 1, 0, 1]].unsqueeze(-1)
+    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=dist.device, dtype=dist.dtype).view(1, 4, 1)
+    return sign * (bins - mean) * side_spacing
+
+
+def _rebin(dist: Tensor, pos: Tensor, bins: int) -> Tensor:
+    """Mass ``dist`` (n, 4, R) at real positions ``pos`` (n, 4, R) split linearly onto integer bins 0..bins-1."""
+    pos = pos.clamp(0.0, bins - 1 - 1e-4)
+    lo = pos.floor()
+    w_hi = pos - lo
+    lo = lo.long()
+    out = dist.new_zeros(*dist.shape[:2], bins)
+    out.scatter_add_(2, lo, dist * (1 - w_hi))
+    out.scatter_add_(2, (lo + 1).clamp(max=bins - 1), dist * w_hi)
+    return out
+
+
+def anchor_grid(image_hw: tuple[int, int], strides: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Anchor points (A, 2) in grid units (cell centres) and their strides (A, 1), level by level like
+    Ultralytics' ``make_anchors``."""
+    h, w = image_hw
+    points, stride_col = [], []
+    for s in strides:
+        gy, gx = torch.meshgrid(torch.arange(h // s) + 0.5, torch.arange(w // s) + 0.5, indexing="ij")
+        points.append(torch.stack((gx, gy), dim=-1).reshape(-1, 2))
+        stride_col.append(torch.full((points[-1].shape[0], 1), float(s)))
+    return torch.cat(points).to(device), torch.cat(stride_col).to(device)
+
+
+def soft_to_dense(
+    soft: SoftBoxes,
+    batch_size: int,
+    image_hw: tuple[int, int],
+    strides: tuple[int, ...],
+    *,
+    reg_max: int = 1,
+    class_mask: Tensor | None = None,
+    centre_sigma: float = 0.0,
+) -> HeadOutputs:
+    """Soft boxes as dense targets on an anchor-free student's grid.
+
+    Rule: each anchor point (cell centres of every level) takes the highest-scoring soft box that contains it; it
+    gets that box's class vector and its box as left/top/right/bottom distances. Points inside no box are
+    background (all classes ~0) and carry no box target (``box_valid`` 0, so box KD skips them).
+
+    With distributions (``soft.dist``) and ``reg_max > 1``, the box target is a DFL distribution over the
+    student's ``reg_max`` bins: each teacher bin's edge (box edge + its offset, :func:`edge_offsets`) becomes a
+    distance from the anchor point in its own stride, and its mass is split between the two nearest bins. At the
+    anchor that predicted the box, in the teacher's own frame, this gives back the teacher's distribution exactly.
+    Without them, ``reg_max`` is 1 and the target is the distances themselves.
+
+    >>> s = SoftBoxes(torch.tensor([[0.0, 0.0, 16.0, 16.0]]), torch.tensor([0]), torch.tensor([[0.1, 0.9]]))
+    >>> out = soft_to_dense(s, 1, (16, 16), (8,))
+    >>> [round(v, 2) for v in out.cls_logits.sigmoid()[0, 1].tolist()], out.boxes_xyxy()[0, :, 0].tolist()
+    ([0.9, 0.9, 0.9, 0.9], [0.0, 0.0, 16.0, 16.0])
+    """
+    device = soft.boxes.device
+    anchor_points, stride_tensor = anchor_grid(image_hw, strides, device)
+    pix = anchor_points * stride_tensor
+    a = pix.shape[0]
+    nc = soft.probs.shape[1]
+    use_dist = soft.dist is not None and soft.spacing is not None and reg_max > 1
+    out_bins = reg_max if use_dist else 1
+    probs = torch.full((batch_size, nc, a), EPS, device=device)
+    box = torch.zeros(batch_size, 4 * out_bins, a, device=device)
+    valid = torch.zeros(batch_size, a, dtype=torch.bool, device=device)
+    offsets = edge_offsets(soft.dist.float(), soft.spacing.float()) if use_dist else None  # type: ignore[union-attr]
+    for i in range(batch_size):
+        sel = torch.nonzero(soft.batch_idx == i).squeeze(1)
+        if sel.numel() == 0:
+            continue
+        boxes = soft.boxes[sel].float()
+        score = soft.probs[sel].float().amax(dim=1)
+        inside = (
+            (pix[:, None, 0] >= boxes[None, :, 0])
+            & (pix[:, None, 0] <= boxes[None, :, 2])
+            & (pix[:, None, 1] >= boxes[None, :, 1])
+            & (pix[:, None, 1] <= boxes[None, :, 3])
+        )  # (A, D)
+        weight = torch.ones_like(inside, dtype=score.dtype)
+        if centre_sigma > 0:  # (A, D) the teacher's scores fall off away from a box's centre
+            half = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp_min(1e-3)
+            off = (pix[:, None, :] - (boxes[None, :, :2] + boxes[None, :, 2:]) / 2) / half[None]
+            weight = torch.exp(-(off**2).sum(dim=2) / (2 * centre_sigma**2))
+        ranked = torch.where(inside, score[None, :] * weight, torch.full_like(weight, -1.0))
+        best_score, best = ranked.max(dim=1)
+        hit = best_score >= 0
+        idx = torch.nonzero(hit).squeeze(1)
+        k = best[idx]
+        b, p, st = boxes[k], pix[idx], stride_tensor[idx]
+        target = soft.probs[sel][k].float() * weight[idx, k].unsqueeze(1)
+        probs[i][:, idx] = target.t().clamp(EPS, 1 - EPS)
+        ltrb = torch.cat((p - b[:, :2], b[:, 2:] - p), dim=1) / st  # (n, 4) grid units
+        if offsets is not None:
+            dist = soft.dist[sel][k].float()  # type: ignore[index]
+            # bin j's edge lies at (box edge + offset_j); its distance from p, in p's stride, for each side
+            sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=device).view(1, 4, 1)
+            pos = ltrb.unsqueeze(-1) + sign * offsets[sel][k] / st.view(-1, 1, 1)
+            target = _rebin(dist, pos, out_bins).clamp_min(EPS)
+            box[i][:, idx] = target.log().reshape(-1, 4 * out_bins).t()
+        else:
+            box[i][:, idx] = ltrb.t()
+        valid[i, idx] = True
+    return HeadOutputs(
+        cls_logits=torch.logit(probs),
+        box_raw=box,
+        reg_max=out_bins,
+        anchor_points=anchor_points,
+        stride_tensor=stride_tensor,
+        class_mask=class_mask,
+        box_valid=valid,
+    )
