@@ -53,6 +53,9 @@ class SceneConfig:
         min_visible: objects less visible than this fraction (occlusion, borders) are left unlabelled.
         one_class: label every object as the one class ``shape`` (an easy task that a detector learns in a few
             hundred steps on a CPU: the tests' trained teacher).
+        paired: also write a second modality of the same scenes under ``root/ir`` (same stems, same labels,
+            ``root/ir/data.yaml``): a thermal-like rendering where every object keeps its geometry but loses the
+            first modality's appearance cues (colour, crisp edges, contrast), for cross-modal distillation.
     """
 
     n_train: int = 600
@@ -65,6 +68,7 @@ class SceneConfig:
     max_distractors: int = 8
     min_visible: float = 0.4
     one_class: bool = False
+    paired: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,8 +184,11 @@ def _color(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     return 255 - under
 
 
-def render_scene(rng: np.random.Generator, cfg: SceneConfig) -> tuple[np.ndarray, list[SceneObject]]:
-    """Draw one scene; returns a BGR uint8 image and its labelled objects."""
+def render_scene(
+    rng: np.random.Generator, cfg: SceneConfig, layers: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, list[SceneObject]]:
+    """Draw one scene; returns a BGR uint8 image and its labelled objects. ``layers`` (when given) receives every
+    painted mask in drawing order, for :func:`render_second_modality` (the draws of ``rng`` are unchanged)."""
     size = cfg.size
     shape = (size, size)
     img = _background(rng, size)
@@ -192,6 +199,8 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig) -> tuple[np.ndarray
         sel = mask.astype(bool)
         if sel.any():
             img[sel] = _color(rng, img[sel].mean(axis=0))
+            if layers is not None:
+                layers.append(sel)
 
     for _ in range(n_before):
         paint(_distractor_mask(rng, size))
@@ -237,6 +246,21 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig) -> tuple[np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8), objects
 
 
+def render_second_modality(rng: np.random.Generator, layers: list[np.ndarray], size: int) -> np.ndarray:
+    """The same scene as a thermal-like image: every painted mask (objects and clutter, same order, so the same
+    occlusions) at a low, random-sign intensity contrast over a smooth grey field, then strong blur and noise.
+    Geometry is kept exactly; colour, crisp edges and strong contrast (the cues of the first modality) are not."""
+    coarse = rng.uniform(60, 190, size=(int(rng.integers(2, 4)), int(rng.integers(2, 4)), 1)).astype(np.float32)
+    img = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    for sel in layers:
+        base = float(img[sel].mean())
+        img[sel] = base + float(rng.choice([-1.0, 1.0])) * float(rng.uniform(14, 34))
+    img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.8, 1.4)))
+    img = img + rng.normal(0, rng.uniform(4, 10), img.shape)
+    gray = np.clip(img, 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def _full_area(cls: int, d: float) -> float:
     """Approximate area of an unoccluded object (pixels), to detect objects cut by the border."""
     r = d / 2
@@ -276,17 +300,28 @@ def generate_dataset(root: str | Path, cfg: SceneConfig | None = None, *, seed: 
     if root.exists():
         for sub in ("images", "labels", "annotations"):
             shutil.rmtree(root / sub, ignore_errors=True)
+        shutil.rmtree(root / "ir", ignore_errors=True)
     coco_images: list[dict] = []
     coco_anns: list[dict] = []
+    second = root / "ir"
     for split, code, n in (("train", 0, cfg.n_train), ("val", 1, cfg.n_val)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        if cfg.paired:
+            (second / "images" / split).mkdir(parents=True, exist_ok=True)
+            (second / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             rng = np.random.default_rng([seed, code, i])
-            img, objects = render_scene(rng, cfg)
+            layers: list[np.ndarray] | None = [] if cfg.paired else None
+            img, objects = render_scene(rng, cfg, layers)
             name = f"{split}_{i:05d}"
             cv2.imwrite(str(root / "images" / split / f"{name}.png"), img)
-            (root / "labels" / split / f"{name}.txt").write_text(_yolo_lines(objects, cfg.size, cfg.one_class))
+            lines = _yolo_lines(objects, cfg.size, cfg.one_class)
+            (root / "labels" / split / f"{name}.txt").write_text(lines)
+            if layers is not None:  # its own generator: the first modality's bytes do not depend on it
+                ir = render_second_modality(np.random.default_rng([seed, code, i, 1]), layers, cfg.size)
+                cv2.imwrite(str(second / "images" / split / f"{name}.png"), ir)
+                (second / "labels" / split / f"{name}.txt").write_text(lines)
             if split == "val":
                 image_id = i + 1
                 coco_images.append({"id": image_id, "file_name": f"{name}.png", "width": cfg.size, "height": cfg.size})
@@ -315,6 +350,12 @@ def generate_dataset(root: str | Path, cfg: SceneConfig | None = None, *, seed: 
     (root / "data.yaml").write_text(
         "# detkd synthetic scenes (generated; see manifest.json)\n" + yaml.safe_dump(data, sort_keys=False)
     )
+    if cfg.paired:
+        write_coco_json(second / "annotations" / "instances_val.json", coco_images, coco_anns, categories)
+        (second / "data.yaml").write_text(
+            "# detkd synthetic scenes, second modality (thermal-like; same scenes and labels as ../data.yaml)\n"
+            + yaml.safe_dump({**data, "path": str(second)}, sort_keys=False)
+        )
     mpath.write_text(json.dumps(manifest, indent=2))
     LOGGER.info("Wrote synthetic dataset (%d train, %d val) to %s", cfg.n_train, cfg.n_val, root)
     return root

@@ -1,0 +1,148 @@
+"""The teacher cache: what it stores agrees with the live teacher, its key refuses a foreign or stale cache, a
+partial build resumes, and a damaged cache is one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from detkd.data.checks import split_report
+from detkd.data.dataset import load_data_spec
+from detkd.errors import DetkdError, InputFileError
+from detkd.losses.box import generalized_iou
+from detkd.losses.logit import sigmoid_kd
+from detkd.offline.build import build_cache
+from detkd.offline.cache import MANIFEST, TeacherCache
+from detkd.offline.dataset import split_soft
+from detkd.offline.soft import SoftBoxes, soft_to_dense
+from detkd.offline.teacher import CachedTeacher
+from detkd.teachers import build_teacher
+from tests.offline.conftest import training_dataset
+
+
+def _images(data: Path) -> list[Path]:
+    return [s.image for s in split_report(load_data_spec(data), "train").samples]
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(trained_teacher, shapes_data, tmp_path_factory):
+    spec = load_data_spec(shapes_data)
+    teacher = build_teacher(trained_teacher, nc=spec.nc, names=spec.names)
+    out = tmp_path_factory.mktemp("tcache") / "cache"
+    build_cache(teacher, str(trained_teacher), _images(shapes_data), out, imgsz=64, names=spec.names, progress=False)
+    return out, teacher
+
+
+def test_cache_targets_agree_with_the_live_teacher_without_augmentation(teacher_cache, shapes_data):
+    """With augmentation off the student's input is the cache's letterboxed image, so the cache's targets must be
+    the live teacher's where the teacher is confident (p >= 0.1): class probability within 0.06 on average, boxes
+    IoU >= 0.98 at the anchors that predicted them; and the centre prior must fit the whole target field better
+    than painting each box with its score (measured: |p| error 0.010 vs 0.049 over all anchors)."""
+    cache_dir, teacher = teacher_cache
+    ds = training_dataset(shapes_data, cache_dir, mosaic=0.0, fliplr=0.0, scale=0.0, translate=0.0, hsv_h=0.0,
+                          hsv_s=0.0, hsv_v=0.0)  # fmt: skip
+    batch = split_soft(next(iter(DataLoader(ds, batch_size=16, shuffle=False, collate_fn=ds.collate_fn))))
+    batch["img"] = batch["img"].float() / 255
+    live = teacher(batch["img"]).heads["one2many"]
+    cached = CachedTeacher(TeacherCache(cache_dir), teacher.specs)
+    dense = cached.from_batch(batch).heads["one2many"]
+    p_live, p_cache = live.cls_logits.sigmoid().amax(1), dense.cls_logits.sigmoid().amax(1)
+    confident = p_live >= 0.1
+    assert int(confident.sum()) >= 10
+    assert float((p_live - p_cache).abs()[confident].mean()) < 0.06
+    peak = p_live >= 0.3  # the anchors whose own box the cache holds
+    iou = generalized_iou(live.boxes_xyxy(), dense.boxes_xyxy(), plain=True)
+    assert float(iou[peak].mean()) >= 0.98
+    # the centre prior against the plain cover rule, over the whole field
+    soft = cached.soft_boxes(batch)
+    plain = soft_to_dense(SoftBoxes(soft.boxes, soft.batch_idx, soft.probs), 16, (64, 64), (8, 16, 32))
+    err_prior = float((p_live - p_cache).abs().mean())
+    err_plain = float((p_live - plain.cls_logits.sigmoid().amax(1)).abs().mean())
+    assert err_prior < 0.5 * err_plain
+    assert float(sigmoid_kd(live.cls_logits, dense.cls_logits)) < float(sigmoid_kd(live.cls_logits, plain.cls_logits))
+
+
+def test_a_cache_of_another_key_is_refused_and_a_partial_one_resumes(trained_teacher, shapes_data, tmp_path):
+    spec = load_data_spec(shapes_data)
+    teacher = build_teacher(trained_teacher, nc=spec.nc, names=spec.names)
+    images = _images(shapes_data)
+    out = tmp_path / "c"
+    first = build_cache(teacher, str(trained_teacher), images[:40], out, imgsz=64, names=spec.names, progress=False)
+    assert (first.images, first.new_images) == (40, 40)
+    again = build_cache(teacher, str(trained_teacher), images, out, imgsz=64, names=spec.names, progress=False)
+    assert (again.images, again.new_images) == (len(images), len(images) - 40)
+    with pytest.raises(InputFileError, match=r"imgsz: cache has 64, asked for 96"):
+        build_cache(teacher, str(trained_teacher), images, out, imgsz=96, names=spec.names, progress=False)
+    with pytest.raises(InputFileError, match=r"conf: cache has 0.01, asked for 0.05"):
+        build_cache(teacher, str(trained_teacher), images, out, imgsz=64, names=spec.names, conf=0.05,
+                    progress=False)  # fmt: skip
+
+
+def _damage(folder: Path, how: str) -> None:
+    shard = sorted(folder.glob("shard-*.safetensors"))[0]
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if how == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    elif how == "missing":
+        shard.unlink()
+    elif how == "header":
+        shard.write_bytes(b"\xff" * 8 + shard.read_bytes()[8:])
+    elif how == "nan":
+        data = bytearray(shard.read_bytes())
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n])
+        begin = header["boxes"]["data_offsets"][0]
+        data[8 + n + begin : 8 + n + begin + 4] = b"\x00\x00\xc0\x7f"  # float32 NaN
+        shard.write_bytes(bytes(data))
+    elif how == "version":
+        manifest["version"] = 99
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+    elif how == "path":
+        manifest["shards"][0]["file"] = "../../etc/passwd.safetensors"
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+    elif how == "json":
+        (folder / MANIFEST).write_text("{not json")
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("truncated", "runs past the end"),
+        ("missing", "listed in cache.json is missing"),
+        ("header", "not a safetensors file"),
+        ("nan", "NaN or Inf"),
+        ("version", "cache version 99"),
+        ("path", "must name a .safetensors file in the cache folder"),
+        ("json", "not valid JSON"),
+    ],
+)
+def test_a_damaged_cache_is_one_line_naming_the_file(teacher_cache, tmp_path, how, says):
+    folder = tmp_path / "damaged"
+    shutil.copytree(teacher_cache[0], folder)
+    _damage(folder, how)
+    with pytest.raises(InputFileError, match=says) as err:
+        TeacherCache(folder)
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_not_a_cache(tmp_path):
+    with pytest.raises(InputFileError, match="teacher cache folder not found"):
+        TeacherCache(tmp_path / "nowhere")
+    with pytest.raises(InputFileError, match="is not a detkd teacher cache"):
+        TeacherCache(tmp_path)
+
+
+def test_a_cached_teacher_refuses_feature_kd_and_live_calls(teacher_cache):
+    from detkd.config import load_kd_config
+
+    cached = CachedTeacher(TeacherCache(teacher_cache[0]), teacher_cache[1].specs)
+    with pytest.raises(DetkdError, match=r"kd.feature.weight=0"):
+        cached.check_recipe(load_kd_config(None))
+    cached.check_recipe(load_kd_config(None, ["kd.feature.weight=0"]))
+    with pytest.raises(DetkdError, match="training batch only"):
+        cached(torch.zeros(1, 3, 64, 64))

@@ -1,0 +1,124 @@
+"""Soft boxes travel through Ultralytics' augmentation as ground-truth rows do, and come out where their objects are.
+
+The cache here holds each image's ground truth as its soft boxes, so after mosaic, random affine, flips and
+letterbox every soft box must coincide with a ground-truth box of the same training image, and its id must still
+name the object it came from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from detkd.offline.cache import TeacherCache
+from detkd.offline.dataset import split_soft
+from detkd.offline.soft import soft_to_dense
+from detkd.offline.teacher import CachedTeacher
+from detkd.types import FeatureSpec
+from tests.offline.conftest import BINS, training_dataset
+
+SPECS = [FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)]
+
+
+def _batches(ds, n=3):
+    loader = DataLoader(ds, batch_size=8, shuffle=False, collate_fn=ds.collate_fn)
+    out = []
+    for i, b in enumerate(loader):
+        if i >= n:
+            break
+        out.append(split_soft(b))
+    return out
+
+
+def _match(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same set of boxes (rows), in any order."""
+    if a.shape != b.shape:
+        return False
+    a = a[torch.argsort(a[:, 0] * 1e4 + a[:, 1])]
+    b = b[torch.argsort(b[:, 0] * 1e4 + b[:, 1])]
+    return torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("hyp", [{"mosaic": 1.0, "fliplr": 0.5}, {"mosaic": 0.0, "fliplr": 1.0, "scale": 0.5},
+                                 {"mosaic": 1.0, "fliplr": 0.5, "degrees": 0.0, "translate": 0.3, "mixup": 0.5}])  # fmt: skip
+def test_soft_boxes_land_on_the_objects_they_came_from(shapes_data, shapes_gt_cache, hyp):
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+    ds = training_dataset(shapes_data, shapes_gt_cache, **hyp)
+    cache = TeacherCache(shapes_gt_cache)
+    checked = 0
+    for batch in _batches(ds):
+        assert (batch["cls"] >= 0).all() and batch["cls"].dtype == torch.float32  # no soft row reaches the loss
+        for i in range(batch["img"].shape[0]):
+            gt = batch["bboxes"][batch["batch_idx"] == i]
+            soft = batch["soft_bboxes"][batch["soft_batch_idx"] == i]
+            assert _match(gt, soft), f"image {i}: soft boxes {soft.tolist()} vs ground truth {gt.tolist()}"
+            checked += len(gt)
+        # each id still names its object: the cached (original) box has the augmented box's aspect ratio
+        orig = torch.as_tensor(cache.payload(batch["soft_ids"].numpy())["boxes"])
+        ow, oh = orig[:, 2] - orig[:, 0], orig[:, 3] - orig[:, 1]
+        aw, ah = batch["soft_bboxes"][:, 2] * 64, batch["soft_bboxes"][:, 3] * 64
+        unclipped = (batch["soft_bboxes"][:, :2] - batch["soft_bboxes"][:, 2:] / 2 > 0.01).all(1) & (
+            batch["soft_bboxes"][:, :2] + batch["soft_bboxes"][:, 2:] / 2 < 0.99
+        ).all(1)
+        ratio = (aw / ow)[unclipped] / (ah / oh)[unclipped]
+        if hyp.get("mixup", 0) == 0:  # mixup blends two images at one scale; boxes keep theirs either way
+            assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.1)
+    assert checked > 20
+
+
+def _side_spread(dense, box_xyxy, image):
+    """Variance of each side's target distribution at the anchor nearest the box centre (stride 8)."""
+    centre = (box_xyxy[:2] + box_xyxy[2:]) / 2
+    pts = dense.anchor_points * dense.stride_tensor
+    level = dense.stride_tensor.view(-1) == 8
+    d = ((pts - centre) ** 2).sum(1) + (~level) * 1e9
+    a = int(d.argmin())
+    p = dense.box_raw[image, :, a].view(4, BINS).softmax(dim=1)
+    bins = torch.arange(BINS, dtype=p.dtype)
+    mean = (p * bins).sum(1, keepdim=True)
+    return ((bins - mean) ** 2 * p).sum(1)
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_a_flip_moves_each_side_distribution_to_the_mirrored_side(shapes_data, shapes_gt_cache, flip):
+    """The cache's left edges are broad and its right edges sharp; after a left-right flip the right ones are."""
+    ds = training_dataset(shapes_data, shapes_gt_cache, mosaic=0.0, fliplr=flip, scale=0.0, translate=0.0)
+    teacher = CachedTeacher(TeacherCache(shapes_gt_cache), SPECS)
+    batch = _batches(ds, 1)[0]
+    batch["img"] = batch["img"].float() / 255
+    assert bool(batch["soft_flips"][:, 0].all()) == (flip == 1.0)
+    dense = teacher.from_batch(batch).heads["one2many"]
+    soft = teacher.soft_boxes(batch)
+    seen = 0
+    for box, i in zip(soft.boxes, soft.batch_idx):
+        if (box[2:] - box[:2]).min() < 24:  # the spread must fit inside the box at the centre anchor
+            continue
+        spread = _side_spread(dense, box, int(i))
+        left, right = float(spread[0]), float(spread[2])
+        if flip:
+            assert right > 4 * max(left, 0.05), (left, right)
+        else:
+            assert left > 4 * max(right, 0.05), (left, right)
+        seen += 1
+    assert seen > 0
+
+
+def test_dense_targets_give_back_the_predicting_anchor_distribution():
+    """In the teacher's own frame, at the anchor that predicted a box, the re-binned target is its distribution."""
+    from detkd.offline.soft import SoftBoxes
+
+    dist = torch.zeros(1, 4, BINS)
+    dist[0, :, 3], dist[0, :, 4] = 0.25, 0.75  # mean 3.75 bins on every side
+    anchor, stride = torch.tensor([20.0, 20.0]), 8.0  # cell (2, 2) of stride 8
+    d = 3.75 * stride
+    box = torch.tensor([[anchor[0] - d, anchor[1] - d, anchor[0] + d, anchor[1] + d]])
+    soft = SoftBoxes(box, torch.tensor([0]), torch.tensor([[0.8]]), dist, torch.tensor([[stride, stride]]))
+    dense = soft_to_dense(soft, 1, (64, 64), (8,), reg_max=BINS)
+    a = 2 * 8 + 2
+    got = dense.box_raw[0, :, a].view(4, BINS).softmax(dim=1)
+    assert torch.allclose(got, dist[0], atol=1e-4)
