@@ -255,9 +255,9 @@ def render_second_modality(rng: np.random.Generator, layers: list[np.ndarray], s
     for sel in layers:
         base = float(img[sel].mean())
         img[sel] = base + float(rng.choice([-1.0, 1.0])) * float(rng.uniform(14, 34))
-    img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.8, 1.4)))
-    img = img + rng.normal(0, rng.uniform(4, 10), img.shape)
-    gray = np.clip(img, 0, 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.8, 1.4)))
+    noisy = blurred + rng.normal(0, rng.uniform(4, 10), blurred.shape)
+    gray = np.clip(noisy, 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
 
 

@@ -79,8 +79,8 @@ def test_cache_and_unlabeled_images_with_pseudo_labels(cli_cache, shapes_data, u
 
 
 def test_live_teacher_with_unlabeled_images(trained_teacher, shapes_data, unlabeled_dir, tmp_path):
-    rc = main(["distill", "--teacher", str(trained_teacher), "--student", "yolov8n.yaml", "--data", str(shapes_data),
-               "--unlabeled", str(unlabeled_dir), "--set", "kd.unlabeled.pseudo_labels=true",
+    rc = main(["distill", "--teacher", str(trained_teacher), "--student", "yolov8n.yaml",
+               "--data", str(shapes_data), "--unlabeled", str(unlabeled_dir), "--set", "kd.unlabeled.pseudo_labels=true",
                "--set", "kd.unlabeled.pseudo_conf=0.2", "--project", str(tmp_path), "--name", "live", *TRAIN])  # fmt: skip
     assert rc == 0
     terms = _kd_terms(tmp_path / "live")
@@ -143,8 +143,9 @@ def test_missing_images_are_named(cli_cache, shapes_data, tmp_path, capsys):
     (data / "labels" / "train" / "extra.txt").write_text("")
     text = (data / "data.yaml").read_text().replace(str(shapes_data.parent), str(data))
     (data / "data.yaml").write_text(text)
-    rc = main(["distill", "--teacher-cache", str(cli_cache), "--student", "yolov8n.yaml", "--data",
-               str(data / "data.yaml"), "--set", "kd.feature.weight=0", "--project", str(tmp_path), *TRAIN])  # fmt: skip
+    rc = main(["distill", "--teacher-cache", str(cli_cache), "--student", "yolov8n.yaml",
+               "--data", str(data / "data.yaml"), "--set", "kd.feature.weight=0", "--project", str(tmp_path),
+               *TRAIN])  # fmt: skip
     assert rc == 2
     err = _err(capsys)
     assert "1 of 129 training images are not in the cache" in err and "extra.png" in err

@@ -41,8 +41,14 @@ def _match(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize("hyp", [{"mosaic": 1.0, "fliplr": 0.5}, {"mosaic": 0.0, "fliplr": 1.0, "scale": 0.5},
-                                 {"mosaic": 1.0, "fliplr": 0.5, "degrees": 0.0, "translate": 0.3, "mixup": 0.5}])  # fmt: skip
+HYPS = [
+    {"mosaic": 1.0, "fliplr": 0.5},
+    {"mosaic": 0.0, "fliplr": 1.0, "scale": 0.5},
+    {"mosaic": 1.0, "fliplr": 0.5, "degrees": 0.0, "translate": 0.3, "mixup": 0.5},
+]
+
+
+@pytest.mark.parametrize("hyp", HYPS)
 def test_soft_boxes_land_on_the_objects_they_came_from(shapes_data, shapes_gt_cache, hyp):
     import random
 
