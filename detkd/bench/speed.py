@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from detkd.bench.suites import BUILTIN_KD_ARGS, FAMILY_ONLY, Suite
 
-VARIANTS = ("plain", "floor", "detkd-feature", "detkd-logit", "detkd-box", "detkd", "ultralytics-kd")
+VARIANTS = ("plain", "floor", "detkd-feature", "detkd-logit", "detkd-box", "detkd", "detkd-cache", "ultralytics-kd")
 LABELS = {
     "plain": "plain student (no teacher)",
     "floor": "floor: student step + teacher forward",
@@ -39,6 +39,7 @@ LABELS = {
     "detkd-logit": "detkd: logit only",
     "detkd-box": "detkd: box only",
     "detkd": "detkd: recommended (all three)",
+    "detkd-cache": "detkd: logit + box from a teacher cache (no teacher run)",
     "ultralytics-kd": "Ultralytics built-in KD",
 }
 
@@ -88,11 +89,38 @@ class _Context:
         overrides = {"imgsz": cfg.imgsz, "batch": cfg.batch, "data": cfg.data, **BUILTIN_KD_ARGS}
         self.args = cast(Any, get_cfg(DEFAULT_CFG, overrides))  # an IterableSimpleNamespace at run time
         data = {**self.spec.to_ultralytics(), "channels": 3}
-        with checked_labels(split_report(self.spec, "train").samples):  # no label cache read or written
+        samples = split_report(self.spec, "train").samples
+        self.cache: Any = None
+        self.cache_build: dict[str, Any] | None = None
+        soft = self._cache(samples) if "detkd-cache" in cfg.variants else None
+        with checked_labels(samples, soft=soft):  # no label cache read or written
             ds = build_yolo_dataset(self.args, data["train"], cfg.batch, data, mode="train")
         loader = build_dataloader(ds, cfg.batch, workers=0, shuffle=False, device=self.device)
-        self.batches = [self._to_device(b) for b, _ in zip(loader, range(cfg.steps))]
+        from detkd.offline.dataset import split_soft
+
+        # every variant takes the same batches; the soft boxes (if any) ride along, unused but by detkd-cache
+        self.batches = [self._to_device(split_soft(b) if soft else b) for b, _ in zip(loader, range(cfg.steps))]
         self.amp = self.device.type == "cuda"
+
+    def _cache(self, samples: list[Any]) -> Any:
+        """A teacher cache of the training images, in a temporary folder, timed (``cache_build``). Its threshold is
+        low (0.001, up to 100 boxes per image), so the measured step is the costly end of what a cache gives."""
+        import tempfile
+
+        from detkd.offline.build import build_cache
+        from detkd.offline.cache import TeacherCache, file_digest
+        from detkd.offline.dataset import SoftLabelSource
+
+        folder = Path(tempfile.mkdtemp(prefix="detkd-speed-cache-")) / "cache"
+        images = [s.image for s in samples]
+        built = build_cache(self.teacher(), self.cfg.teacher, images, folder, imgsz=self.cfg.imgsz,
+                            names=self.spec.names, conf=0.001, max_det=100, batch=self.cfg.batch,
+                            device=self.device, progress=False)  # fmt: skip
+        self.cache_build = {"images": built.images, "soft_boxes": built.boxes, "seconds": round(built.seconds, 2),
+                            "mib": round(built.bytes / 2**20, 3),
+                            "images_per_s": round(built.images / max(built.seconds, 1e-9), 1)}  # fmt: skip
+        self.cache = TeacherCache(folder)
+        return SoftLabelSource(self.cache, {str(s.train_path): file_digest(s.image) for s in samples})
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
@@ -165,9 +193,18 @@ def build_variant(name: str, ctx: _Context) -> _Variant:
     from detkd.engine.criterion import KDCriterion
     from detkd.engine.distiller import build_composite
 
-    teacher = ctx.teacher()
-    kd = load_kd_config(None, [*ctx.cfg.kd, *FAMILY_ONLY[name]])
-    composite = build_composite(kd, student, teacher, ctx.spec.nc).to(ctx.device)
+    if name == "detkd-cache":
+        from detkd.offline.teacher import CachedTeacher
+        from detkd.students import ultralytics_yolo as uy
+
+        teacher: Any = CachedTeacher(ctx.cache, uy.feature_specs(student)).to(ctx.device)
+        kd = load_kd_config(None, [*ctx.cfg.kd, "kd.feature.weight=0"])
+        composite = build_composite(kd, student, teacher, ctx.spec.nc).to(ctx.device)
+        teacher.use_distributions = composite.box_method == "ld"
+    else:
+        teacher = ctx.teacher()
+        kd = load_kd_config(None, [*ctx.cfg.kd, *FAMILY_ONLY[name]])
+        composite = build_composite(kd, student, teacher, ctx.spec.nc).to(ctx.device)
     criterion = KDCriterion(student, teacher, composite)
     criterion.start_epoch(0, 1, 1_000_000)
     student.criterion = criterion
@@ -365,6 +402,7 @@ def run_speed(cfg: SpeedConfig, work: Path, memory: bool = True, log: Callable[[
         "threads": torch.get_num_threads() if cfg.device == "cpu" else None,
         "environment": env,
         "variants": variants,
+        "cache_build": ctx.cache_build,
         "wall_s": round(time.time() - started, 1),
         "date": time.strftime("%Y-%m-%d"),
     }

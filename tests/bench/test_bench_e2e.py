@@ -103,10 +103,12 @@ def test_speed_bench_times_every_variant_against_the_floor(tiny_data: Path, tmp_
 
     cfg = SpeedConfig(suite="unit", data=str(tiny_data), teacher="yolov8s.yaml", student="yolov8n.yaml", imgsz=64,
                       batch=4, kd=(), class_map=None, steps=2, reps=2, warmup=1,
-                      variants=("plain", "floor", "detkd", "ultralytics-kd"))  # fmt: skip
+                      variants=("plain", "floor", "detkd", "detkd-cache", "ultralytics-kd"))  # fmt: skip
     payload = run_speed(cfg, tmp_path, memory=False, log=lambda m: None)
     rows = payload["variants"]
-    assert list(rows) == ["plain", "floor", "detkd", "ultralytics-kd"]
+    assert list(rows) == ["plain", "floor", "detkd", "detkd-cache", "ultralytics-kd"]
+    assert payload["cache_build"]["images"] == 12 and payload["cache_build"]["soft_boxes"] > 0
+    assert rows["detkd-cache"]["flops_vs_floor"] < 1.0  # no teacher forward in the step
     assert rows["floor"]["vs_floor"] == pytest.approx(1.0) and rows["plain"]["vs_plain"] == pytest.approx(1.0)
     for row in rows.values():
         assert len(row["reps_s"]) == 2 and row["min_s"] <= row["median_s"] <= row["max_s"] and row["min_s"] > 0
