@@ -65,7 +65,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         common = {"project": spec["project"], "name": spec["name"], "exist_ok": True, "threads": spec.get("threads")}
         started = time.time()
         if kind == "distill":
-            res = Distiller(spec["teacher"], spec["model"], data, overrides=spec["kd"], class_map=spec.get("class_map"))
+            res = Distiller(spec.get("teacher"), spec["model"], data, overrides=spec["kd"],
+                            class_map=spec.get("class_map"), teacher_cache=spec.get("teacher_cache"),
+                            unlabeled=spec.get("unlabeled"))  # fmt: skip
             out = res.train(**common, **spec["train"])
         else:  # "train": a teacher, a baseline, or Ultralytics' built-in KD (distill_model= in spec["train"])
             out = train_detector(spec["model"], data, **common, **spec["train"])

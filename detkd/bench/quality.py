@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from detkd.bench import stats
-from detkd.bench.suites import BUILTIN_KD_ARGS, FAMILY_ONLY, Suite
+from detkd.bench.suites import BUILTIN_KD_ARGS, CACHE_RUNS, FAMILY_ONLY, UNLABELED_RUNS, Suite
 from detkd.errors import DetkdError
 
 LOGGER = logging.getLogger(__name__)
@@ -75,6 +75,36 @@ def prepare_data(suite: Suite, work: Path) -> Path:
     return generate_dataset(work / "data", SceneConfig(**dict(suite.scenes)), seed=0) / "data.yaml"
 
 
+def student_data(suite: Suite, data_yaml: Path, work: Path) -> tuple[Path, Path | None]:
+    """The students' data YAML and their unlabeled images (an image list, or None).
+
+    A paired suite's students train on the second modality (``ir/data.yaml``). With ``labelled_fraction`` the
+    students' train split is a seeded draw of that share of the train images (``work/split/labelled.txt``), and the
+    rest are listed as their unlabeled images (``work/split/unlabeled.txt``); val is the suite's own."""
+    import random
+
+    import yaml
+
+    from detkd.data.dataset import list_images, load_data_spec
+
+    data = data_yaml.parent / "ir" / "data.yaml" if suite.paired else data_yaml
+    if suite.labelled_fraction is None:
+        return data, None
+    spec = load_data_spec(data)
+    images = sorted(list_images(spec, "train"))
+    random.Random(0).shuffle(images)
+    n = max(1, round(suite.labelled_fraction * len(images)))
+    folder = work / "split"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labelled.txt").write_text("".join(f"{p}\n" for p in sorted(images[:n])))
+    (folder / "unlabeled.txt").write_text("".join(f"{p}\n" for p in sorted(images[n:])))
+    val = [str(p) for p in spec.splits["val"]]
+    out = {"path": str(spec.root), "train": str(folder / "labelled.txt"), "val": val[0] if len(val) == 1 else val,
+           "names": dict(spec.names)}  # fmt: skip
+    (folder / "labelled.yaml").write_text(yaml.safe_dump(out, sort_keys=False))
+    return folder / "labelled.yaml", folder / "unlabeled.txt"
+
+
 @dataclass
 class Plan:
     """What a quality benchmark will run."""
@@ -104,6 +134,9 @@ class QualityBench:
         self.jobs_dir = self.work / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._data_yaml: Path | None = None
+        self._student_data: Path | None = None
+        self._unlabeled: Path | None = None
+        self.cache_build: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------------- inputs
     def data_yaml(self) -> Path:
@@ -166,12 +199,13 @@ class QualityBench:
         s = self.suite
         name = run if seed is None else f"{run}_s{seed}"
         epochs = kw.pop("epochs", s.epochs)
+        data = kw.pop("data", self._data_yaml)
         job: dict[str, Any] = {
             "name": name,
             "run": run,
             "seed": seed,
             "kind": kind,
-            "data": str(self._data_yaml),
+            "data": str(data),
             "imgsz": s.imgsz,
             "device": self.plan.device,
             "threads": self.plan.threads,
@@ -210,21 +244,46 @@ class QualityBench:
         LOGGER.info("%s: mAP50-95 %.4f (%.0f s)", job["name"], done["mAP50-95"], time.time() - started)
         return dict(done)
 
+    def teacher_cache(self, teacher: dict[str, Any]) -> Path:
+        """The teacher's cache over the students' images (built once, content-keyed: a rerun reuses it)."""
+        from detkd.offline.build import cache_teacher
+
+        s = self.suite
+        assert self._student_data is not None and self._data_yaml is not None
+        ident = json.dumps([teacher["weights"], str(self._student_data), s.imgsz, s.paired], sort_keys=True)
+        out = self.work / "cache" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+        pair = self._data_yaml.parent / "images" / "train" if s.paired else None
+        built = cache_teacher(teacher["weights"], out=out, data=self._student_data,
+                              unlabeled=[self._unlabeled] if self._unlabeled else [], imgsz=s.imgsz,
+                              class_map=s.class_map_path(), device=self.plan.device, pair_dir=pair,
+                              threads=self.plan.threads, progress=False)  # fmt: skip
+        self.cache_build = {"folder": str(out), "images": built.images, "new_images": built.new_images,
+                            "soft_boxes": built.boxes, "seconds": round(built.seconds, 1),
+                            "mib": round(built.bytes / 2**20, 2)}  # fmt: skip
+        return out
+
     def student_jobs(self, teacher: dict[str, Any]) -> list[dict[str, Any]]:
         s, jobs = self.suite, []
         student = student_yaml(s.student, self.work)
+        data = self._student_data
+        cache = self.teacher_cache(teacher) if any(r in CACHE_RUNS for r in self.plan.runs) else None
         for seed in self.plan.seeds:
             for run in self.plan.runs:
                 if run == "baseline":
-                    jobs.append(self._job(run, "train", seed, seed, model=student))
+                    jobs.append(self._job(run, "train", seed, seed, model=student, data=data))
                 elif run == "ultralytics-kd":
                     builtin = {"distill_model": teacher["weights"], **BUILTIN_KD_ARGS}  # loaded by detkd
-                    jobs.append(self._job(run, "train", seed, seed, train=builtin, model=student))
+                    jobs.append(self._job(run, "train", seed, seed, train=builtin, model=student, data=data))
                 else:
                     kd = [*s.kd, *FAMILY_ONLY[run]]
-                    class_map = s.class_map_path()
-                    jobs.append(self._job(run, "distill", seed, seed, model=student, teacher=teacher["weights"], kd=kd,
-                                          class_map=class_map))  # fmt: skip
+                    extra: dict[str, Any] = {}
+                    if run in CACHE_RUNS:
+                        extra["teacher_cache"] = str(cache)
+                    else:
+                        extra.update(teacher=teacher["weights"], class_map=s.class_map_path())
+                    if run in UNLABELED_RUNS:
+                        extra["unlabeled"] = [str(self._unlabeled)]
+                    jobs.append(self._job(run, "distill", seed, seed, model=student, kd=kd, data=data, **extra))
         return jobs
 
     def run(self, command: str) -> dict[str, Any]:
@@ -232,6 +291,7 @@ class QualityBench:
 
         s, started = self.suite, time.time()
         self._data_yaml = self.data_yaml()
+        self._student_data, self._unlabeled = student_data(s, self._data_yaml, self.work)
         teacher = self.teacher(self._data_yaml)
         warnings = []
         if float(teacher.get("mAP50-95") or 0.0) < MIN_TEACHER_MAP:
@@ -259,6 +319,8 @@ class QualityBench:
             "warnings": warnings,
             "jobs": results,
             "summary": stats.summarize(results, teacher, self.plan.runs, self.plan.seeds),
+            "cache_build": self.cache_build,
+            "student_data": str(self._student_data),
             "wall_s": round(time.time() - started, 1),
             "date": time.strftime("%Y-%m-%d"),
         }

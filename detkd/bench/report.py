@@ -17,6 +17,11 @@ RUN_LABELS = {
     "detkd-logit": "detkd: logit only",
     "detkd-box": "detkd: box only",
     "detkd": "detkd: recommended (all three)",
+    "detkd-online-lb": "detkd: logit + box, live teacher",
+    "detkd-offline": "detkd: logit + box from a teacher cache",
+    "detkd-unlabeled-soft": "detkd: cache + unlabeled images (soft)",
+    "detkd-unlabeled-hard": "detkd: cache + unlabeled (soft + pseudo-labels)",
+    "detkd-crossmodal": "detkd: cache of the other modality's teacher view",
 }
 
 
@@ -56,6 +61,8 @@ def quality_markdown(payload: dict[str, Any], plot: str | None = None, heading: 
         f"every seed); extra training arguments {s['train_args'] or 'none'}; KD overrides {list(s['kd']) or 'none'}",
         f"- teacher `{s['teacher']}` ({t.get('source')}; {_f(t.get('params'), ',.0f')} params): mAP50-95 "
         f"{_f(t.get('mAP50-95'))}, mAP50 {_f(t.get('mAP50'))}; student `{s['student']}`",
+        *_scarce_lines(payload),
+        *_cache_lines(payload),
         "",
         "| run | mAP50-95 (mean ± std) | mAP50 | gain vs baseline [95% CI] | seeds better | gap closed "
         "| APs / APm / APl | train s | peak RSS MB |",
@@ -134,6 +141,28 @@ def render_quality(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     return payload
 
 
+def _scarce_lines(payload: dict[str, Any]) -> list[str]:
+    s = payload["suite"]
+    out = []
+    if s.get("labelled_fraction"):
+        out.append(f"- students see the labels of {s['labelled_fraction']:.3g} of the train images (seeded draw; "
+                   "the rest are their unlabeled images); the teacher trained on every label")  # fmt: skip
+    if s.get("paired"):
+        out.append("- the teacher trained on the first modality; the students train and are scored on the second")
+    return out
+
+
+def _cache_lines(payload: dict[str, Any]) -> list[str]:
+    """The teacher cache a result used (built by the benchmark): its size, build time and soft boxes per image."""
+    c = payload.get("cache_build")
+    if not c:
+        return []
+    per = c["soft_boxes"] / max(c["images"], 1)
+    return [f"- teacher cache: {c['images']} images, {c['soft_boxes']} soft boxes ({per:.1f} per image), "
+            f"{c['mib']:.2f} MiB ({c['mib'] / max(c['images'], 1) * 1000:.1f} MiB per 1,000 images), built in "
+            f"{c['seconds']:.1f} s"]  # fmt: skip
+
+
 def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
     """The Markdown report of one speed benchmark."""
     cfg = payload["config"]
@@ -145,6 +174,7 @@ def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
         f"teacher `{cfg['teacher']}`, student `{cfg['student']}`; {cfg['reps']} interleaved repetitions of "
         f"{cfg['steps']} steps after {cfg['warmup']} warm-up steps, one process; median per step; ratios are "
         "medians of per-repetition ratios (variants of a repetition run back to back)",
+        *_cache_lines(payload),
         "",
         "| variant | s / step (median) | spread (min–max of reps) | vs floor | vs plain student | CPU s / step "
         "| CPU vs floor | GFLOP / step | FLOPs vs floor | peak memory MB |",

@@ -22,12 +22,28 @@ from typing import Any
 from detkd.errors import ConfigError
 
 RUNS = ("baseline", "ultralytics-kd", "detkd-feature", "detkd-logit", "detkd-box", "detkd")
+# Runs of the offline, label-scarce and cross-modal suites (logit + box KD: a cache holds no feature maps)
+OFFLINE_RUNS = (
+    "detkd-online-lb",  # live teacher, logit + box KD
+    "detkd-offline",  # the same from a teacher cache
+    "detkd-unlabeled-soft",  # cache + the unlabeled images, soft KD terms only
+    "detkd-unlabeled-hard",  # ... and hard pseudo-labels
+    "detkd-crossmodal",  # cache built with the teacher seeing the other modality of each scene
+)
+ALL_RUNS = RUNS + OFFLINE_RUNS
+CACHE_RUNS = ("detkd-offline", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "detkd-crossmodal")
+UNLABELED_RUNS = ("detkd-unlabeled-soft", "detkd-unlabeled-hard")
 # Overrides that leave one KD family on (the suite's recipe overrides still apply on top)
 FAMILY_ONLY: Mapping[str, tuple[str, ...]] = {
     "detkd-feature": ("logit.weight=0", "box.weight=0"),
     "detkd-logit": ("feature.weight=0", "box.weight=0"),
     "detkd-box": ("feature.weight=0", "logit.weight=0"),
     "detkd": (),
+    "detkd-online-lb": ("feature.weight=0",),
+    "detkd-offline": ("feature.weight=0",),
+    "detkd-unlabeled-soft": ("feature.weight=0",),
+    "detkd-unlabeled-hard": ("feature.weight=0", "unlabeled.pseudo_labels=true"),
+    "detkd-crossmodal": ("feature.weight=0",),
 }
 BUILTIN_KD_ARGS: Mapping[str, Any] = {"dis": 6.0}
 # No per-epoch validation: the final model is scored (no selection on the evaluation split)
@@ -61,6 +77,11 @@ class Suite:
             :data:`FINAL_MODEL`.
         kd: KD overrides of the recommended recipe, applied to every detkd run (e.g. ``feature.method=pkd``).
         class_map: a class-map YAML for teachers trained on other classes.
+        runs: the suite's default runs (default: :data:`RUNS`).
+        labelled_fraction: students see the labels of this share of the train images (a seeded draw); the rest
+            are their unlabeled images. The teacher trains on every label.
+        paired: synthetic scenes in two modalities: the teacher trains on the first, the students on the second
+            (``ir``); ``detkd-crossmodal`` caches the teacher's view of each scene's first-modality image.
     """
 
     name: str
@@ -77,6 +98,9 @@ class Suite:
     train_args: Mapping[str, Any] = field(default_factory=lambda: dict(FINAL_MODEL))
     kd: tuple[str, ...] = ()
     class_map: str | None = None
+    runs: tuple[str, ...] = RUNS
+    labelled_fraction: float | None = None
+    paired: bool = False
 
     @property
     def synthetic(self) -> bool:
@@ -159,6 +183,68 @@ SUITES: dict[str, Suite] = {
             train_args={**FINAL_MODEL, "fraction": 0.25},
         ),
         Suite(
+            name="synthetic-offline",
+            description="synthetic suite: logit + box KD from the live teacher vs from a teacher cache",
+            data="synthetic",
+            scenes={"n_train": 400, "n_val": 120, "size": 160, "min_size": 6.0},
+            teacher="yolov8s.yaml",
+            student="yolov8n.yaml",
+            epochs=25,
+            imgsz=160,
+            runs=("baseline", "detkd-online-lb", "detkd-offline"),
+        ),
+        Suite(
+            name="synthetic-scarce",
+            description="synthetic suite, 1/8 of train labelled (the rest unlabeled); teacher on every label",
+            data="synthetic",
+            scenes={"n_train": 400, "n_val": 120, "size": 160, "min_size": 6.0},
+            teacher="yolov8s.yaml",
+            student="yolov8n.yaml",
+            epochs=25,
+            imgsz=160,
+            labelled_fraction=0.125,
+            runs=("baseline", "detkd-offline", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "ultralytics-kd"),
+        ),
+        Suite(
+            name="synthetic-crossmodal",
+            description="synthetic scene pairs: teacher trained on the first modality, students on the second",
+            data="synthetic",
+            scenes={"n_train": 400, "n_val": 120, "size": 160, "min_size": 6.0, "paired": True},
+            teacher="yolov8s.yaml",
+            student="yolov8n.yaml",
+            epochs=25,
+            imgsz=160,
+            seeds=(0, 1),
+            paired=True,
+            runs=("baseline", "detkd-online-lb", "detkd-crossmodal"),
+        ),
+        Suite(
+            name="hit-uav-scarce-cpu",
+            description="HIT-UAV, 1/8 of train labelled (7/8 unlabeled), 256 px, YOLOv8s (every label) -> YOLOv8n",
+            data="assets:hit_uav/hit_uav.yaml",
+            teacher="yolov8s.yaml",
+            student="yolov8n.yaml",
+            epochs=10,
+            teacher_epochs=8,
+            imgsz=256,
+            seeds=(0, 1),
+            labelled_fraction=0.125,
+            kd=("unlabeled.pseudo_conf=0.4",),
+            runs=("baseline", "detkd-offline", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "ultralytics-kd"),
+        ),
+        Suite(
+            name="hit-uav-scarce",
+            description="HIT-UAV, 1/8 of train labelled (7/8 unlabeled), 640 px, YOLOv8m (every label) -> YOLOv8n",
+            data="assets:hit_uav/hit_uav.yaml",
+            teacher="yolov8m.yaml",
+            student="yolov8n.yaml",
+            epochs=60,
+            teacher_epochs=100,
+            imgsz=640,
+            labelled_fraction=0.125,
+            runs=("baseline", "detkd-offline", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "ultralytics-kd"),
+        ),
+        Suite(
             name="coco-legacy",
             description="COCO subset (80/80), 320 px: classic YOLOv5n (COCO-trained) -> YOLOv8 width 0.125",
             data="assets:coco_tiny/coco_tiny.yaml",
@@ -192,10 +278,14 @@ def custom_suite(data: str, teacher: str, student: str, **kw: Any) -> Suite:
 
 def parse_runs(text: str | None, suite: Suite) -> tuple[str, ...]:
     """The runs to do: a comma-separated subset of :data:`RUNS` (default: every run that applies)."""
-    runs = RUNS if not text else tuple(r.strip() for r in text.split(",") if r.strip())
-    unknown = [r for r in runs if r not in RUNS]
+    runs = suite.runs if not text else tuple(r.strip() for r in text.split(",") if r.strip())
+    unknown = [r for r in runs if r not in ALL_RUNS]
     if unknown:
-        raise ConfigError(f"unknown run(s) {unknown}; valid: {', '.join(RUNS)}")
+        raise ConfigError(f"unknown run(s) {unknown}; valid: {', '.join(ALL_RUNS)}")
+    if any(r in UNLABELED_RUNS for r in runs) and suite.labelled_fraction is None:
+        raise ConfigError(f"runs {list(UNLABELED_RUNS)} need a suite with unlabeled images (labelled_fraction)")
+    if "detkd-crossmodal" in runs and not suite.paired:
+        raise ConfigError("run detkd-crossmodal needs a suite of paired modalities")
     if "ultralytics-kd" in runs and not builtin_kd_applies(suite):
         if text:
             raise ConfigError(
