@@ -120,9 +120,10 @@ class KDCriterion:
         if self.composite.any_on:
             out = cached(batch, soft) if cached is not None else self.teacher(batch["img"])
         unlabeled = self._unlabeled(batch)
-        n = int(batch["img"].shape[0])
-        self._count("images", n)
-        self._count("soft_boxes", len(soft) if soft is not None else 0)
+        if soft is not None or unlabeled is not None:  # counted (and logged) only where they can vary
+            self._count("images", int(batch["img"].shape[0]))
+        if soft is not None:
+            self._count("soft_boxes", len(soft))
         if unlabeled is not None:
             batch["detkd_labelled"] = ~unlabeled
             self._count("unlabeled_images", int(unlabeled.sum()))

@@ -80,8 +80,9 @@ def test_cache_and_unlabeled_images_with_pseudo_labels(cli_cache, shapes_data, u
 
 def test_live_teacher_with_unlabeled_images(trained_teacher, shapes_data, unlabeled_dir, tmp_path):
     rc = main(["distill", "--teacher", str(trained_teacher), "--student", "yolov8n.yaml",
-               "--data", str(shapes_data), "--unlabeled", str(unlabeled_dir), "--set", "kd.unlabeled.pseudo_labels=true",
-               "--set", "kd.unlabeled.pseudo_conf=0.2", "--project", str(tmp_path), "--name", "live", *TRAIN])  # fmt: skip
+               "--data", str(shapes_data), "--unlabeled", str(unlabeled_dir),
+               "--set", "kd.unlabeled.pseudo_labels=true", "--set", "kd.unlabeled.pseudo_conf=0.2",
+               "--project", str(tmp_path), "--name", "live", *TRAIN])  # fmt: skip
     assert rc == 0
     terms = _kd_terms(tmp_path / "live")
     assert terms["data/unlabeled_images"] > 0 and terms["data/pseudo_labels"] > 0
