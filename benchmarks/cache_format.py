@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkd.offline.cache import TeacherCache  # noqa: E402
+from detkd.offline.cache import TeacherCache
 
 NAMES = ("boxes", "probs", "dist", "spacing")
 
