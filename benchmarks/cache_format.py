@@ -76,8 +76,8 @@ def main() -> int:
         t = time.perf_counter()
         read_st(c, digests)
         size, files = _dir_size(Path(ns.cache))
-        rows["safetensors shards (detkd)"] = {"bytes": size, "files": files, "open_s": open_s,
-                                              "read_us_per_image": (time.perf_counter() - t) / ns.reads * 1e6}  # fmt: skip
+        read_us = (time.perf_counter() - t) / ns.reads * 1e6
+        rows["safetensors shards (detkd)"] = {"bytes": size, "files": files, "open_s": open_s, "read_us_per_image": read_us}
         # npz shards
         npz = work / "npz"
         npz.mkdir()
@@ -130,7 +130,8 @@ def main() -> int:
     for r in rows.values():
         r["mib_per_1000_images"] = r["bytes"] / 2**20 / n * 1000
     payload = {"cache": ns.cache, "images": n, "boxes": cache.boxes_total, "classes": cache.nc,
-               "reg_max": cache.reg_max, "reads": ns.reads, "formats": rows, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+               "reg_max": cache.reg_max, "reads": ns.reads, "formats": rows,
+               "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"cache_format_{payload['date']}.json"
