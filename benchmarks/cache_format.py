@@ -77,7 +77,12 @@ def main() -> int:
         read_st(c, digests)
         size, files = _dir_size(Path(ns.cache))
         read_us = (time.perf_counter() - t) / ns.reads * 1e6
-        rows["safetensors shards (detkd)"] = {"bytes": size, "files": files, "open_s": open_s, "read_us_per_image": read_us}
+        rows["safetensors shards (detkd)"] = {
+            "bytes": size,
+            "files": files,
+            "open_s": open_s,
+            "read_us_per_image": read_us,
+        }
         # npz shards
         npz = work / "npz"
         npz.mkdir()
