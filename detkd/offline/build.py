@@ -306,7 +306,7 @@ def cache_teacher(
     """Build (or resume) a teacher cache: ``teacher`` (any family detkd distils from, seen through ``class_map``)
     over the data's train and unlabeled images and any more ``images``; classes are the data's (or, without
     ``data``, the teacher's own)."""
-    from detkd.engine.distiller import _checked_data
+    from detkd.engine.distiller import _checked_data, seeded
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.teachers import build_teacher
     from detkd.teachers.mapped import paired_classes
@@ -329,7 +329,8 @@ def cache_teacher(
     if pair is not None and not pair.is_dir():
         raise InputFileError(pair, "paired-modality folder not found (--pair-dir)")
     kw: dict[str, Any] = {"nc": len(names), "names": names} if data is not None else {}
-    built = build_teacher(teacher, **kw)
+    with seeded(0):  # a teacher from YAML (random weights, for tests) is the one the distiller would build
+        built = build_teacher(teacher, **kw)
     if data is not None:
         model = paired_classes(built, names, class_map, required=True)
     else:

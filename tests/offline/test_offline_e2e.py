@@ -158,3 +158,42 @@ def test_a_missing_pair_is_one_line(trained_teacher, shapes_data, tmp_path, caps
                str(tmp_path / "pairs"), "--out", str(tmp_path / "c"), "--imgsz", "64", "--device", "cpu"])  # fmt: skip
     assert rc == 2
     assert "has no paired image" in _err(capsys)
+
+
+def test_kill_9_then_resume_a_cache_run_with_unlabeled_images_equals_the_uninterrupted_run(tiny_data, tmp_path):
+    """A run from a teacher cache, with unlabeled images mixed into its batches and pseudo-labels, continues after
+    kill -9 exactly as it would have run (the mixed batches' sequence included)."""
+    import subprocess
+
+    from tests.engine.test_resume import _cli, _env, _kill_after_next_checkpoint, _results, _student_weights
+
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for p in sorted((tiny_data.parent / "images" / "val").glob("*.png")):
+        shutil.copy(p, unlabeled / p.name)
+    cache = tmp_path / "cache"
+    assert main(["-q", "cache", "--teacher", "yolov8s.yaml", "--data", str(tiny_data), "--unlabeled", str(unlabeled),
+                 "--out", str(cache), "--imgsz", "64", "--conf", "0.001", "--device", "cpu"]) == 0  # fmt: skip
+
+    def args(name: str) -> list[str]:
+        return ["distill", "--teacher-cache", str(cache), "--student", "yolov8n.yaml", "--data", str(tiny_data),
+                "--unlabeled", str(unlabeled), "--set", "kd.feature.weight=0", "--set", "kd.unlabeled.fraction=0.5",
+                "--set", "kd.unlabeled.pseudo_labels=true", "--set", "kd.unlabeled.pseudo_conf=0.001",
+                "--epochs", "4", "--imgsz", "64", "--batch", "4", "--device", "cpu", "--workers", "0",
+                "--project", str(tmp_path), "--name", name, "--train-arg", "val=False"]  # fmt: skip
+
+    ref = subprocess.run(_cli(*args("ref")), env=_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*args("killed")), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import random
+
+    assert _kill_after_next_checkpoint(proc, run / "weights" / "resume.pt", random.Random(3))
+    done = subprocess.run(_cli("distill", "--resume", str(run)), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _kd_terms(run)["data/unlabeled_images"] > 0 and _kd_terms(run)["data/pseudo_labels"] > 0
+    assert _kd_terms(run) == pytest.approx(_kd_terms(tmp_path / "ref"), rel=1e-4)
+    for got, want in zip(_results(run), _results(tmp_path / "ref")):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    a, b = _student_weights(tmp_path / "ref"), _student_weights(run)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
