@@ -264,7 +264,13 @@ class KDCriterion:
             logit_masks=positions.head_masks(cfg.logit.positions, cfg.logit.teacher_conf, teacher_out, det.fg_masks)
             if comp.is_on("kd/cls")
             else {},
-            box_masks=positions.head_masks(cfg.box.positions, cfg.box.teacher_conf, teacher_out, det.fg_masks)
+            box_masks=positions.unlabeled_box_masks(
+                positions.head_masks(cfg.box.positions, cfg.box.teacher_conf, teacher_out, det.fg_masks),
+                cfg.box.positions,
+                cfg.box.teacher_conf,
+                teacher_out,
+                batch.get("detkd_labelled"),
+            )
             if comp.is_on("kd/box")
             else {},
             box_targets=box_targets,

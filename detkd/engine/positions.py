@@ -83,6 +83,22 @@ def head_masks(
     return {name: (teacher_confidence(teacher, name) >= teacher_conf).float() for name in fg_masks}
 
 
+def unlabeled_box_masks(
+    masks: dict[str, Tensor], positions: str, teacher_conf: float, teacher: TeacherOutputs, labelled: Tensor | None
+) -> dict[str, Tensor]:
+    """Box-KD anchors on unlabeled images: where the assigner decides (``assigner``), an unlabeled image has
+    foreground only at its pseudo-labels; there box KD also applies where the teacher is confident
+    (``teacher_conf``), so the teacher's boxes teach on images without labels too."""
+    if labelled is None or positions != "assigner" or bool(labelled.all()):
+        return masks
+    out = {}
+    for name, mask in masks.items():
+        confident = (teacher_confidence(teacher, name) >= teacher_conf).to(mask.dtype)
+        unl = (~labelled).to(mask.device).view(-1, 1)
+        out[name] = torch.where(unl, torch.maximum(mask.to(confident.dtype), confident), mask.to(confident.dtype))
+    return out
+
+
 def ltrb_targets(target_bboxes: Tensor, anchor_points: Tensor, stride_tensor: Tensor) -> Tensor:
     """Assigned ground-truth boxes (B, A, 4) xyxy pixels as (B, 4, A) ltrb distances in grid units.
 

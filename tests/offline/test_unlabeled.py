@@ -98,3 +98,19 @@ def test_mixed_batches_hold_a_fixed_share_and_resume_exactly(fraction, k):
         first = [i for b in epoch1 for i in b if i >= 20]
         second = [i for b in epoch2 for i in b if i >= 20]
         assert first != second
+
+
+def test_box_kd_on_unlabeled_images_applies_where_the_teacher_is_confident():
+    from detkd.engine.positions import unlabeled_box_masks
+    from detkd.types import HeadOutputs, TeacherOutputs
+
+    logits = torch.tensor([[[5.0, -5.0, 5.0]], [[5.0, -5.0, 5.0]]])  # (B=2, nc=1, A=3): anchors 0 and 2 confident
+    head = HeadOutputs(logits, torch.zeros(2, 4, 3), 1, torch.zeros(3, 2), torch.ones(3, 1))
+    teacher = TeacherOutputs([], [], {"one2many": head})
+    fg = {"one2many": torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])}
+    out = unlabeled_box_masks(fg, "assigner", 0.3, teacher, torch.tensor([True, False]))
+    assert out["one2many"].tolist() == [
+        [0.0, 1.0, 0.0],
+        [1.0, 0.0, 1.0],
+    ]  # labelled: the assigner's; unlabeled: +teacher
+    assert unlabeled_box_masks(fg, "assigner", 0.3, teacher, None) is fg
