@@ -74,7 +74,7 @@ def main() -> int:
     out = Path(ns.out) / f"vedai_crossmodal_cpu_{payload['date']}.json"
     out.write_text(json.dumps(payload, indent=2))
     for k in ("teacher_on_rgb", "teacher_on_nir", "baseline_on_nir", "kd_on_nir"):
-        print(k, {m: res[k].get(m) for m in ("mAP50-95", "mAP50")})
+        print(k, {m: res[k].get(m) for m in ("AP", "AP50")})
     print(json.dumps({"result": str(out)}))
     return 0
 

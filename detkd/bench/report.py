@@ -226,11 +226,16 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
     ]
     files = sorted(results_dir.glob("quality_*.json")) + sorted(results_dir.glob("speed_*.json"))
     parts += _missing_suites(files)
+    files += sorted(results_dir.glob("cache_format_*.json")) + sorted(results_dir.glob("vedai_crossmodal_*.json"))
     for path in files:
         payload = json.loads(path.read_text())
         if payload.get("kind") == "quality":
             payload = render_quality(payload, path)
             body = quality_markdown(payload, plot=str(rel / path.with_suffix(".png").name), heading="##")
+        elif path.name.startswith("cache_format_"):
+            body = cache_format_markdown(payload, heading="##")
+        elif path.name.startswith("vedai_crossmodal_"):
+            body = vedai_markdown(payload, heading="##")
         else:
             body = speed_markdown(payload, heading="##")
         parts += [body, f"Raw: [`{rel / path.name}`]({rel / path.name})", ""]
@@ -239,3 +244,47 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
             parts += ["**Reading.**", "", notes.read_text().strip(), ""]
     out.write_text("\n".join(parts))
     return out
+
+
+def cache_format_markdown(payload: dict[str, Any], heading: str = "#") -> str:
+    """The teacher-cache format comparison (``benchmarks/cache_format.py``)."""
+    n, boxes = payload["images"], payload["boxes"]
+    lines = [
+        f"{heading} Teacher cache format: size and random access ({payload['date']})",
+        "",
+        f"- command: `python benchmarks/cache_format.py {payload['cache']}`; {n} images, {boxes} soft boxes "
+        f"({boxes / max(n, 1):.1f} per image), {payload['classes']} classes, reg_max {payload['reg_max']}; "
+        f"{payload['reads']} reads of one image's boxes and their payload, in random order, page cache warm",
+        "",
+        "| format | MiB per 1,000 images | files | open s | read µs per image |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in payload["formats"].items():
+        lines.append(f"| {name} | {r['mib_per_1000_images']:.2f} | {r['files']} | {r['open_s']:.3f} | "
+                     f"{r['read_us_per_image']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def vedai_markdown(payload: dict[str, Any], heading: str = "#") -> str:
+    """The VEDAI RGB -> near-infrared smoke run (``benchmarks/vedai_crossmodal.py``)."""
+    r = payload["results"]
+
+    def m(key: str) -> str:
+        return f"{_f(r[key].get('AP'))} / {_f(r[key].get('AP50'))}"
+
+    lines = [
+        f"{heading} Cross-modal smoke run: VEDAI RGB teacher -> near-infrared student ({payload['date']})",
+        "",
+        f"- command: `python benchmarks/vedai_crossmodal.py --epochs {payload['epochs']} --imgsz {payload['imgsz']}`; "
+        f"device {payload['device']}, commit {payload['commit']}; 83 train / 6 val aligned pairs, seed 0",
+        f"- teacher cache (the teacher sees each scene's RGB image): {r['cache']['images']} images, "
+        f"{r['cache']['soft_boxes']} soft boxes, built in {r['cache']['seconds']:.0f} s",
+        "",
+        "| model | scored on | mAP50-95 / mAP50 | train s |",
+        "|---|---|---|---|",
+        f"| YOLOv8s teacher (trained on RGB) | RGB val | {m('teacher_on_rgb')} | {r['teacher']['seconds']:.0f} |",
+        f"| the same teacher | NIR val | {m('teacher_on_nir')} | |",
+        f"| YOLOv8n student, no KD | NIR val | {m('baseline_on_nir')} | {r['baseline']['seconds']:.0f} |",
+        f"| YOLOv8n student, KD from the RGB teacher's cache | NIR val | {m('kd_on_nir')} | {r['kd']['seconds']:.0f} |",
+    ]
+    return "\n".join(lines) + "\n"
