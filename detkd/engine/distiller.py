@@ -367,6 +367,21 @@ def _feature_source(teacher: Teacher) -> Teacher:
     return getattr(teacher, "inner", teacher)
 
 
+def _warn_if_stale(cache: TeacherCache) -> None:
+    """A warning when the teacher file a cache was built from has changed since (the cache keeps the old teacher's
+    predictions, which may be what the user wants: it is theirs to rebuild)."""
+    teacher = cache.key.get("teacher")
+    recorded = cache.key.get("teacher_files") or {}
+    path = Path(str(teacher))
+    if not isinstance(recorded, dict) or not path.is_file() or path.name not in recorded:
+        return
+    now = _sha256(path)
+    if now != recorded[path.name]:
+        LOGGER.warning("%s changed since the teacher cache %s was built (SHA-256 %s, was %s): the cache holds the "
+                       "old teacher's predictions; rebuild it (detkd cache ... --out NEW) to distil from the new one",
+                       path, cache.folder, now[:12], str(recorded[path.name])[:12])  # fmt: skip
+
+
 TEACHER_CHECK_IMAGES = 32  # val images the teacher is scored on before training
 MIN_TEACHER_MAP50 = 0.01  # below this the teacher finds about nothing on the data: it teaches nothing
 
@@ -483,6 +498,7 @@ class Distiller:
                 folder, f"{len(missing)} of {len(samples)} training images are not in the cache (e.g. {missing[0]}); "
                 "build it over these images (detkd cache ... --data D.yaml [--unlabeled DIR]; a partial cache resumes)",
             )  # fmt: skip
+        _warn_if_stale(cache)
         specs = uy.feature_specs(uy.build_student(self.student_spec, self.data.nc, self.data.names))
         teacher = CachedTeacher(cache, specs)
         teacher.check_recipe(self.kd)

@@ -146,3 +146,43 @@ def test_a_cached_teacher_refuses_feature_kd_and_live_calls(teacher_cache):
     cached.check_recipe(load_kd_config(None, ["kd.feature.weight=0"]))
     with pytest.raises(DetkdError, match="training batch only"):
         cached(torch.zeros(1, 3, 64, 64))
+
+
+def test_a_cache_whose_teacher_file_changed_since_is_flagged(teacher_cache, trained_teacher, tmp_path, caplog):
+    from detkd.engine.distiller import _warn_if_stale
+
+    folder = tmp_path / "c"
+    shutil.copytree(teacher_cache[0], folder)
+    _warn_if_stale(TeacherCache(folder))
+    assert "changed since" not in caplog.text
+    copy = tmp_path / "teacher.pt"
+    copy.write_bytes(Path(trained_teacher).read_bytes())
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["key"]["teacher"] = str(copy)
+    manifest["key"]["teacher_files"] = {"teacher.pt": "0" * 64}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    _warn_if_stale(TeacherCache(folder))
+    assert "changed since the teacher cache" in caplog.text
+
+
+def test_format_and_smoke_reports_render():
+    from detkd.bench.report import cache_format_markdown, vedai_markdown
+
+    fmt = {
+        "images": 10,
+        "boxes": 50,
+        "classes": 2,
+        "reg_max": 16,
+        "reads": 5,
+        "cache": "c",
+        "date": "d",
+        "formats": {"a": {"mib_per_1000_images": 1.0, "files": 2, "open_s": 0.1, "read_us_per_image": 30.0}},
+    }
+    assert "| a | 1.00 | 2 | 0.100 | 30 |" in cache_format_markdown(fmt)
+    res = {
+        k: {"AP": 0.1, "AP50": 0.2, "seconds": 3.0}
+        for k in ("teacher", "teacher_on_rgb", "teacher_on_nir", "baseline", "baseline_on_nir", "kd", "kd_on_nir")
+    }
+    res["cache"] = {"images": 83, "soft_boxes": 400, "seconds": 5.0}
+    text = vedai_markdown({"epochs": 1, "imgsz": 64, "device": "cpu", "commit": "x", "date": "d", "results": res})
+    assert "NIR val | 0.1000 / 0.2000" in text
