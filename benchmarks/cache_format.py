@@ -38,8 +38,9 @@ def _per_image(cache: TeacherCache) -> list[dict[str, np.ndarray]]:
         found = cache.image(digest)
         assert found is not None
         _, ids, _ = found
-        pay = cache.payload(ids)
-        out.append({k: np.asarray(v) for k, v in pay.items()})
+        pay = cache.payload(ids)  # float32 in memory; stored as the cache stores them (float16 payload)
+        kinds = {"boxes": np.float32, "probs": np.float16, "dist": np.float16, "spacing": np.float32}
+        out.append({k: np.asarray(v, dtype=kinds[k]) for k, v in pay.items()})
     return out
 
 
