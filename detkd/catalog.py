@@ -126,6 +126,7 @@ SECTIONS: dict[str, type] = {
     "schedule": C.ScheduleConfig,
     "balance": C.BalanceConfig,
     "unlabeled": C.UnlabeledConfig,
+    "targets": C.SoftTargetsConfig,
 }
 
 
@@ -186,7 +187,7 @@ def render_text() -> str:
                 lines.append(f"      kd.{family}.{m.name}.{name} = {_fmt(value)}    {doc}")
         lines.append("")
     for section, cls in (("schedule", C.ScheduleConfig), ("balance", C.BalanceConfig),
-                         ("unlabeled", C.UnlabeledConfig)):  # fmt: skip
+                         ("unlabeled", C.UnlabeledConfig), ("targets", C.SoftTargetsConfig)):  # fmt: skip
         where = "kd.<family>.schedule" if section == "schedule" else f"kd.{section}"
         lines.append(f"[{section}] {where}.*")
         for name, value, doc in options_of(cls):
@@ -218,4 +219,5 @@ def render_markdown() -> str:
     out += _md_options("kd.<family>.schedule", C.ScheduleConfig)
     out += _md_options("kd.balance", C.BalanceConfig)
     out += _md_options("kd.unlabeled", C.UnlabeledConfig)
+    out += _md_options("kd.targets", C.SoftTargetsConfig)
     return "\n".join(out) + "\n"

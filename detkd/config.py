@@ -449,6 +449,37 @@ class UnlabeledConfig:
             _check_range("kd.unlabeled", "pseudo_class_conf", v, 0.001, 1.0)
 
 
+# ---- targets from soft boxes -----------------------------------------------------------------------------------
+
+
+TARGET_RANKS = ("weighted", "score")
+
+
+@dataclass(frozen=True)
+class SoftTargetsConfig:
+    """How soft boxes (a teacher cache's) become dense per-anchor targets (see :mod:`detkd.offline.soft`).
+
+    Attributes:
+        centre_sigma: spread of the centre prior, in half box sizes: an anchor inside a box takes the box's class
+            probabilities times ``exp(-|d|^2 / (2 sigma^2))`` (``d`` its offset from the box centre); 0 paints the
+            whole box with its probabilities.
+        rank: which covering box an anchor takes: ``weighted`` (the highest probability times the centre prior) or
+            ``score`` (the highest probability; the prior then only scales it).
+        level_tau: spread of the level prior, in octaves: an anchor of stride ``s`` takes a box the teacher
+            predicted from stride ``t`` (scaled with the image) with weight ``exp(-log2(s / t)^2 / (2 tau^2))``;
+            0 gives every level the same weight. Needs a cache that stores strides (DFL teachers).
+    """
+
+    centre_sigma: float = 0.4
+    rank: str = "weighted"
+    level_tau: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_range("kd.targets", "centre_sigma", self.centre_sigma, 0.0, 100.0)
+        _check_choice("kd.targets", "rank", self.rank, TARGET_RANKS)
+        _check_range("kd.targets", "level_tau", self.level_tau, 0.0, 10.0)
+
+
 @dataclass(frozen=True)
 class KDConfig:
     """The whole KD recipe: one section per knowledge family, the balancing policy, and the use of unlabeled
@@ -459,6 +490,7 @@ class KDConfig:
     box: BoxKDConfig = field(default_factory=BoxKDConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
+    targets: SoftTargetsConfig = field(default_factory=SoftTargetsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -242,6 +242,8 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
         notes = path.with_suffix(".notes.md")
         if notes.is_file():
             parts += ["**Reading.**", "", notes.read_text().strip(), ""]
+    for path in sorted(results_dir.glob("offline_*.md")):  # measured with detkd's CLI, written up by hand
+        parts += [path.read_text().strip().replace("\n# ", "\n## ", 1).replace("# ", "## ", 1), ""]
     out.write_text("\n".join(parts))
     return out
 

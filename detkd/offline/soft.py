@@ -152,6 +152,8 @@ def soft_to_dense(
     reg_max: int = 1,
     class_mask: Tensor | None = None,
     centre_sigma: float = 0.0,
+    rank: str = "weighted",
+    level_tau: float = 0.0,
 ) -> HeadOutputs:
     """Soft boxes as dense targets on an anchor-free student's grid.
 
@@ -198,7 +200,12 @@ def soft_to_dense(
             half = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp_min(1e-3)
             off = (pix[:, None, :] - (boxes[None, :, :2] + boxes[None, :, 2:]) / 2) / half[None]
             weight = torch.exp(-(off**2).sum(dim=2) / (2 * centre_sigma**2))
-        ranked = torch.where(inside, score[None, :] * weight, torch.full_like(weight, -1.0))
+        if level_tau > 0 and soft.spacing is not None:  # (A, D) the level the teacher predicted the box from
+            ratio = torch.log2(stride_tensor.view(-1, 1) / soft.spacing[sel][:, 0].float().clamp_min(1e-3).view(1, -1))
+            weight = weight * torch.exp(-(ratio**2) / (2 * level_tau**2))
+        ranked = torch.where(
+            inside, score[None, :] * (weight if rank == "weighted" else 1.0), torch.full_like(weight, -1.0)
+        )
         best_score, best = ranked.max(dim=1)
         hit = best_score >= 0
         idx = torch.nonzero(hit).squeeze(1)

@@ -48,7 +48,7 @@ def augmented_soft_boxes(batch: dict[str, Any], payload: dict[str, np.ndarray], 
     idx = batch["soft_batch_idx"].to(device).long().view(-1)
     probs = torch.as_tensor(payload["probs"], device=device).float()
     dist = spacing = None
-    if "dist" in payload:
+    if "spacing" in payload:
         orig = torch.as_tensor(payload["boxes"], device=device).float()
         ow, oh = (orig[:, 2] - orig[:, 0]).clamp_min(1e-3), (orig[:, 3] - orig[:, 1]).clamp_min(1e-3)
         # Ultralytics' scaling is isotropic: the larger ratio is the one no crop has cut
@@ -57,6 +57,7 @@ def augmented_soft_boxes(batch: dict[str, Any], payload: dict[str, np.ndarray], 
         scale = scale_groups(scale, idx * (int(source.max()) + 1 if len(source) else 1) + source)
         spacing = torch.as_tensor(payload["spacing"], device=device).float().view(-1, 1) * scale.view(-1, 1)
         spacing = spacing.expand(-1, 2).contiguous()
+    if "dist" in payload:
         dist = torch.as_tensor(payload["dist"], device=device).float()
         flips = batch["soft_flips"].to(device)[idx] if len(idx) else torch.zeros(0, 2, dtype=torch.bool)
         lr, ud = flips[:, 0], flips[:, 1]
@@ -84,6 +85,8 @@ class CachedTeacher(nn.Module):
         self.end2end = False
         self.use_distributions = cache.reg_max > 1  # set False when box KD does not compare distributions
         self.centre_sigma = CENTRE_SIGMA
+        self.rank = "weighted"
+        self.level_tau = 0.0
         self._device = torch.device("cpu")
         mask = cache.class_mask
         self.class_mask = None if mask is None else torch.as_tensor(mask)
@@ -94,6 +97,12 @@ class CachedTeacher(nn.Module):
 
     def describe(self) -> str:
         return self.cache.describe()
+
+    def configure(self, kd: Any) -> None:
+        """Take the recipe's target settings (``kd.targets``) after checking that it asks nothing a cache lacks."""
+        self.check_recipe(kd)
+        t = kd.targets
+        self.centre_sigma, self.rank, self.level_tau = float(t.centre_sigma), str(t.rank), float(t.level_tau)
 
     def check_recipe(self, kd: Any) -> None:
         if kd.feature.weight > 0:
@@ -115,7 +124,7 @@ class CachedTeacher(nn.Module):
         soft = soft if soft is not None else self.soft_boxes(batch)
         h, w = (int(v) for v in batch["img"].shape[-2:])
         if not self.use_distributions:
-            soft = SoftBoxes(soft.boxes, soft.batch_idx, soft.probs)
+            soft = SoftBoxes(soft.boxes, soft.batch_idx, soft.probs, None, soft.spacing)
         dense = soft_to_dense(
             soft,
             int(batch["img"].shape[0]),
@@ -124,5 +133,7 @@ class CachedTeacher(nn.Module):
             reg_max=self.reg_max if self.use_distributions else 1,
             class_mask=None if self.class_mask is None else self.class_mask.to(self._device),
             centre_sigma=self.centre_sigma,
+            rank=self.rank,
+            level_tau=self.level_tau,
         )
         return TeacherOutputs(features=[], specs=self.specs, heads={"one2many": dense})

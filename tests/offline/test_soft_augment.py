@@ -128,3 +128,17 @@ def test_dense_targets_give_back_the_predicting_anchor_distribution():
     a = 2 * 8 + 2
     got = dense.box_raw[0, :, a].view(4, BINS).softmax(dim=1)
     assert torch.allclose(got, dist[0], atol=1e-4)
+
+
+def test_the_level_prior_prefers_the_level_the_teacher_predicted_from():
+    from detkd.offline.soft import SoftBoxes
+
+    box = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
+    soft = SoftBoxes(box, torch.tensor([0]), torch.tensor([[0.8]]), None, torch.tensor([[16.0, 16.0]]))
+    plain = soft_to_dense(soft, 1, (64, 64), (8, 16, 32))
+    prior = soft_to_dense(soft, 1, (64, 64), (8, 16, 32), level_tau=0.5)
+    st = plain.stride_tensor.view(-1)
+    p_plain, p_prior = plain.cls_logits.sigmoid()[0, 0], prior.cls_logits.sigmoid()[0, 0]
+    assert torch.allclose(p_plain, torch.full_like(p_plain, 0.8))
+    assert torch.allclose(p_prior[st == 16], torch.full_like(p_prior[st == 16], 0.8))
+    assert float(p_prior[st == 8].max()) < 0.2 and float(p_prior[st == 32].max()) < 0.2
