@@ -19,6 +19,7 @@ RUN_LABELS = {
     "detkd": "detkd: recommended (all three)",
     "detkd-online-lb": "detkd: logit + box, live teacher",
     "detkd-offline": "detkd: logit + box from a teacher cache",
+    "detkd-offline-box": "detkd: box only from a teacher cache",
     "detkd-unlabeled-soft": "detkd: cache + unlabeled images (soft)",
     "detkd-unlabeled-hard": "detkd: cache + unlabeled (soft + pseudo-labels)",
     "detkd-crossmodal": "detkd: cache of the other modality's teacher view",

@@ -26,12 +26,13 @@ RUNS = ("baseline", "ultralytics-kd", "detkd-feature", "detkd-logit", "detkd-box
 OFFLINE_RUNS = (
     "detkd-online-lb",  # live teacher, logit + box KD
     "detkd-offline",  # the same from a teacher cache
+    "detkd-offline-box",  # box KD only from the cache (what transfers from post-NMS soft boxes)
     "detkd-unlabeled-soft",  # cache + the unlabeled images, soft KD terms only
     "detkd-unlabeled-hard",  # ... and hard pseudo-labels
     "detkd-crossmodal",  # cache built with the teacher seeing the other modality of each scene
 )
 ALL_RUNS = RUNS + OFFLINE_RUNS
-CACHE_RUNS = ("detkd-offline", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "detkd-crossmodal")
+CACHE_RUNS = ("detkd-offline", "detkd-offline-box", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "detkd-crossmodal")
 UNLABELED_RUNS = ("detkd-unlabeled-soft", "detkd-unlabeled-hard")
 # Overrides that leave one KD family on (the suite's recipe overrides still apply on top)
 FAMILY_ONLY: Mapping[str, tuple[str, ...]] = {
@@ -41,6 +42,7 @@ FAMILY_ONLY: Mapping[str, tuple[str, ...]] = {
     "detkd": (),
     "detkd-online-lb": ("feature.weight=0",),
     "detkd-offline": ("feature.weight=0",),
+    "detkd-offline-box": ("feature.weight=0", "logit.weight=0"),
     "detkd-unlabeled-soft": ("feature.weight=0",),
     "detkd-unlabeled-hard": ("feature.weight=0", "unlabeled.pseudo_labels=true"),
     "detkd-crossmodal": ("feature.weight=0",),
@@ -191,7 +193,7 @@ SUITES: dict[str, Suite] = {
             student="yolov8n.yaml",
             epochs=25,
             imgsz=160,
-            runs=("baseline", "detkd-online-lb", "detkd-offline"),
+            runs=("baseline", "detkd-online-lb", "detkd-offline", "detkd-box", "detkd-offline-box"),
         ),
         Suite(
             name="synthetic-scarce",
