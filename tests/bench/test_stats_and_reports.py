@@ -134,3 +134,25 @@ def test_quality_markdown_and_results_md(tmp_path: Path) -> None:
     assert "(results/quality_unit_cpu_2026-11-24.png)" in text
     assert (results / "quality_unit_cpu_2026-11-24.png").stat().st_size > 1000  # re-rendered from the jobs
     assert "0.1350 ± 0.0071" in (results / "quality_unit_cpu_2026-11-24.md").read_text()
+
+
+def test_offline_suites_check_their_runs_and_split_the_labels(tiny_data: Path, tmp_path: Path) -> None:
+    from detkd.bench.quality import student_data
+
+    assert {"synthetic-offline", "synthetic-scarce", "synthetic-crossmodal", "hit-uav-scarce-cpu"} <= set(SUITES)
+    smoke = get_suite("smoke")
+    with pytest.raises(ConfigError, match="need a suite with unlabeled images"):
+        parse_runs("baseline,detkd-unlabeled-soft", smoke)
+    with pytest.raises(ConfigError, match="paired modalities"):
+        parse_runs("detkd-crossmodal", smoke)
+    scarce = smoke.with_overrides(labelled_fraction=0.25)
+    data, unlabeled = student_data(scarce, tiny_data, tmp_path)
+    labelled = (tmp_path / "split" / "labelled.txt").read_text().split()
+    assert unlabeled is not None
+    rest = unlabeled.read_text().split()
+    assert len(labelled) == 3 and len(rest) == 9 and not set(labelled) & set(rest)  # 12 train images, 1/4 labelled
+    from detkd.data.dataset import load_data_spec
+
+    spec = load_data_spec(data)
+    assert spec.names == load_data_spec(tiny_data).names and "unlabeled" not in spec.splits
+    assert student_data(smoke, tiny_data, tmp_path) == (tiny_data, None)
