@@ -159,9 +159,11 @@ def _cache_lines(payload: dict[str, Any]) -> list[str]:
     if not c:
         return []
     per = c["soft_boxes"] / max(c["images"], 1)
+    reused = c.get("new_images") == 0
+    built = "reused (built by an earlier run of the suite)" if reused else f"built in {c['seconds']:.1f} s"
+    per_k = c["mib"] / max(c["images"], 1) * 1000
     return [f"- teacher cache: {c['images']} images, {c['soft_boxes']} soft boxes ({per:.1f} per image), "
-            f"{c['mib']:.2f} MiB ({c['mib'] / max(c['images'], 1) * 1000:.1f} MiB per 1,000 images), built in "
-            f"{c['seconds']:.1f} s"]  # fmt: skip
+            f"{c['mib']:.2f} MiB ({per_k:.1f} MiB per 1,000 images), {built}"]  # fmt: skip
 
 
 def speed_markdown(payload: dict[str, Any], heading: str = "#") -> str:
