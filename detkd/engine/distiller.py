@@ -10,7 +10,6 @@ image header, loading the teacher safely, building the student, pairing their le
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -48,7 +47,7 @@ from detkd.engine.train_args import check_threads, check_train_args
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
 from detkd.errors import DetkdError, InputFileError
 from detkd.losses.composite import KDComposite
-from detkd.offline.cache import TeacherCache, image_digests
+from detkd.offline.cache import TeacherCache, file_digest, image_digests
 from detkd.offline.teacher import CachedTeacher
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher
@@ -214,17 +213,9 @@ def input_files(teacher: str | Path, class_map: str | Path | None = None) -> lis
     return files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprints(files: list[Path]) -> dict[str, str]:
     """SHA-256 of each file (absolute paths as keys), recorded in the run so a resume can tell a replaced file."""
-    return {str(p.resolve()): _sha256(p) for p in files if p.is_file()}
+    return {str(p.resolve()): file_digest(p) for p in files if p.is_file()}
 
 
 def _check_same_inputs(recorded: dict[str, str], files: list[Path], folder: Path) -> None:
@@ -375,7 +366,7 @@ def _warn_if_stale(cache: TeacherCache) -> None:
     path = Path(str(teacher))
     if not isinstance(recorded, dict) or not path.is_file() or path.name not in recorded:
         return
-    now = _sha256(path)
+    now = file_digest(path)
     if now != recorded[path.name]:
         LOGGER.warning("%s changed since the teacher cache %s was built (SHA-256 %s, was %s): the cache holds the "
                        "old teacher's predictions; rebuild it (detkd cache ... --out NEW) to distil from the new one",
