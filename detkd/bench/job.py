@@ -64,7 +64,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         common = {"project": spec["project"], "name": spec["name"], "exist_ok": True, "threads": spec.get("threads")}
         started = time.time()
-        if kind == "distill":
+        folder = Path(spec["project"]) / spec["name"]
+        if (folder / "weights" / "resume.pt").is_file():  # a job killed earlier: resumed (exactly its run)
+            from detkd.engine.distiller import resume
+
+            result["resumed"] = True
+            out = resume(folder, threads=spec.get("threads"))
+        elif kind == "distill":
             res = Distiller(spec.get("teacher"), spec["model"], data, overrides=spec["kd"],
                             class_map=spec.get("class_map"), teacher_cache=spec.get("teacher_cache"),
                             unlabeled=spec.get("unlabeled"))  # fmt: skip
