@@ -136,6 +136,16 @@ class Suite:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+# The `synthetic` suite's data, models and budget, shared by the suites built on it
+SYNTHETIC_BUDGET: dict[str, Any] = {
+    "data": "synthetic",
+    "scenes": {"n_train": 400, "n_val": 120, "size": 160, "min_size": 6.0},
+    "teacher": "yolov8s.yaml",
+    "student": "yolov8n.yaml",
+    "epochs": 25,
+    "imgsz": 160,
+}
+
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
@@ -187,35 +197,20 @@ SUITES: dict[str, Suite] = {
         Suite(
             name="synthetic-offline",
             description="synthetic suite: logit + box KD from the live teacher vs from a teacher cache",
-            data="synthetic",
-            scenes={"n_train": 400, "n_val": 120, "size": 160, "min_size": 6.0},
-            teacher="yolov8s.yaml",
-            student="yolov8n.yaml",
-            epochs=25,
-            imgsz=160,
+            **SYNTHETIC_BUDGET,
             runs=("baseline", "detkd-online-lb", "detkd-offline", "detkd-box", "detkd-offline-box"),
         ),
         Suite(
             name="synthetic-scarce",
             description="synthetic suite, 1/8 of train labelled (the rest unlabeled); teacher on every label",
-            data="synthetic",
-            scenes={"n_train": 400, "n_val": 120, "size": 160, "min_size": 6.0},
-            teacher="yolov8s.yaml",
-            student="yolov8n.yaml",
-            epochs=25,
-            imgsz=160,
+            **SYNTHETIC_BUDGET,
             labelled_fraction=0.125,
             runs=("baseline", "detkd-offline", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "ultralytics-kd"),
         ),
         Suite(
             name="synthetic-crossmodal",
             description="synthetic scene pairs: teacher trained on the first modality, students on the second",
-            data="synthetic",
-            scenes={"n_train": 400, "n_val": 120, "size": 160, "min_size": 6.0, "paired": True},
-            teacher="yolov8s.yaml",
-            student="yolov8n.yaml",
-            epochs=25,
-            imgsz=160,
+            **{**SYNTHETIC_BUDGET, "scenes": {**SYNTHETIC_BUDGET["scenes"], "paired": True}},
             seeds=(0, 1),
             paired=True,
             runs=("baseline", "detkd-online-lb", "detkd-crossmodal"),
