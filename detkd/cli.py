@@ -159,6 +159,7 @@ def _cmd_cache(ns: argparse.Namespace) -> int:
         class_map=ns.class_map,
         conf=ns.conf,
         max_det=ns.max_det,
+        max_cells=ns.max_cells,
         batch=ns.batch,
         device=ns.device,
         pair_dir=ns.pair_dir,
@@ -166,7 +167,7 @@ def _cmd_cache(ns: argparse.Namespace) -> int:
         progress=not ns.quiet,
     )
     print(json.dumps({"cache": str(result.folder), "images": result.images, "new_images": result.new_images,
-                      "soft_boxes": result.boxes, "seconds": round(result.seconds, 2),
+                      "soft_boxes": result.boxes, "score_cells": result.cells, "seconds": round(result.seconds, 2),
                       "mib": round(result.bytes / 2**20, 3)}))  # fmt: skip
     return 0
 
@@ -328,8 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the cache folder (created; a partial cache of the same key resumes)")
     p.add_argument("--imgsz", type=int, default=640, help="the training image size the cache serves (default 640)")
     p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's")
-    p.add_argument("--conf", type=float, default=0.01, help="lowest class probability a soft box keeps (0.01)")
+    p.add_argument(
+        "--conf", type=float, default=0.01, help="lowest class probability a soft box or score cell keeps (0.01)"
+    )
     p.add_argument("--max-det", type=int, default=100, help="soft boxes kept per image (100)")
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        default=None,
+        help="score-field cells (the strongest anchors) kept per image, for logit KD (default 2000; 0: none)",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", default=None, help="cpu, 0, ... (default: a GPU when there is one)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")

@@ -36,10 +36,13 @@ from detkd.offline.cache import (
     write_manifest,
     write_shard,
 )
-from detkd.offline.soft import dense_to_detections
+from detkd.offline.soft import dense_field, dense_to_detections
 
 LOGGER = logging.getLogger(__name__)
 PAD_VALUE = 114
+# Score cells kept per image (the strongest anchors at --conf or above). A trained YOLOv8s on the synthetic suite
+# at 160 px leaves ~N per image above 0.01 of its 525 anchors; 640 px has 8400 anchors.
+MAX_CELLS = 2000
 
 
 @dataclass
@@ -98,6 +101,7 @@ def cache_key(
     max_det: int,
     iou: float,
     pair_dir: Path | None,
+    max_cells: int = 0,
 ) -> dict[str, Any]:
     from detkd.engine.distiller import fingerprints, input_files
 
@@ -109,6 +113,7 @@ def cache_key(
         "names": [names[i] for i in sorted(names)],
         "conf": float(conf),
         "max_det": int(max_det),
+        "max_cells": int(max_cells),
         "iou": float(iou),
         "pair_dir": str(pair_dir.resolve()) if pair_dir else None,
     }
@@ -122,12 +127,13 @@ class BuildResult:
     boxes: int
     seconds: float
     bytes: int
+    cells: int = 0
 
     def describe(self) -> str:
         rate = self.new_images / self.seconds if self.seconds > 0 else float("inf")
         return (
             f"{self.folder}: {self.images} images ({self.new_images} new, {rate:.1f} images/s), {self.boxes} soft "
-            f"boxes, {self.bytes / 2**20:.2f} MiB"
+            f"boxes, {self.cells} score cells, {self.bytes / 2**20:.2f} MiB"
         )
 
 
@@ -142,24 +148,26 @@ def build_cache(
     class_map: str | None = None,
     conf: float = 0.01,
     max_det: int = 100,
+    max_cells: int = MAX_CELLS,
     iou: float = 0.7,
     batch: int = 16,
     device: str | torch.device = "cpu",
     pair_dir: Path | None = None,
     progress: bool = True,
 ) -> BuildResult:
-    """Cache ``teacher``'s soft boxes for ``images`` in ``out`` (created, or resumed when it holds a cache of the
-    same key; a cache of another key is refused with the fields that differ)."""
+    """Cache ``teacher``'s soft boxes (and, for a dense head, its score field: up to ``max_cells`` anchors per image
+    at ``conf`` or above) for ``images`` in ``out`` (created, or resumed when it holds a cache of the same key; a
+    cache of another key is refused with the fields that differ)."""
     from detkd.data.checks import image_formats
 
     if not images:
         raise DetkdError("detkd cache: no images to cache")
     if not 0 < conf < 1:
         raise DetkdError(f"detkd cache: --conf {conf} must be in (0, 1)")
-    if max_det < 1 or batch < 1:
-        raise DetkdError("detkd cache: --max-det and --batch must be >= 1")
+    if max_det < 1 or batch < 1 or max_cells < 0:
+        raise DetkdError("detkd cache: --max-det and --batch must be >= 1, --max-cells >= 0")
     folder = Path(out)
-    key = cache_key(teacher_spec, imgsz, names, class_map, conf, max_det, iou, pair_dir)
+    key = cache_key(teacher_spec, imgsz, names, class_map, conf, max_det, iou, pair_dir, max_cells)
     head_probe = None
     if (folder / MANIFEST).is_file():
         manifest = read_manifest(folder)
@@ -182,6 +190,7 @@ def build_cache(
             "teacher": teacher.describe(),
             "reg_max": int(teacher.reg_max),
             "class_mask": None,
+            "field": None,  # set by the first batch: True for a dense head (and max_cells > 0)
             "shards": [],
         }
         done = set()
@@ -207,6 +216,7 @@ def build_cache(
         for s0 in range(0, len(todo), SHARD_IMAGES):
             chunk = todo[s0 : s0 + SHARD_IMAGES]
             per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] = []
+            per_cells: list[tuple[np.ndarray, np.ndarray]] = []
             sizes: list[tuple[int, int]] = []
             for b0 in range(0, len(chunk), batch):
                 part = chunk[b0 : b0 + batch]
@@ -216,12 +226,16 @@ def build_cache(
                 x = torch.from_numpy(np.stack([b.image for b in boxed])).permute(0, 3, 1, 2).float() / 255
                 with torch.no_grad():
                     out_heads = teacher(x.to(device)).heads
+                head = out_heads["one2many"]
                 if head_probe is None:
-                    head_probe = out_heads["one2many"]
+                    head_probe = head
                     if head_probe.class_mask is not None and manifest["class_mask"] is None:
                         manifest["class_mask"] = [float(v) for v in head_probe.class_mask.cpu().tolist()]
-                dets = dense_to_detections(out_heads["one2many"], conf=conf, max_det=max_det, iou=iou)
-                for lb, student, (boxes, probs, dist, stride) in zip(boxed, student_imgs, dets):
+                    if manifest["field"] is None:  # detections-only teachers' dense outputs are made from boxes
+                        manifest["field"] = head.box_valid is None and max_cells > 0
+                dets = dense_to_detections(head, conf=conf, max_det=max_det, iou=iou)
+                fields = dense_field(head, conf=conf, max_cells=max_cells) if manifest["field"] else None
+                for j, (lb, student, (boxes, probs, dist, stride)) in enumerate(zip(boxed, student_imgs, dets)):
                     sh, sw = student.shape[:2]
                     fx, fy = sw / lb.size[0], sh / lb.size[1]  # teacher image -> student image (a pair)
                     pad = torch.tensor([lb.pad[0], lb.pad[1]] * 2, dtype=torch.float32)
@@ -230,6 +244,7 @@ def build_cache(
                     orig[:, [0, 2]] = orig[:, [0, 2]].clamp_max(sw)
                     orig[:, [1, 3]] = orig[:, [1, 3]].clamp_max(sh)
                     spacing = stride.cpu() / (lb.gain[0] / fx)
+                    per_cells.append(_cells_in_original(fields[j] if fields else None, lb, (fx, fy), (sw, sh)))
                     per_image.append(
                         (
                             orig.numpy(),
@@ -248,6 +263,9 @@ def build_cache(
                 "offsets": np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
                 "boxes": np.concatenate([b for b, *_ in per_image]).astype(np.float32).reshape(-1, 4),
                 "probs": np.concatenate([p for _, p, _, _ in per_image]).reshape(-1, len(names)),
+                "cell_offsets": np.concatenate(([0], np.cumsum([len(c) for c, _ in per_cells]))).astype(np.int64),
+                "cells": np.concatenate([c for c, _ in per_cells]).astype(np.float32).reshape(-1, 3),
+                "cell_probs": np.concatenate([p for _, p in per_cells]).astype(np.float16).reshape(-1, len(names)),
             }
             if reg_max > 1:
                 arrays["dist"] = np.concatenate([d for _, _, d, _ in per_image if d is not None]).reshape(
@@ -265,7 +283,27 @@ def build_cache(
     seconds = time.perf_counter() - started
     cache = TeacherCache(folder)
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-    return BuildResult(folder, len(cache), len(todo), cache.boxes_total, seconds, size)
+    return BuildResult(folder, len(cache), len(todo), cache.boxes_total, seconds, size, cache.cells_total)
+
+
+def _cells_in_original(
+    field: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    lb: Letterboxed,
+    pair_scale: tuple[float, float],
+    size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's score cells (point x, y, stride) in the student image's pixels; cells whose point lies in the
+    letterbox padding (outside the image) are dropped."""
+    nc = 0 if field is None else field[2].shape[1]
+    if field is None or not len(field[0]):
+        return np.zeros((0, 3), np.float32), np.zeros((0, nc), np.float16)
+    points, stride, probs = (t.cpu().float() for t in field)
+    gx, gy = lb.gain[0] / pair_scale[0], lb.gain[1] / pair_scale[1]
+    x = (points[:, 0] - lb.pad[0]) / gx
+    y = (points[:, 1] - lb.pad[1]) / gy
+    keep = (x >= 0) & (x <= size[0]) & (y >= 0) & (y <= size[1])
+    cells = torch.stack((x, y, stride / gx), dim=1)[keep]
+    return cells.numpy().astype(np.float32), probs[keep].numpy().astype(np.float16)
 
 
 def _listed_images(sources: Sequence[str | Path]) -> list[Path]:
@@ -297,6 +335,7 @@ def cache_teacher(
     class_map: str | Path | None = None,
     conf: float = 0.01,
     max_det: int = 100,
+    max_cells: int | None = None,
     batch: int = 16,
     device: str | int | None = None,
     pair_dir: str | Path | None = None,
@@ -348,6 +387,7 @@ def cache_teacher(
         class_map=str(class_map) if class_map else None,
         conf=conf,
         max_det=max_det,
+        max_cells=MAX_CELLS if max_cells is None else max_cells,
         batch=batch,
         device=dev,
         pair_dir=pair,

@@ -11,15 +11,18 @@ arrays; no pickle, nothing in it runs): per image ``keys`` (n, 32) uint8, the SH
 ``sizes`` (n, 2) int32 width and height and ``offsets`` (n + 1) int64 into the per-box arrays; per box ``boxes``
 (m, 4) float32 xyxy pixels of the original image, ``probs`` (m, C) float16 class probabilities, and for DFL
 teachers ``dist`` (m, 4, R) float16 per-side bin probabilities with ``spacing`` (m,) float32, the predicting
-anchor's stride in original pixels. Readers map each array straight from the file (:class:`numpy.memmap` at the
-offsets the header gives), so opening a cache reads its headers only and a box is read when it is used.
+anchor's stride in original pixels. A dense teacher's score field (:mod:`detkd.offline.soft`) is per image
+``cell_offsets`` (n + 1) int64 into ``cells`` (k, 3) float32, an anchor's point and stride in original pixels,
+and ``cell_probs`` (k, C) float16; a teacher that gives detections only (torchvision, RT-DETR) has no cells.
+Readers map each array straight from the file (:class:`numpy.memmap` at the offsets the header gives), so
+opening a cache reads its headers only and a box is read when it is used.
 Why this format (size, read speed, random access against NumPy ``.npz`` and one file per image) is measured in
 ``benchmarks/RESULTS.md``.
 
 Keys: the cache records the teacher's files (SHA-256 of each), image size, class map, confidence threshold, box
-cap, the paired-modality folder and :data:`CACHE_VERSION`; a build with another key is refused with the fields that
-differ; a build with the same key resumes, skipping images already cached (by content, so a moved dataset still
-matches).
+and cell caps, the paired-modality folder and :data:`CACHE_VERSION`; a build with another key is refused with the
+fields that differ; a build with the same key resumes, skipping images already cached (by content, so a moved
+dataset still matches).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from detkd._io import read_text
 from detkd.errors import DetkdError, InputFileError
 
 CACHE_FORMAT = "detkd-teacher-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the score field (cells)
 MANIFEST = "cache.json"
 SHARD_IMAGES = 256
 MAX_HEADER_BYTES = 16 * 2**20
@@ -54,8 +57,12 @@ _ARRAYS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "probs": ("F16", ("C",)),
     "dist": ("F16", (4, "R")),
     "spacing": ("F32", ()),
+    "cell_offsets": ("I64", ()),
+    "cells": ("F32", (3,)),
+    "cell_probs": ("F16", ("C",)),
 }
 ID_BASE = 1 << 32  # a soft box's id: shard * ID_BASE + row (exact in float64)
+CELL_BASE = 1 << 31  # ... and a cell's: shard * ID_BASE + CELL_BASE + row
 
 
 def file_digest(path: str | Path) -> str:
@@ -151,23 +158,25 @@ def _shard_arrays(path: Path, nc: int, reg_max: int) -> dict[str, np.ndarray]:
             if count
             else np.zeros(tuple(shape), np_type)
         )
-    images, boxes = out["keys"].shape[0], out["boxes"].shape[0]
-    off = np.asarray(out["offsets"])
-    if (
-        out["sizes"].shape[0] != images
-        or off.shape[0] != images + 1
-        or off[0] != 0
-        or off[-1] != boxes
-        or (np.diff(off) < 0).any()
-    ):
-        raise InputFileError(path, "cache shard's image offsets do not match its boxes")
+    images, boxes, cells = out["keys"].shape[0], out["boxes"].shape[0], out["cells"].shape[0]
+    if out["sizes"].shape[0] != images:
+        raise InputFileError(path, "cache shard's image sizes do not match its images")
+    for name, rows in (("offsets", boxes), ("cell_offsets", cells)):
+        off = np.asarray(out[name])
+        if off.shape[0] != images + 1 or off[0] != 0 or off[-1] != rows or (np.diff(off) < 0).any():
+            raise InputFileError(path, f"cache shard's '{name}' do not match its rows")
     if any(out[k].shape[0] != boxes for k in ("probs", "dist", "spacing") if k in out):
         raise InputFileError(path, "cache shard's per-box arrays have different lengths")
-    for name in ("boxes", "probs", "dist", "spacing"):
+    if out["cell_probs"].shape[0] != cells or cells >= CELL_BASE or boxes >= CELL_BASE:
+        raise InputFileError(path, "cache shard's cell arrays have different lengths")
+    for name in ("boxes", "probs", "dist", "spacing", "cells", "cell_probs"):
         if name in out and out[name].size and not np.isfinite(out[name]).all():
             raise InputFileError(path, f"cache array '{name}' holds NaN or Inf")
-    if out["probs"].size and (out["probs"].min() < 0 or out["probs"].max() > 1):
-        raise InputFileError(path, "cache class probabilities lie outside [0, 1]")
+    for name in ("probs", "cell_probs"):
+        if out[name].size and (out[name].min() < 0 or out[name].max() > 1):
+            raise InputFileError(path, f"cache array '{name}': class probabilities lie outside [0, 1]")
+    if cells and (np.asarray(out["cells"][:, 2]) <= 0).any():
+        raise InputFileError(path, "cache array 'cells' holds a stride <= 0")
     return out
 
 
@@ -177,6 +186,8 @@ class Entry:
     start: int
     end: int
     size: tuple[int, int]
+    cell_start: int = 0
+    cell_end: int = 0
 
 
 def _manifest_field(manifest: dict[str, Any], path: Path, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -239,9 +250,12 @@ class TeacherCache:
         self.entries: dict[str, Entry] = {}
         for i, arrays in enumerate(self._open()):
             keys, sizes, off = arrays["keys"], np.asarray(arrays["sizes"]), np.asarray(arrays["offsets"])
+            cell_off = np.asarray(arrays["cell_offsets"])
             for j in range(keys.shape[0]):
                 size = (int(sizes[j, 0]), int(sizes[j, 1]))
-                self.entries[bytes(keys[j]).hex()] = Entry(i, int(off[j]), int(off[j + 1]), size)
+                self.entries[bytes(keys[j]).hex()] = Entry(
+                    i, int(off[j]), int(off[j + 1]), size, int(cell_off[j]), int(cell_off[j + 1])
+                )
 
     def _open(self) -> list[dict[str, np.ndarray]]:
         if self._pid != os.getpid():  # mapped once per process (data-loader workers map their own)
@@ -264,47 +278,94 @@ class TeacherCache:
     def boxes_total(self) -> int:
         return sum(e.end - e.start for e in self.entries.values())
 
+    @property
+    def cells_total(self) -> int:
+        return sum(e.cell_end - e.cell_start for e in self.entries.values())
+
+    @property
+    def has_field(self) -> bool:
+        """True when the teacher left a score field (a dense head; see :mod:`detkd.offline.soft`)."""
+        return bool(self.manifest.get("field"))
+
     def describe(self) -> str:
         return (
-            f"teacher cache {self.folder} ({len(self)} images, {self.boxes_total} soft boxes, {self.nc} classes, "
-            f"{self.imgsz} px, teacher {self.manifest.get('teacher', '?')})"
+            f"teacher cache {self.folder} ({len(self)} images, {self.boxes_total} soft boxes, {self.cells_total} "
+            f"score cells, {self.nc} classes, {self.imgsz} px, teacher {self.manifest.get('teacher', '?')})"
         )
 
     def image(self, digest: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
-        """(boxes (m, 4) xyxy original pixels, ids (m,) float64, (w, h)) of an image, or None if not cached."""
+        """(rows (m, 4) xyxy original pixels, ids (m,) float64, (w, h)) of an image, or None if not cached.
+
+        Rows are its soft boxes, then its score cells as squares of one stride around their points (ids at
+        ``CELL_BASE`` and above within the shard; :func:`is_cell`)."""
         e = self.entries.get(digest)
         if e is None:
             return None
-        boxes = np.array(self._open()[e.shard]["boxes"][e.start : e.end], dtype=np.float32)
-        ids = e.shard * float(ID_BASE) + np.arange(e.start, e.end, dtype=np.float64)
-        return boxes, ids, e.size
+        arrays = self._open()[e.shard]
+        boxes = np.array(arrays["boxes"][e.start : e.end], dtype=np.float32)
+        cells = np.array(arrays["cells"][e.cell_start : e.cell_end], dtype=np.float32)
+        half = cells[:, 2:3] / 2
+        squares = np.concatenate((cells[:, :2] - half, cells[:, :2] + half), axis=1)
+        base = e.shard * float(ID_BASE)
+        ids = np.concatenate(
+            (
+                base + np.arange(e.start, e.end, dtype=np.float64),
+                base + CELL_BASE + np.arange(e.cell_start, e.cell_end, dtype=np.float64),
+            )
+        )
+        return np.concatenate((boxes, squares)), ids, e.size
 
-    def image_index(self, ids: np.ndarray) -> np.ndarray:
-        """Per soft box id, the number of the cached image it belongs to (unique across shards)."""
+    def _locate(self, ids: np.ndarray, rows_of: str) -> tuple[np.ndarray, np.ndarray, list[dict[str, np.ndarray]]]:
+        """(shard, row within the shard's ``rows_of`` arrays) of each id, checked against the cache."""
         ids = np.asarray(ids, dtype=np.float64)
         shard = (ids // ID_BASE).astype(np.int64)
-        row = (ids - shard * float(ID_BASE)).astype(np.int64)
+        row = (ids - shard * float(ID_BASE)).astype(np.int64) % CELL_BASE
         arrays = self._open()
-        base = np.cumsum([0] + [a["keys"].shape[0] for a in arrays])
-        out = np.zeros(len(ids), np.int64)
         for s in np.unique(shard):
-            sel = np.nonzero(shard == s)[0]
-            off = np.asarray(arrays[s]["offsets"])
-            out[sel] = base[s] + np.searchsorted(off, row[sel], side="right") - 1
+            sel = row[shard == s]
+            if not 0 <= s < len(arrays) or (sel >= arrays[s][rows_of].shape[0]).any() or (sel < 0).any():
+                raise DetkdError(f"{self.folder}: soft box ids outside the cache (a cache changed during training?)")
+        return shard, row, arrays
+
+    def image_index(self, ids: np.ndarray) -> np.ndarray:
+        """Per soft box (or cell) id, the number of the cached image it belongs to (unique across shards)."""
+        ids = np.asarray(ids, dtype=np.float64)
+        cell = is_cell(ids)
+        out = np.zeros(len(ids), np.int64)
+        for kind, offsets in ((~cell, "offsets"), (cell, "cell_offsets")):
+            if not kind.any():
+                continue
+            shard, row, arrays = self._locate(ids[kind], "boxes" if offsets == "offsets" else "cells")
+            base = np.cumsum([0] + [a["keys"].shape[0] for a in arrays])
+            found = np.zeros(len(shard), np.int64)
+            for s in np.unique(shard):
+                sel = np.nonzero(shard == s)[0]
+                found[sel] = base[s] + np.searchsorted(np.asarray(arrays[s][offsets]), row[sel], side="right") - 1
+            out[kind] = found
         return out
 
     def payload(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Per soft box id: ``boxes`` (original pixels), ``probs`` and, for DFL teachers, ``dist`` and ``spacing``."""
-        ids = np.asarray(ids, dtype=np.float64)
-        shard = (ids // ID_BASE).astype(np.int64)
-        row = (ids - shard * float(ID_BASE)).astype(np.int64)
-        arrays = self._open()
         names = ["boxes", "probs"] + (["dist", "spacing"] if self.reg_max > 1 else [])
-        out = {n: np.zeros((len(ids), *arrays[0][n].shape[1:]) if arrays else (0,), np.float32) for n in names}
+        return self._gather(ids, "boxes", {n: n for n in names})
+
+    def field(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per cell id: ``cells`` (point x, y and stride, original pixels) and ``probs``."""
+        return self._gather(ids, "cells", {"cells": "cells", "probs": "cell_probs"})
+
+    def _gather(self, ids: np.ndarray, rows_of: str, names: dict[str, str]) -> dict[str, np.ndarray]:
+        shard, row, arrays = self._locate(ids, rows_of)
+        out = {
+            k: np.zeros((len(row), *arrays[0][n].shape[1:]) if arrays else (0,), np.float32) for k, n in names.items()
+        }
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
-            if not 0 <= s < len(arrays) or (row[sel] >= arrays[s]["boxes"].shape[0]).any() or (row[sel] < 0).any():
-                raise DetkdError(f"{self.folder}: soft box ids outside the cache (a cache changed during training?)")
-            for n in names:
-                out[n][sel] = arrays[s][n][row[sel]]
+            for k, n in names.items():
+                out[k][sel] = arrays[s][n][row[sel]]
         return out
+
+
+def is_cell(ids: np.ndarray) -> np.ndarray:
+    """True for the ids of score cells, False for soft boxes' (see :meth:`TeacherCache.image`)."""
+    ids = np.asarray(ids, dtype=np.float64)
+    return (ids - (ids // ID_BASE) * float(ID_BASE)) >= CELL_BASE

@@ -6,6 +6,12 @@ and, for DFL heads, the four per-side distance distributions with the stride of 
 The distributions are kept in a frame-free form, *offsets of each bin from the expected edge* in pixels
 (:func:`edge_offsets`), so that scaling, translating and flipping an image moves them exactly: scale multiplies the
 offsets, translation moves only the box, a left-right flip swaps the left and right sides.
+
+A dense teacher also leaves its *score field*: every anchor whose highest class probability reaches the cache's
+threshold, as a *cell* (the square of one stride around the anchor point) with its class vector. Cells travel
+through augmentation like boxes; afterwards each is painted onto the student's level nearest its moved stride
+(:func:`paint_field`). Soft boxes alone cannot give logit KD this field: a box's score says nothing about how the
+teacher's score falls off across the anchors and levels around it (measured in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -98,6 +104,104 @@ def dense_to_detections(
             )
         )
     return out
+
+
+@dataclass
+class ScoreField:
+    """A teacher's score field (its cells) in one frame.
+
+    Attributes:
+        points: (K, 2) anchor points, pixels of the frame.
+        size: (K,) the anchor's stride in the frame's pixels (a cell is the square of this side around its point).
+        batch_idx: (K,) image of each cell in the batch.
+        probs: (K, C) the anchor's class probabilities.
+    """
+
+    points: Tensor
+    size: Tensor
+    batch_idx: Tensor
+    probs: Tensor
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+def dense_field(head: HeadOutputs, *, conf: float, max_cells: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per image, the anchors of a dense head whose highest class probability reaches ``conf`` (the ``max_cells``
+    highest when there are more): ``(points (k, 2) input pixels, stride (k,), probs (k, C))``.
+
+    >>> h = HeadOutputs(torch.tensor([[[4.0, -9.0]]]), torch.ones(1, 4, 2), 1,
+    ...                 torch.tensor([[1.5, 1.5], [3.5, 3.5]]), torch.tensor([[8.0], [8.0]]))
+    >>> points, stride, probs = dense_field(h, conf=0.5, max_cells=10)[0]
+    >>> points.tolist(), stride.tolist()
+    ([[12.0, 12.0]], [8.0])
+    """
+    probs_all = head.cls_logits.detach().float().sigmoid()  # (B, C, A)
+    if head.class_mask is not None:
+        probs_all = probs_all * head.class_mask.view(1, -1, 1).to(probs_all)
+    stride = head.stride_tensor.view(-1).float()
+    points = head.anchor_points.float() * stride.view(-1, 1)
+    out = []
+    for i in range(probs_all.shape[0]):
+        score = probs_all[i].amax(dim=0)
+        cand = torch.nonzero(score >= conf).squeeze(1)
+        if cand.numel() > max_cells:
+            cand = cand[score[cand].topk(max_cells).indices].sort().values
+        out.append((points[cand], stride[cand], probs_all[i][:, cand].t()))
+    return out
+
+
+def paint_field(field: ScoreField, batch_size: int, image_hw: tuple[int, int], strides: tuple[int, ...]) -> Tensor:
+    """A score field as class probabilities (B, C, A) on the student's anchors (level by level, like
+    :func:`anchor_grid`).
+
+    Rule: a cell goes to the student level whose stride is nearest its own (in octaves: a teacher anchor of stride
+    8 on an image the augmentation halved is a stride-4 cell and lands on the finest level) and sets every anchor
+    of that level whose centre lies inside it, or, for a cell smaller than the level's stride, the anchor nearest
+    its point. Where cells overlap, each class takes the highest probability; anchors no cell reaches are
+    background (``EPS``, below the cache's threshold). With no augmentation and the teacher's strides, this is the
+    teacher's field exactly at every anchor above the threshold.
+
+    >>> f = ScoreField(torch.tensor([[12.0, 4.0]]), torch.tensor([8.0]), torch.tensor([0]), torch.tensor([[0.7]]))
+    >>> [round(v, 2) for v in paint_field(f, 1, (16, 16), (8,))[0, 0].tolist()]
+    [0.0, 0.7, 0.0, 0.0]
+    >>> f = ScoreField(torch.tensor([[8.0, 8.0]]), torch.tensor([16.0]), torch.tensor([0]), torch.tensor([[0.7]]))
+    >>> [round(v, 2) for v in paint_field(f, 1, (16, 16), (8,))[0, 0].tolist()]  # a larger cell covers four
+    [0.7, 0.7, 0.7, 0.7]
+    """
+    device = field.points.device
+    h, w = image_hw
+    level_strides = torch.tensor(strides, dtype=torch.float32, device=device)
+    sizes = [(h // s, w // s) for s in strides]
+    starts = torch.tensor([0] + [gh * gw for gh, gw in sizes], device=device).cumsum(0)
+    nc = field.probs.shape[1]
+    out = torch.full((batch_size, int(starts[-1]), nc), EPS, device=device)
+    if len(field):
+        size = field.size.float().clamp_min(1e-3)
+        level = (torch.log2(size.view(-1, 1) / level_strides.view(1, -1))).abs().argmin(dim=1)
+        s = level_strides[level]
+        gw = torch.tensor([g[1] for g in sizes], device=device)[level]
+        gh = torch.tensor([g[0] for g in sizes], device=device)[level]
+        lo = torch.ceil((field.points - size.view(-1, 1) / 2) / s.view(-1, 1) - 0.5)  # first anchor inside, x and y
+        hi = torch.floor((field.points + size.view(-1, 1) / 2) / s.view(-1, 1) - 0.5)
+        near = torch.floor(field.points / s.view(-1, 1))
+        small = hi < lo  # no anchor centre inside: the nearest one
+        lo, hi = torch.where(small, near, lo), torch.where(small, near, hi)
+        span = int((hi - lo).max().clamp(0, 8).item()) + 1
+        steps = torch.arange(span, device=device, dtype=lo.dtype)
+        gx = lo[:, 0:1] + steps.view(1, -1)  # (K, span)
+        gy = lo[:, 1:2] + steps.view(1, -1)
+        ok_x = (gx <= hi[:, 0:1]) & (gx >= 0) & (gx < gw.view(-1, 1))
+        ok_y = (gy <= hi[:, 1:2]) & (gy >= 0) & (gy < gh.view(-1, 1))
+        ok = ok_y.unsqueeze(2) & ok_x.unsqueeze(1)  # (K, span_y, span_x)
+        flat = starts[level].view(-1, 1, 1) + gy.long().unsqueeze(2) * gw.view(-1, 1, 1) + gx.long().unsqueeze(1)
+        cell, _, _ = torch.nonzero(ok, as_tuple=True)
+        index = field.batch_idx.long()[cell] * starts[-1] + flat[ok]
+        flat_out = out.view(-1, nc)
+        flat_out.scatter_reduce_(
+            0, index.view(-1, 1).expand(-1, nc), field.probs.float()[cell], reduce="amax", include_self=True
+        )
+    return out.permute(0, 2, 1).clamp(EPS, 1 - EPS)
 
 
 def edge_offsets(dist: Tensor, spacing: Tensor) -> Tensor:

@@ -1,4 +1,8 @@
-"""A teacher read from a cache: its soft boxes, moved by the batch's augmentation, as dense targets.
+"""A teacher read from a cache: its soft boxes and score field, moved by the batch's augmentation, as dense targets.
+
+Class targets come from the teacher's score field where the cache holds one (a dense head's anchors, painted onto
+the student's grid, :func:`~detkd.offline.soft.paint_field`), else from its soft boxes by the rule of
+``kd.targets``; box targets always come from the soft boxes.
 
 :class:`CachedTeacher` answers the distiller's teacher questions (classes, bins, levels) from the cache and gives,
 per batch, :class:`~detkd.types.TeacherOutputs` with heads only: logit and box KD work as with a live teacher,
@@ -14,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from detkd.errors import ConfigError
-from detkd.offline.cache import TeacherCache
-from detkd.offline.soft import SoftBoxes, soft_to_dense
+from detkd.offline.cache import TeacherCache, is_cell
+from detkd.offline.soft import ScoreField, SoftBoxes, paint_field, soft_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
 
 FEATURE_OFF = "kd.feature.weight=0"
@@ -40,21 +44,45 @@ def scale_groups(scale: Tensor, group: Tensor) -> Tensor:
     return out
 
 
-def augmented_soft_boxes(batch: dict[str, Any], payload: dict[str, np.ndarray], device: torch.device) -> SoftBoxes:
-    """The batch's soft boxes in the training image's pixels, with their distributions moved the same way."""
+def _augmentation_scale(xywh: Tensor, orig_wh: Tensor, idx: Tensor, source: Tensor) -> Tensor:
+    """Per row, the scale augmentation gave its source image: the median over the image's rows of how much each
+    row grew (Ultralytics' scaling is isotropic: of width and height, the larger ratio is the one no crop cut)."""
+    scale = torch.maximum(xywh[:, 2] / orig_wh[:, 0].clamp_min(1e-3), xywh[:, 3] / orig_wh[:, 1].clamp_min(1e-3))
+    return scale_groups(scale, idx * (int(source.max()) + 1 if len(source) else 1) + source)
+
+
+def _rows(batch: dict[str, Any], keep: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(xywh in the training image's pixels, batch index) of some of the batch's soft rows."""
     h, w = (int(v) for v in batch["img"].shape[-2:])
-    xywh = batch["soft_bboxes"].to(device).float() * torch.tensor([w, h, w, h], device=device)
+    xywh = batch["soft_bboxes"][keep].to(device).float() * torch.tensor([w, h, w, h], device=device)
+    return xywh, batch["soft_batch_idx"][keep].to(device).long().view(-1)
+
+
+def augmented_field(
+    batch: dict[str, Any], keep: Tensor, field: dict[str, np.ndarray], device: torch.device
+) -> ScoreField:
+    """The batch's score cells (rows ``keep`` of its soft rows) in the training image's pixels."""
+    xywh, idx = _rows(batch, keep, device)
+    cells = torch.as_tensor(field["cells"], device=device).float()
+    stride = cells[:, 2:3]
+    scale = _augmentation_scale(xywh, stride.expand(-1, 2), idx, torch.as_tensor(field["image"], device=device))
+    probs = torch.as_tensor(field["probs"], device=device).float()
+    return ScoreField(xywh[:, :2], cells[:, 2] * scale, idx, probs)
+
+
+def augmented_soft_boxes(batch: dict[str, Any], payload: dict[str, np.ndarray], device: torch.device,
+                         keep: Tensor | None = None) -> SoftBoxes:  # fmt: skip
+    """The batch's soft boxes (rows ``keep`` of its soft rows, default all) in the training image's pixels, with
+    their distributions moved the same way."""
+    keep = torch.ones(len(batch["soft_bboxes"]), dtype=torch.bool) if keep is None else keep
+    xywh, idx = _rows(batch, keep, device)
     boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), dim=1)
-    idx = batch["soft_batch_idx"].to(device).long().view(-1)
     probs = torch.as_tensor(payload["probs"], device=device).float()
     dist = spacing = None
     if "spacing" in payload:
         orig = torch.as_tensor(payload["boxes"], device=device).float()
-        ow, oh = (orig[:, 2] - orig[:, 0]).clamp_min(1e-3), (orig[:, 3] - orig[:, 1]).clamp_min(1e-3)
-        # Ultralytics' scaling is isotropic: the larger ratio is the one no crop has cut
-        scale = torch.maximum(xywh[:, 2] / ow, xywh[:, 3] / oh)
         source = torch.as_tensor(payload["image"], device=device).long()
-        scale = scale_groups(scale, idx * (int(source.max()) + 1 if len(source) else 1) + source)
+        scale = _augmentation_scale(xywh, orig[:, 2:] - orig[:, :2], idx, source)
         spacing = torch.as_tensor(payload["spacing"], device=device).float().view(-1, 1) * scale.view(-1, 1)
         spacing = spacing.expand(-1, 2).contiguous()
     if "dist" in payload:
@@ -114,11 +142,27 @@ class CachedTeacher(nn.Module):
     def __call__(self, images: Tensor) -> TeacherOutputs:
         raise ConfigError("a cached teacher gives targets for a training batch only (its soft boxes travel with it)")
 
-    def soft_boxes(self, batch: dict[str, Any]) -> SoftBoxes:
+    def _kinds(self, batch: dict[str, Any]) -> tuple[np.ndarray, Tensor]:
         ids = batch["soft_ids"].cpu().numpy()
+        return ids, torch.as_tensor(is_cell(ids), dtype=torch.bool)
+
+    def soft_boxes(self, batch: dict[str, Any]) -> SoftBoxes:
+        """The batch's soft boxes (its score cells left out), moved by its augmentation."""
+        ids, cell = self._kinds(batch)
+        ids = ids[~cell.numpy()]
         payload = self.cache.payload(ids)
         payload["image"] = self.cache.image_index(ids)
-        return augmented_soft_boxes(batch, payload, self._device)
+        return augmented_soft_boxes(batch, payload, self._device, ~cell)
+
+    def score_field(self, batch: dict[str, Any]) -> ScoreField | None:
+        """The batch's score cells, moved by its augmentation (None when the cache holds no field)."""
+        if not self.cache.has_field:
+            return None
+        ids, cell = self._kinds(batch)
+        ids = ids[cell.numpy()]
+        field = self.cache.field(ids)
+        field["image"] = self.cache.image_index(ids)
+        return augmented_field(batch, cell, field, self._device)
 
     def from_batch(self, batch: dict[str, Any], soft: SoftBoxes | None = None) -> TeacherOutputs:
         soft = soft if soft is not None else self.soft_boxes(batch)
@@ -136,4 +180,8 @@ class CachedTeacher(nn.Module):
             rank=self.rank,
             level_tau=self.level_tau,
         )
+        field = self.score_field(batch)
+        if field is not None:
+            probs = paint_field(field, int(batch["img"].shape[0]), (h, w), tuple(s.stride for s in self.specs))
+            dense.cls_logits = torch.logit(probs)
         return TeacherOutputs(features=[], specs=self.specs, heads={"one2many": dense})

@@ -22,12 +22,15 @@ from detkd.offline.cache import (
 BINS = 16
 
 
-def gt_cache(data_yaml: Path, out: Path, *, reg_max: int = BINS) -> Path:
+def gt_cache(data_yaml: Path, out: Path, *, reg_max: int = BINS, cells: bool = False) -> Path:
     """A teacher cache holding each training image's ground-truth boxes as soft boxes (class probability 0.9) with
-    asymmetric DFL distributions: a broad left/top edge and a sharp right/bottom edge."""
+    asymmetric DFL distributions: a broad left/top edge and a sharp right/bottom edge. With ``cells``, a score
+    field of one stride-8 cell at each box's centre (the same class vector)."""
     spec = load_data_spec(data_yaml)
     samples = split_report(spec, "train").samples
     boxes, probs, dist, spacing, offsets, keys, sizes = [], [], [], [], [0], [], []
+    field: list[list[float]] = []
+    cell_offsets = [0]
     for s in samples:
         w, h = s.size
         for c, x, y, bw, bh in s.rows:
@@ -42,7 +45,10 @@ def gt_cache(data_yaml: Path, out: Path, *, reg_max: int = BINS) -> Path:
             d[3, 4] = 1.0
             dist.append(d)
             spacing.append(8.0)
+            if cells:
+                field.append([x * w, y * h, 8.0])
         offsets.append(len(boxes))
+        cell_offsets.append(len(field))
         keys.append(np.frombuffer(bytes.fromhex(file_digest(s.image)), np.uint8))
         sizes.append([w, h])
     arrays: dict[str, Any] = {
@@ -51,6 +57,11 @@ def gt_cache(data_yaml: Path, out: Path, *, reg_max: int = BINS) -> Path:
         "offsets": np.asarray(offsets, np.int64),
         "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
         "probs": np.asarray(probs, np.float16).reshape(-1, spec.nc),
+        "cell_offsets": np.asarray(cell_offsets, np.int64),
+        "cells": np.asarray(field, np.float32).reshape(-1, 3),
+        "cell_probs": (np.asarray(probs, np.float16) if cells else np.zeros((0, spec.nc), np.float16)).reshape(
+            -1, spec.nc
+        ),
     }
     if reg_max > 1:
         arrays["dist"] = np.asarray(dist, np.float16).reshape(-1, 4, reg_max)
@@ -60,7 +71,7 @@ def gt_cache(data_yaml: Path, out: Path, *, reg_max: int = BINS) -> Path:
     names = [spec.names[i] for i in sorted(spec.names)]
     write_manifest(out, {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "names": names, "reg_max": reg_max, "class_mask": None,
-        "teacher": "ground truth", "key": {"imgsz": 64, "names": names},
+        "field": cells, "teacher": "ground truth", "key": {"imgsz": 64, "names": names},
         "shards": [{"file": "shard-00000.safetensors", "images": len(samples), "boxes": len(boxes), "sha256": digest}],
     })  # fmt: skip
     return out
@@ -90,3 +101,8 @@ def training_dataset(data_yaml: Path, cache: Path | None, **hyp: Any) -> Any:
 @pytest.fixture(scope="session")
 def shapes_gt_cache(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return gt_cache(shapes_data, tmp_path_factory.mktemp("gt_cache") / "cache")
+
+
+@pytest.fixture(scope="session")
+def shapes_cell_cache(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gt_cache(shapes_data, tmp_path_factory.mktemp("cell_cache") / "cache", cells=True)

@@ -19,7 +19,7 @@ from detkd.losses.logit import sigmoid_kd
 from detkd.offline.build import build_cache
 from detkd.offline.cache import MANIFEST, TeacherCache
 from detkd.offline.dataset import split_soft
-from detkd.offline.soft import SoftBoxes, soft_to_dense
+from detkd.offline.soft import soft_to_dense
 from detkd.offline.teacher import CachedTeacher
 from detkd.teachers import build_teacher
 from tests.offline.conftest import training_dataset
@@ -39,10 +39,10 @@ def teacher_cache(trained_teacher, shapes_data, tmp_path_factory):
 
 
 def test_cache_targets_agree_with_the_live_teacher_without_augmentation(teacher_cache, shapes_data):
-    """With augmentation off the student's input is the cache's letterboxed image, so the cache's targets must be
-    the live teacher's where the teacher is confident (p >= 0.1): class probability within 0.06 on average, boxes
-    IoU >= 0.98 at the anchors that predicted them; and the centre prior must fit the whole target field better
-    than painting each box with its score (measured: |p| error 0.010 vs 0.049 over all anchors)."""
+    """With augmentation off the student's input is the cache's letterboxed image, so the cache's class targets
+    (its score field) must be the live teacher's at every anchor, within the cache's threshold (0.01, below which
+    an anchor is background) plus float16 rounding; boxes IoU >= 0.98 at the anchors that predicted them. Class
+    targets drawn from the soft boxes alone (the centre prior, ``kd.targets``) fit the field far worse."""
     cache_dir, teacher = teacher_cache
     ds = training_dataset(shapes_data, cache_dir, mosaic=0.0, fliplr=0.0, scale=0.0, translate=0.0, hsv_h=0.0,
                           hsv_s=0.0, hsv_v=0.0)  # fmt: skip
@@ -50,21 +50,23 @@ def test_cache_targets_agree_with_the_live_teacher_without_augmentation(teacher_
     batch["img"] = batch["img"].float() / 255
     live = teacher(batch["img"]).heads["one2many"]
     cached = CachedTeacher(TeacherCache(cache_dir), teacher.specs)
+    assert cached.cache.has_field
     dense = cached.from_batch(batch).heads["one2many"]
-    p_live, p_cache = live.cls_logits.sigmoid().amax(1), dense.cls_logits.sigmoid().amax(1)
-    confident = p_live >= 0.1
-    assert int(confident.sum()) >= 10
-    assert float((p_live - p_cache).abs()[confident].mean()) < 0.06
-    peak = p_live >= 0.3  # the anchors whose own box the cache holds
+    p_live, p_cache = live.cls_logits.sigmoid(), dense.cls_logits.sigmoid()
+    assert int((p_live >= 0.1).sum()) >= 10
+    assert float((p_live - p_cache).abs().max()) <= 0.01 + 2e-3
+    peak = p_live.amax(1) >= 0.3  # the anchors whose own box the cache holds
     iou = generalized_iou(live.boxes_xyxy(), dense.boxes_xyxy(), plain=True)
     assert float(iou[peak].mean()) >= 0.98
-    # the centre prior against the plain cover rule, over the whole field
+    # the rule for caches without a field (centre prior on the soft boxes), over the whole field
     soft = cached.soft_boxes(batch)
-    plain = soft_to_dense(SoftBoxes(soft.boxes, soft.batch_idx, soft.probs), 16, (64, 64), (8, 16, 32))
-    err_prior = float((p_live - p_cache).abs().mean())
-    err_plain = float((p_live - plain.cls_logits.sigmoid().amax(1)).abs().mean())
-    assert err_prior < 0.5 * err_plain
-    assert float(sigmoid_kd(live.cls_logits, dense.cls_logits)) < float(sigmoid_kd(live.cls_logits, plain.cls_logits))
+    boxes_only = soft_to_dense(soft, 16, (64, 64), (8, 16, 32), centre_sigma=0.4)
+    err_field = float((p_live - p_cache).abs().mean())
+    err_boxes = float((p_live - boxes_only.cls_logits.sigmoid()).abs().mean())
+    assert err_field < 0.5 * err_boxes
+    assert float(sigmoid_kd(live.cls_logits, dense.cls_logits)) < float(
+        sigmoid_kd(live.cls_logits, boxes_only.cls_logits)
+    )
 
 
 def test_a_cache_of_another_key_is_refused_and_a_partial_one_resumes(trained_teacher, shapes_data, tmp_path):

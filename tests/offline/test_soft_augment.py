@@ -142,3 +142,53 @@ def test_the_level_prior_prefers_the_level_the_teacher_predicted_from():
     assert torch.allclose(p_plain, torch.full_like(p_plain, 0.8))
     assert torch.allclose(p_prior[st == 16], torch.full_like(p_prior[st == 16], 0.8))
     assert float(p_prior[st == 8].max()) < 0.2 and float(p_prior[st == 32].max()) < 0.2
+
+
+@pytest.mark.parametrize("hyp", HYPS[:2])
+def test_score_cells_travel_with_their_objects_and_keep_their_stride(shapes_data, shapes_cell_cache, hyp):
+    """The cache's cells sit at its boxes' centres with stride 8: after mosaic / scale / flips each cell that no
+    border cut is centred on its box again, and its size is 8 times the scale the box took; painted onto the
+    student's grid, the field peaks at the anchor nearest each object's centre on the level nearest that size."""
+    import random
+
+    from detkd.offline.cache import is_cell
+    from detkd.offline.soft import paint_field
+
+    random.seed(1)
+    np.random.seed(1)
+    ds = training_dataset(shapes_data, shapes_cell_cache, **hyp)
+    teacher = CachedTeacher(TeacherCache(shapes_cell_cache), SPECS)
+    checked = 0
+    for batch in _batches(ds, 5):
+        batch["img"] = batch["img"].float() / 255
+        ids = batch["soft_ids"]
+        cell = torch.as_tensor(is_cell(ids.numpy()))
+        xyxy = torch.cat((batch["soft_bboxes"][:, :2] - batch["soft_bboxes"][:, 2:] / 2,
+                          batch["soft_bboxes"][:, :2] + batch["soft_bboxes"][:, 2:] / 2), 1) * 64  # fmt: skip
+        whole = ((xyxy[:, :2] > 0.5) & (xyxy[:, 2:] < 63.5)).all(1)  # no border or crop cut this row
+        field = teacher.score_field(batch)
+        assert field is not None and len(field) == int(cell.sum()) > 0
+        probs = paint_field(field, batch["img"].shape[0], (64, 64), (8, 16, 32))
+        dense = teacher.from_batch(batch).heads["one2many"]
+        anchors = dense.anchor_points * dense.stride_tensor
+        box_rows = {(int(i), int(r)): k for k, (i, r) in enumerate(zip(batch["soft_batch_idx"], ids)) if not cell[k]}
+        cell_rows = torch.nonzero(cell).squeeze(1)
+        for j, k in enumerate(cell_rows.tolist()):
+            i = int(batch["soft_batch_idx"][k])
+            box = box_rows.get((i, int(ids[k]) - (1 << 31)))  # the gt cache's cell r belongs to its box r
+            if box is None or not (whole[k] and whole[box]):
+                continue
+            orig = torch.as_tensor(teacher.cache.payload(ids[box : box + 1].numpy())["boxes"][0])
+            grew = (xyxy[box, 2:] - xyxy[box, :2]) / (orig[2:] - orig[:2])
+            cell_wh = xyxy[k, 2:] - xyxy[k, :2]
+            if abs(float(grew[0] / grew[1]) - 1) > 0.02 or abs(float(cell_wh[0] / cell_wh[1]) - 1) > 0.02:
+                continue  # cut by a clip before the final frame (mosaic's canvas)
+            p, size = field.points[j], field.size[j]
+            assert torch.allclose(p, (xyxy[box, :2] + xyxy[box, 2:]) / 2, atol=0.05)
+            assert abs(float(size) - 8 * float(grew[0])) < 0.05 * 8 * float(grew[0])
+            level = SPECS[int((torch.log2(size / torch.tensor([8.0, 16.0, 32.0]))).abs().argmin())].stride
+            on_level = dense.stride_tensor.view(-1) == level
+            nearest = int(((anchors - p).norm(dim=1) + (~on_level) * 1e9).argmin())
+            assert float(probs[i, :, nearest].max()) >= 0.89
+            checked += 1
+    assert checked > 10
