@@ -250,7 +250,9 @@ class QualityBench:
 
         s = self.suite
         assert self._student_data is not None and self._data_yaml is not None
-        ident = json.dumps([teacher["weights"], str(self._student_data), s.imgsz, s.paired], sort_keys=True)
+        from detkd.offline.cache import CACHE_VERSION as FORMAT_VERSION
+
+        ident = json.dumps([teacher["weights"], str(self._student_data), s.imgsz, s.paired, FORMAT_VERSION])
         out = self.work / "cache" / hashlib.sha256(ident.encode()).hexdigest()[:16]
         pair = self._data_yaml.parent / "images" / "train" if s.paired else None
         built = cache_teacher(teacher["weights"], out=out, data=self._student_data,
@@ -258,7 +260,7 @@ class QualityBench:
                               class_map=s.class_map_path(), device=self.plan.device, pair_dir=pair,
                               threads=self.plan.threads, progress=False)  # fmt: skip
         self.cache_build = {"folder": str(out), "images": built.images, "new_images": built.new_images,
-                            "soft_boxes": built.boxes, "seconds": round(built.seconds, 1),
+                            "soft_boxes": built.boxes, "score_cells": built.cells, "seconds": round(built.seconds, 1),
                             "mib": round(built.bytes / 2**20, 2)}  # fmt: skip
         return out
 

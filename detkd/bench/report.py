@@ -162,7 +162,8 @@ def _cache_lines(payload: dict[str, Any]) -> list[str]:
     reused = c.get("new_images") == 0
     built = "reused (built by an earlier run of the suite)" if reused else f"built in {c['seconds']:.1f} s"
     per_k = c["mib"] / max(c["images"], 1) * 1000
-    return [f"- teacher cache: {c['images']} images, {c['soft_boxes']} soft boxes ({per:.1f} per image), "
+    cells = f", {c['score_cells'] / max(c['images'], 1):.0f} score cells per image" if "score_cells" in c else ""
+    return [f"- teacher cache: {c['images']} images, {c['soft_boxes']} soft boxes ({per:.1f} per image){cells}, "
             f"{c['mib']:.2f} MiB ({per_k:.1f} MiB per 1,000 images), {built}"]  # fmt: skip
 
 
