@@ -2,8 +2,8 @@
 
     python benchmarks/cache_format.py CACHE_DIR [--reads 2000] [--out benchmarks/results]
 
-The same soft boxes are written three ways, and a training-like access pattern (one image's boxes, then those
-boxes' class vectors and distributions, images in random order) is timed on each:
+The same soft boxes and score cells are written three ways, and a training-like access pattern (one image's rows,
+then their class vectors and distributions, images in random order) is timed on each:
 
 * ``safetensors shards`` (what detkd writes): 256 images per file, arrays mapped from the file (``numpy.memmap``);
 * ``npz shards``: the same shards as NumPy ``.npz`` (zip) files, loaded with ``numpy.load`` (no memory map: a zip
@@ -27,9 +27,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkd.offline.cache import TeacherCache
+from detkd.offline.cache import TeacherCache, is_cell
 
-NAMES = ("boxes", "probs", "dist", "spacing")
+NAMES = ("boxes", "probs", "dist", "spacing", "cells", "cell_probs")
+KINDS = {"boxes": np.float32, "probs": np.float16, "dist": np.float16, "spacing": np.float32, "cells": np.float32,
+         "cell_probs": np.float16}  # fmt: skip
+
+
+def _read(cache: TeacherCache, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """An image's soft-box payload and score cells, as a training step reads them."""
+    cell = is_cell(ids)
+    out = cache.payload(ids[~cell])
+    field = cache.field(ids[cell])
+    out["cells"], out["cell_probs"] = field["cells"], field["probs"]
+    return out
 
 
 def _per_image(cache: TeacherCache) -> list[dict[str, np.ndarray]]:
@@ -38,9 +49,8 @@ def _per_image(cache: TeacherCache) -> list[dict[str, np.ndarray]]:
         found = cache.image(digest)
         assert found is not None
         _, ids, _ = found
-        pay = cache.payload(ids)  # float32 in memory; stored as the cache stores them (float16 payload)
-        kinds = {"boxes": np.float32, "probs": np.float16, "dist": np.float16, "spacing": np.float32}
-        out.append({k: np.asarray(v, dtype=kinds[k]) for k, v in pay.items()})
+        pay = _read(cache, ids)  # float32 in memory; stored as the cache stores them (float16 payload)
+        out.append({k: np.asarray(v, dtype=KINDS[k]) for k, v in pay.items()})
     return out
 
 
@@ -67,7 +77,7 @@ def main() -> int:
             for i in order:
                 found = c.image(digests[i])
                 assert found is not None
-                c.payload(found[1])
+                _read(c, found[1])
 
         t = time.perf_counter()
         c = TeacherCache(ns.cache)
@@ -90,17 +100,18 @@ def main() -> int:
         shards = [images[i : i + 256] for i in range(0, len(images), 256)]
         for j, shard in enumerate(shards):
             offsets = np.cumsum([0] + [len(x["boxes"]) for x in shard])
+            cell_offsets = np.cumsum([0] + [len(x["cells"]) for x in shard])
             arrays = {k: np.concatenate([x[k] for x in shard]) for k in NAMES if k in shard[0]}
-            np.savez(npz / f"shard-{j:05d}.npz", offsets=offsets, **arrays)
+            np.savez(npz / f"shard-{j:05d}.npz", offsets=offsets, cell_offsets=cell_offsets, **arrays)
 
         def read_npz(loaded: list) -> None:
             for i in order:
                 s, r = divmod(int(i), 256)
                 z = loaded[s]
-                a, b = z["offsets"][r], z["offsets"][r + 1]
                 for k in NAMES:
                     if k in z:
-                        _ = z[k][a:b]
+                        off = z["cell_offsets" if k.startswith("cell") else "offsets"]
+                        _ = z[k][off[r] : off[r + 1]]
 
         t = time.perf_counter()
         loaded = [np.load(p) for p in sorted(npz.glob("*.npz"))]
@@ -135,14 +146,16 @@ def main() -> int:
     n = len(images)
     for r in rows.values():
         r["mib_per_1000_images"] = r["bytes"] / 2**20 / n * 1000
-    payload = {"cache": ns.cache, "images": n, "boxes": cache.boxes_total, "classes": cache.nc,
+    payload = {"cache": ns.cache, "images": n, "boxes": cache.boxes_total, "cells": cache.cells_total,
+               "classes": cache.nc,
                "reg_max": cache.reg_max, "reads": ns.reads, "formats": rows,
                "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"cache_format_{payload['date']}.json"
     path.write_text(json.dumps(payload, indent=2))
-    print(f"{n} images, {cache.boxes_total} soft boxes ({cache.boxes_total / n:.1f} per image), {cache.nc} classes, "
+    print(f"{n} images, {cache.boxes_total} soft boxes ({cache.boxes_total / n:.1f} per image), "
+          f"{cache.cells_total / n:.0f} score cells per image, {cache.nc} classes, "
           f"reg_max {cache.reg_max}")  # fmt: skip
     print("| format | MiB per 1,000 images | files | open s | read µs per image (random order) |")
     print("|---|---|---|---|---|")

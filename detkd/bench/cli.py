@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from detkd.bench.suites import ALL_RUNS, SUITES
 from detkd.errors import ConfigError
 
 LOGGER = logging.getLogger("detkd")
@@ -24,7 +25,7 @@ def _suite(ns: argparse.Namespace) -> Any:
             raise ConfigError("bench with --data needs --teacher (YAML to train, or weights) and --student")
         return custom_suite(ns.data, ns.teacher, ns.student, class_map=ns.class_map, kd=tuple(ns.set or ()), **budget)
     if not ns.suite:
-        raise ConfigError("bench: give --suite NAME (smoke, synthetic, hit-uav, hit-uav-cpu, coco-legacy) or --data")
+        raise ConfigError(f"bench: give --suite NAME ({', '.join(SUITES)}) or --data")
     suite = get_suite(ns.suite)
     kd = (*suite.kd, *(ns.set or ())) if ns.set else None
     return suite.with_overrides(teacher=ns.teacher, student=ns.student, class_map=ns.class_map, kd=kd, **budget)
@@ -104,7 +105,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default=None, help="smoke, synthetic, hit-uav, hit-uav-cpu or coco-legacy")
+    p.add_argument("--suite", default=None, help=", ".join(SUITES))
     p.add_argument("--data", default=None, help="your own data YAML instead of a suite (needs --teacher, --student)")
     p.add_argument("--teacher", default=None, help="override: model YAML to train, or weights to use as given")
     p.add_argument("--student", default=None, help="override: the student model YAML")
@@ -127,8 +128,8 @@ def add_bench_parser(sub: Any) -> None:
     _common(p)
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1; default: the suite's)")
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead of --seeds")
-    p.add_argument("--runs", default=None, help="comma-separated subset of: baseline, ultralytics-kd, "
-                   "detkd-feature, detkd-logit, detkd-box, detkd")  # fmt: skip
+    p.add_argument("--runs", default=None, help=f"comma-separated subset of: {', '.join(ALL_RUNS)} (default: the "
+                   "suite's runs)")  # fmt: skip
     p.add_argument("--parallel", type=int, default=1, help="jobs at once (cores are shared between them)")
     p.add_argument("--cache", default=None, help="teacher cache folder (default $DETKD_CACHE or ~/.cache/detkd)")
     p.set_defaults(func=_cmd_quality)

@@ -255,12 +255,13 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
 def cache_format_markdown(payload: dict[str, Any], heading: str = "#") -> str:
     """The teacher-cache format comparison (``benchmarks/cache_format.py``)."""
     n, boxes = payload["images"], payload["boxes"]
+    cells = f", {payload['cells'] / max(n, 1):.0f} score cells per image" if "cells" in payload else ""
     lines = [
         f"{heading} Teacher cache format: size and random access ({payload['date']})",
         "",
         f"- command: `python benchmarks/cache_format.py {payload['cache']}`; {n} images, {boxes} soft boxes "
-        f"({boxes / max(n, 1):.1f} per image), {payload['classes']} classes, reg_max {payload['reg_max']}; "
-        f"{payload['reads']} reads of one image's boxes and their payload, in random order, page cache warm",
+        f"({boxes / max(n, 1):.1f} per image){cells}, {payload['classes']} classes, reg_max {payload['reg_max']}; "
+        f"{payload['reads']} reads of one image's rows and their payload, in random order, page cache warm",
         "",
         "| format | MiB per 1,000 images | files | open s | read µs per image |",
         "|---|---|---|---|---|",

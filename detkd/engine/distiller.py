@@ -493,11 +493,13 @@ class Distiller:
         specs = uy.feature_specs(uy.build_student(self.student_spec, self.data.nc, self.data.names))
         teacher = CachedTeacher(cache, specs)
         teacher.configure(self.kd)
-        if self.kd.logit.weight > 0:
+        if self.kd.logit.weight > 0 and not cache.has_field:
             LOGGER.warning(
-                "logit KD from a teacher cache is measured to lower mAP so far (synthetic suite, seed 0, 25 epochs: "
-                "0.060 with logit KD alone, 0.084 without KD, 0.097 with box KD alone; the soft boxes lose the "
-                "teacher's per-anchor score field, see docs/offline.md); --set kd.logit.weight=0 keeps box KD only"
+                "%s holds no score field (a detections-only teacher, or built with --max-cells 0): logit KD draws "
+                "its class targets from the soft boxes (kd.targets), which lowered mAP with a YOLO teacher "
+                "(synthetic suite, seed 0: 0.060 with logit KD alone, 0.084 without KD; docs/offline.md); "
+                "--set kd.logit.weight=0 keeps box KD only",
+                cache.folder,
             )
         return teacher
 

@@ -83,6 +83,36 @@ def test_a_cache_of_another_key_is_refused_and_a_partial_one_resumes(trained_tea
     with pytest.raises(InputFileError, match=r"conf: cache has 0.01, asked for 0.05"):
         build_cache(teacher, str(trained_teacher), images, out, imgsz=64, names=spec.names, conf=0.05,
                     progress=False)  # fmt: skip
+    with pytest.raises(InputFileError, match=r"max_cells: cache has 2000, asked for 0"):
+        build_cache(teacher, str(trained_teacher), images, out, imgsz=64, names=spec.names, max_cells=0,
+                    progress=False)  # fmt: skip
+
+
+def test_a_cache_without_a_score_field_draws_class_targets_from_its_boxes(trained_teacher, shapes_data, tmp_path,
+                                                                          caplog):  # fmt: skip
+    """``--max-cells 0`` (or a detections-only teacher): no cells; class targets follow ``kd.targets``; distilling
+    logit KD from it warns."""
+    from detkd.config import kd_config_from_dict
+    from detkd.engine.distiller import Distiller
+
+    spec = load_data_spec(shapes_data)
+    teacher = build_teacher(trained_teacher, nc=spec.nc, names=spec.names)
+    out = tmp_path / "nofield"
+    built = build_cache(teacher, str(trained_teacher), _images(shapes_data), out, imgsz=64, names=spec.names,
+                        max_cells=0, progress=False)  # fmt: skip
+    cache = TeacherCache(out)
+    assert built.cells == 0 and cache.cells_total == 0 and not cache.has_field
+    ds = training_dataset(shapes_data, out, mosaic=0.0, fliplr=0.0, scale=0.0, translate=0.0)
+    batch = split_soft(next(iter(DataLoader(ds, batch_size=8, shuffle=False, collate_fn=ds.collate_fn))))
+    cached = CachedTeacher(cache, teacher.specs)
+    cached.configure(kd_config_from_dict({"feature": {"weight": 0}, "targets": {"centre_sigma": 0.0}}))
+    assert cached.score_field(batch) is None
+    soft = cached.soft_boxes(batch)
+    want = soft_to_dense(soft, 8, (64, 64), (8, 16, 32), centre_sigma=0.0).cls_logits
+    assert torch.allclose(cached.from_batch(batch, soft).heads["one2many"].cls_logits, want)
+    with caplog.at_level("WARNING"):
+        Distiller(None, "yolov8n.yaml", str(shapes_data), {"feature": {"weight": 0}}, teacher_cache=str(out))
+    assert "holds no score field" in caplog.text
 
 
 def _damage(folder: Path, how: str) -> None:
