@@ -216,7 +216,7 @@ def build_cache(
         for s0 in range(0, len(todo), SHARD_IMAGES):
             chunk = todo[s0 : s0 + SHARD_IMAGES]
             per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] = []
-            per_cells: list[tuple[np.ndarray, np.ndarray]] = []
+            per_cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
             sizes: list[tuple[int, int]] = []
             for b0 in range(0, len(chunk), batch):
                 part = chunk[b0 : b0 + batch]
@@ -244,7 +244,8 @@ def build_cache(
                     orig[:, [0, 2]] = orig[:, [0, 2]].clamp_max(sw)
                     orig[:, [1, 3]] = orig[:, [1, 3]].clamp_max(sh)
                     spacing = stride.cpu() / (lb.gain[0] / fx)
-                    per_cells.append(_cells_in_original(fields[j] if fields else None, lb, (fx, fy), (sw, sh)))
+                    cells = fields[j] if fields else None
+                    per_cells.append(_cells_in_original(cells, lb, (fx, fy), (sw, sh), reg_max, len(names)))
                     per_image.append(
                         (
                             orig.numpy(),
@@ -263,10 +264,15 @@ def build_cache(
                 "offsets": np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
                 "boxes": np.concatenate([b for b, *_ in per_image]).astype(np.float32).reshape(-1, 4),
                 "probs": np.concatenate([p for _, p, _, _ in per_image]).reshape(-1, len(names)),
-                "cell_offsets": np.concatenate(([0], np.cumsum([len(c) for c, _ in per_cells]))).astype(np.int64),
-                "cells": np.concatenate([c for c, _ in per_cells]).astype(np.float32).reshape(-1, 3),
-                "cell_probs": np.concatenate([p for _, p in per_cells]).astype(np.float16).reshape(-1, len(names)),
+                "cell_offsets": np.concatenate(([0], np.cumsum([len(c) for c, *_ in per_cells]))).astype(np.int64),
+                "cells": np.concatenate([c for c, *_ in per_cells]).astype(np.float32).reshape(-1, 3),
+                "cell_probs": np.concatenate([p for _, p, _ in per_cells]).astype(np.float16).reshape(-1, len(names)),
             }
+            cell_box = np.concatenate([b for *_, b in per_cells]).reshape(-1, 4, reg_max)
+            if reg_max > 1:
+                arrays["cell_dist"] = cell_box.astype(np.float16)
+            else:
+                arrays["cell_ltrb"] = cell_box.reshape(-1, 4).astype(np.float32)
             if reg_max > 1:
                 arrays["dist"] = np.concatenate([d for _, _, d, _ in per_image if d is not None]).reshape(
                     -1, 4, reg_max
@@ -287,23 +293,25 @@ def build_cache(
 
 
 def _cells_in_original(
-    field: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    field: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
     lb: Letterboxed,
     pair_scale: tuple[float, float],
     size: tuple[int, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """One image's score cells (point x, y, stride) in the student image's pixels; cells whose point lies in the
-    letterbox padding (outside the image) are dropped."""
-    nc = 0 if field is None else field[2].shape[1]
+    reg_max: int,
+    nc: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's score cells (point x, y, stride) in the student image's pixels, their class vectors and own
+    boxes (in strides: frame-free); cells whose point lies in the letterbox padding (outside the image) are
+    dropped."""
     if field is None or not len(field[0]):
-        return np.zeros((0, 3), np.float32), np.zeros((0, nc), np.float16)
-    points, stride, probs = (t.cpu().float() for t in field)
+        return np.zeros((0, 3), np.float32), np.zeros((0, nc), np.float16), np.zeros((0, 4, reg_max), np.float32)
+    points, stride, probs, box = (t.cpu().float() for t in field)
     gx, gy = lb.gain[0] / pair_scale[0], lb.gain[1] / pair_scale[1]
     x = (points[:, 0] - lb.pad[0]) / gx
     y = (points[:, 1] - lb.pad[1]) / gy
     keep = (x >= 0) & (x <= size[0]) & (y >= 0) & (y <= size[1])
     cells = torch.stack((x, y, stride / gx), dim=1)[keep]
-    return cells.numpy().astype(np.float32), probs[keep].numpy().astype(np.float16)
+    return cells.numpy().astype(np.float32), probs[keep].numpy().astype(np.float16), box[keep].numpy()
 
 
 def _listed_images(sources: Sequence[str | Path]) -> list[Path]:

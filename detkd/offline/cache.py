@@ -13,7 +13,9 @@ arrays; no pickle, nothing in it runs): per image ``keys`` (n, 32) uint8, the SH
 teachers ``dist`` (m, 4, R) float16 per-side bin probabilities with ``spacing`` (m,) float32, the predicting
 anchor's stride in original pixels. A dense teacher's score field (:mod:`detkd.offline.soft`) is per image
 ``cell_offsets`` (n + 1) int64 into ``cells`` (k, 3) float32, an anchor's point and stride in original pixels,
-and ``cell_probs`` (k, C) float16; a teacher that gives detections only (torchvision, RT-DETR) has no cells.
+``cell_probs`` (k, C) float16 and the anchor's own box: ``cell_dist`` (k, 4, R) float16 per-side bin
+probabilities for DFL teachers, else ``cell_ltrb`` (k, 4) float32 distances in strides. A teacher that gives
+detections only (torchvision, RT-DETR) has no cells.
 Readers map each array straight from the file (:class:`numpy.memmap` at the offsets the header gives), so
 opening a cache reads its headers only and a box is read when it is used.
 Why this format (size, read speed, random access against NumPy ``.npz`` and one file per image) is measured in
@@ -42,7 +44,7 @@ from detkd._io import read_text
 from detkd.errors import DetkdError, InputFileError
 
 CACHE_FORMAT = "detkd-teacher-cache"
-CACHE_VERSION = 2  # 2: the score field (cells)
+CACHE_VERSION = 3  # 2: the score field (cells); 3: each cell's own box
 MANIFEST = "cache.json"
 SHARD_IMAGES = 256
 MAX_HEADER_BYTES = 16 * 2**20
@@ -60,7 +62,10 @@ _ARRAYS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "cell_offsets": ("I64", ()),
     "cells": ("F32", (3,)),
     "cell_probs": ("F16", ("C",)),
+    "cell_dist": ("F16", (4, "R")),
+    "cell_ltrb": ("F32", (4,)),
 }
+_DFL_ONLY = ("dist", "spacing", "cell_dist")
 ID_BASE = 1 << 32  # a soft box's id: shard * ID_BASE + row (exact in float64)
 CELL_BASE = 1 << 31  # ... and a cell's: shard * ID_BASE + CELL_BASE + row
 
@@ -132,7 +137,7 @@ def _shard_arrays(path: Path, nc: int, reg_max: int) -> dict[str, np.ndarray]:
     if not isinstance(header, dict):
         raise InputFileError(path, "cache shard header is not a mapping")
     header.pop("__metadata__", None)
-    want = {k for k in _ARRAYS if k not in ("dist", "spacing") or reg_max > 1}
+    want = {k for k in _ARRAYS if (k not in _DFL_ONLY or reg_max > 1) and (k != "cell_ltrb" or reg_max == 1)}
     if set(header) != want:
         raise InputFileError(path, f"cache shard holds {sorted(header)}, expected {sorted(want)}")
     dims = {"C": nc, "R": reg_max}
@@ -167,9 +172,12 @@ def _shard_arrays(path: Path, nc: int, reg_max: int) -> dict[str, np.ndarray]:
             raise InputFileError(path, f"cache shard's '{name}' do not match its rows")
     if any(out[k].shape[0] != boxes for k in ("probs", "dist", "spacing") if k in out):
         raise InputFileError(path, "cache shard's per-box arrays have different lengths")
-    if out["cell_probs"].shape[0] != cells or cells >= CELL_BASE or boxes >= CELL_BASE:
+    if (
+        any(out[k].shape[0] != cells for k in ("cell_probs", "cell_dist", "cell_ltrb") if k in out)
+        or max(cells, boxes) >= CELL_BASE
+    ):
         raise InputFileError(path, "cache shard's cell arrays have different lengths")
-    for name in ("boxes", "probs", "dist", "spacing", "cells", "cell_probs"):
+    for name in ("boxes", "probs", "dist", "spacing", "cells", "cell_probs", "cell_dist", "cell_ltrb"):
         if name in out and out[name].size and not np.isfinite(out[name]).all():
             raise InputFileError(path, f"cache array '{name}' holds NaN or Inf")
     for name in ("probs", "cell_probs"):
@@ -350,8 +358,12 @@ class TeacherCache:
         return self._gather(ids, "boxes", {n: n for n in names})
 
     def field(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Per cell id: ``cells`` (point x, y and stride, original pixels) and ``probs``."""
-        return self._gather(ids, "cells", {"cells": "cells", "probs": "cell_probs"})
+        """Per cell id: ``cells`` (point x, y and stride, original pixels), ``probs`` and ``box`` (n, 4, R): the
+        anchor's own per-side bin probabilities, or (n, 4, 1) distances in strides."""
+        box = "cell_dist" if self.reg_max > 1 else "cell_ltrb"
+        out = self._gather(ids, "cells", {"cells": "cells", "probs": "cell_probs", "box": box})
+        out["box"] = out["box"].reshape(len(out["cells"]), 4, -1)
+        return out
 
     def _gather(self, ids: np.ndarray, rows_of: str, names: dict[str, str]) -> dict[str, np.ndarray]:
         shard, row, arrays = self._locate(ids, rows_of)

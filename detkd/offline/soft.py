@@ -115,40 +115,91 @@ class ScoreField:
         size: (K,) the anchor's stride in the frame's pixels (a cell is the square of this side around its point).
         batch_idx: (K,) image of each cell in the batch.
         probs: (K, C) the anchor's class probabilities.
+        box: optional (K, 4, R) the anchor's own box: per side (l, t, r, b) its DFL bin probabilities (``R > 1``),
+            or (K, 4, 1) its distances, in units of the anchor's stride (``R == 1``); sides already swapped where
+            the frame was flipped.
     """
 
     points: Tensor
     size: Tensor
     batch_idx: Tensor
     probs: Tensor
+    box: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
 
 
-def dense_field(head: HeadOutputs, *, conf: float, max_cells: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+def dense_field(head: HeadOutputs, *, conf: float, max_cells: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Per image, the anchors of a dense head whose highest class probability reaches ``conf`` (the ``max_cells``
-    highest when there are more): ``(points (k, 2) input pixels, stride (k,), probs (k, C))``.
+    highest when there are more): ``(points (k, 2) input pixels, stride (k,), probs (k, C), box (k, 4, R))`` with
+    ``box`` the anchor's own box as in :class:`ScoreField`.
 
     >>> h = HeadOutputs(torch.tensor([[[4.0, -9.0]]]), torch.ones(1, 4, 2), 1,
     ...                 torch.tensor([[1.5, 1.5], [3.5, 3.5]]), torch.tensor([[8.0], [8.0]]))
-    >>> points, stride, probs = dense_field(h, conf=0.5, max_cells=10)[0]
-    >>> points.tolist(), stride.tolist()
-    ([[12.0, 12.0]], [8.0])
+    >>> points, stride, probs, box = dense_field(h, conf=0.5, max_cells=10)[0]
+    >>> points.tolist(), stride.tolist(), box[0, :, 0].tolist()
+    ([[12.0, 12.0]], [8.0], [1.0, 1.0, 1.0, 1.0])
     """
     probs_all = head.cls_logits.detach().float().sigmoid()  # (B, C, A)
     if head.class_mask is not None:
         probs_all = probs_all * head.class_mask.view(1, -1, 1).to(probs_all)
     stride = head.stride_tensor.view(-1).float()
     points = head.anchor_points.float() * stride.view(-1, 1)
+    b, _, a = head.box_raw.shape
+    r = head.reg_max
+    box_all = head.box_raw.detach().float().view(b, 4, r, a)
+    box_all = box_all.softmax(dim=2) if r > 1 else box_all
     out = []
     for i in range(probs_all.shape[0]):
         score = probs_all[i].amax(dim=0)
         cand = torch.nonzero(score >= conf).squeeze(1)
         if cand.numel() > max_cells:
             cand = cand[score[cand].topk(max_cells).indices].sort().values
-        out.append((points[cand], stride[cand], probs_all[i][:, cand].t()))
+        out.append((points[cand], stride[cand], probs_all[i][:, cand].t(), box_all[i][..., cand].permute(2, 0, 1)))
     return out
+
+
+@dataclass
+class _Painted:
+    """Which cell sets which student anchor: ``cell`` (P,) and ``index`` (P,) = image * A + anchor."""
+
+    cell: Tensor
+    index: Tensor
+    anchors: int
+
+
+def _paint_pairs(field: ScoreField, image_hw: tuple[int, int], strides: tuple[int, ...]) -> _Painted:
+    """The (cell, anchor) pairs of :func:`paint_field`'s rule."""
+    device = field.points.device
+    h, w = image_hw
+    level_strides = torch.tensor(strides, dtype=torch.float32, device=device)
+    sizes = [(h // s, w // s) for s in strides]
+    starts = torch.tensor([0] + [gh * gw for gh, gw in sizes], device=device).cumsum(0)
+    anchors = int(starts[-1])
+    if not len(field):
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return _Painted(empty, empty, anchors)
+    size = field.size.float().clamp_min(1e-3)
+    level = (torch.log2(size.view(-1, 1) / level_strides.view(1, -1))).abs().argmin(dim=1)
+    s = level_strides[level]
+    gw = torch.tensor([g[1] for g in sizes], device=device)[level]
+    gh = torch.tensor([g[0] for g in sizes], device=device)[level]
+    lo = torch.ceil((field.points - size.view(-1, 1) / 2) / s.view(-1, 1) - 0.5)  # first anchor inside, x and y
+    hi = torch.floor((field.points + size.view(-1, 1) / 2) / s.view(-1, 1) - 0.5)
+    near = torch.floor(field.points / s.view(-1, 1))
+    small = hi < lo  # no anchor centre inside: the nearest one
+    lo, hi = torch.where(small, near, lo), torch.where(small, near, hi)
+    span = int((hi - lo).max().clamp(0, 8).item()) + 1
+    steps = torch.arange(span, device=device, dtype=lo.dtype)
+    gx = lo[:, 0:1] + steps.view(1, -1)  # (K, span)
+    gy = lo[:, 1:2] + steps.view(1, -1)
+    ok_x = (gx <= hi[:, 0:1]) & (gx >= 0) & (gx < gw.view(-1, 1))
+    ok_y = (gy <= hi[:, 1:2]) & (gy >= 0) & (gy < gh.view(-1, 1))
+    ok = ok_y.unsqueeze(2) & ok_x.unsqueeze(1)  # (K, span_y, span_x)
+    flat = starts[level].view(-1, 1, 1) + gy.long().unsqueeze(2) * gw.view(-1, 1, 1) + gx.long().unsqueeze(1)
+    cell, _, _ = torch.nonzero(ok, as_tuple=True)
+    return _Painted(cell, field.batch_idx.long()[cell] * anchors + flat[ok], anchors)
 
 
 def paint_field(field: ScoreField, batch_size: int, image_hw: tuple[int, int], strides: tuple[int, ...]) -> Tensor:
@@ -169,39 +220,62 @@ def paint_field(field: ScoreField, batch_size: int, image_hw: tuple[int, int], s
     >>> [round(v, 2) for v in paint_field(f, 1, (16, 16), (8,))[0, 0].tolist()]  # a larger cell covers four
     [0.7, 0.7, 0.7, 0.7]
     """
-    device = field.points.device
-    h, w = image_hw
-    level_strides = torch.tensor(strides, dtype=torch.float32, device=device)
-    sizes = [(h // s, w // s) for s in strides]
-    starts = torch.tensor([0] + [gh * gw for gh, gw in sizes], device=device).cumsum(0)
+    pairs = _paint_pairs(field, image_hw, strides)
     nc = field.probs.shape[1]
-    out = torch.full((batch_size, int(starts[-1]), nc), EPS, device=device)
-    if len(field):
-        size = field.size.float().clamp_min(1e-3)
-        level = (torch.log2(size.view(-1, 1) / level_strides.view(1, -1))).abs().argmin(dim=1)
-        s = level_strides[level]
-        gw = torch.tensor([g[1] for g in sizes], device=device)[level]
-        gh = torch.tensor([g[0] for g in sizes], device=device)[level]
-        lo = torch.ceil((field.points - size.view(-1, 1) / 2) / s.view(-1, 1) - 0.5)  # first anchor inside, x and y
-        hi = torch.floor((field.points + size.view(-1, 1) / 2) / s.view(-1, 1) - 0.5)
-        near = torch.floor(field.points / s.view(-1, 1))
-        small = hi < lo  # no anchor centre inside: the nearest one
-        lo, hi = torch.where(small, near, lo), torch.where(small, near, hi)
-        span = int((hi - lo).max().clamp(0, 8).item()) + 1
-        steps = torch.arange(span, device=device, dtype=lo.dtype)
-        gx = lo[:, 0:1] + steps.view(1, -1)  # (K, span)
-        gy = lo[:, 1:2] + steps.view(1, -1)
-        ok_x = (gx <= hi[:, 0:1]) & (gx >= 0) & (gx < gw.view(-1, 1))
-        ok_y = (gy <= hi[:, 1:2]) & (gy >= 0) & (gy < gh.view(-1, 1))
-        ok = ok_y.unsqueeze(2) & ok_x.unsqueeze(1)  # (K, span_y, span_x)
-        flat = starts[level].view(-1, 1, 1) + gy.long().unsqueeze(2) * gw.view(-1, 1, 1) + gx.long().unsqueeze(1)
-        cell, _, _ = torch.nonzero(ok, as_tuple=True)
-        index = field.batch_idx.long()[cell] * starts[-1] + flat[ok]
-        flat_out = out.view(-1, nc)
-        flat_out.scatter_reduce_(
-            0, index.view(-1, 1).expand(-1, nc), field.probs.float()[cell], reduce="amax", include_self=True
-        )
-    return out.permute(0, 2, 1).clamp(EPS, 1 - EPS)
+    out = torch.full((batch_size * pairs.anchors, nc), EPS, device=field.points.device)
+    out.scatter_reduce_(
+        0, pairs.index.view(-1, 1).expand(-1, nc), field.probs.float()[pairs.cell], reduce="amax", include_self=True
+    )
+    return out.view(batch_size, pairs.anchors, nc).permute(0, 2, 1).clamp(EPS, 1 - EPS)
+
+
+def paint_field_boxes(
+    field: ScoreField, batch_size: int, image_hw: tuple[int, int], strides: tuple[int, ...]
+) -> tuple[Tensor, Tensor]:
+    """The cells' own boxes as box targets on the student's anchors: ``(box (B, 4 * R, A), valid (B, A))`` in
+    :class:`~detkd.types.HeadOutputs`' layout (DFL log-probabilities for ``R > 1``, else distances in grid units).
+
+    Each anchor a cell sets (:func:`paint_field`'s rule) takes the box of its highest-scoring cell. A DFL target is
+    the cell's distributions moved to the anchor: bin ``j`` of a side lies ``j`` cell strides from the cell's point,
+    so its distance from the anchor, in the anchor's stride, is that plus the offset between the two points; its
+    mass is split between the two nearest bins. At the cell's own anchor and stride it is the distribution itself.
+
+    >>> d = torch.zeros(1, 4, 4); d[0, :, 2] = 1.0  # every side 2 strides from the point
+    >>> f = ScoreField(torch.tensor([[12.0, 4.0]]), torch.tensor([8.0]), torch.tensor([0]), torch.tensor([[0.7]]), d)
+    >>> box, valid = paint_field_boxes(f, 1, (16, 16), (8,))
+    >>> valid[0].tolist(), box[0, :4, 1].exp().round(decimals=3).tolist()  # left side at anchor 1: all in bin 2
+    ([False, True, False, False], [0.0, 0.0, 1.0, 0.0])
+    """
+    assert field.box is not None
+    device = field.points.device
+    pairs = _paint_pairs(field, image_hw, strides)
+    bins = field.box.shape[-1]
+    n = batch_size * pairs.anchors
+    score = field.probs.float().amax(dim=1)[pairs.cell]
+    best = torch.full((n,), -1.0, device=device).scatter_reduce(0, pairs.index, score, reduce="amax")
+    order = torch.arange(len(pairs.cell), device=device)
+    winner = torch.full((n,), -1, dtype=torch.long, device=device).scatter_reduce(
+        0, pairs.index, torch.where(score >= best[pairs.index], order, -1), reduce="amax"
+    )
+    hit = torch.nonzero(winner >= 0).squeeze(1)
+    k = pairs.cell[winner[hit]]
+    anchor_points, stride_tensor = anchor_grid(image_hw, strides, device)
+    a = hit % pairs.anchors
+    q, st = anchor_points[a] * stride_tensor[a], stride_tensor[a]  # (n, 2) pixels, (n, 1)
+    shift = (q - field.points[k]) / st  # anchor minus cell point, in the anchor's stride
+    side_shift = torch.cat((shift, -shift), dim=1)  # l, t grow and r, b shrink as the anchor moves right / down
+    ratio = (field.size[k].float().view(-1, 1) / st).view(-1, 1, 1)
+    src = field.box[k].float()
+    fill = 0.0 if bins == 1 else EPS
+    box = torch.full((n, 4 * bins), fill, device=device)
+    if bins > 1:
+        pos = side_shift.unsqueeze(-1) + torch.arange(bins, device=device).view(1, 1, -1) * ratio
+        box[hit] = _rebin(src, pos, bins).clamp_min(EPS).log().reshape(-1, 4 * bins)
+    else:
+        box[hit] = (side_shift + src[..., 0] * ratio[..., 0]).reshape(-1, 4)
+    valid = torch.zeros(n, dtype=torch.bool, device=device)
+    valid[hit] = True
+    return box.view(batch_size, pairs.anchors, 4 * bins).permute(0, 2, 1), valid.view(batch_size, pairs.anchors)
 
 
 def edge_offsets(dist: Tensor, spacing: Tensor) -> Tensor:

@@ -2,7 +2,8 @@
 
 Class targets come from the teacher's score field where the cache holds one (a dense head's anchors, painted onto
 the student's grid, :func:`~detkd.offline.soft.paint_field`), else from its soft boxes by the rule of
-``kd.targets``; box targets always come from the soft boxes.
+``kd.targets``. Box targets come from the field's cells (each anchor's own box) where a cell reaches, else from the
+soft box covering the anchor.
 
 :class:`CachedTeacher` answers the distiller's teacher questions (classes, bins, levels) from the cache and gives,
 per batch, :class:`~detkd.types.TeacherOutputs` with heads only: logit and box KD work as with a live teacher,
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from detkd.errors import ConfigError
 from detkd.offline.cache import TeacherCache, is_cell
-from detkd.offline.soft import ScoreField, SoftBoxes, paint_field, soft_to_dense
+from detkd.offline.soft import ScoreField, SoftBoxes, paint_field, paint_field_boxes, soft_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
 
 FEATURE_OFF = "kd.feature.weight=0"
@@ -58,16 +59,34 @@ def _rows(batch: dict[str, Any], keep: Tensor, device: torch.device) -> tuple[Te
     return xywh, batch["soft_batch_idx"][keep].to(device).long().view(-1)
 
 
+def _flip_sides(sides: Tensor, flips: Tensor) -> Tensor:
+    """Per-side rows (n, 4, ...) l, t, r, b with left/right swapped where ``flips[:, 0]`` and top/bottom where
+    ``flips[:, 1]`` (a flip mirrors which side is which)."""
+    out = sides.clone()
+    lr, ud = flips[:, 0], flips[:, 1]
+    out[lr] = out[lr][:, [2, 1, 0, 3]]
+    out[ud] = out[ud][:, [0, 3, 2, 1]]
+    return out
+
+
+def _row_flips(batch: dict[str, Any], idx: Tensor, device: torch.device) -> Tensor:
+    return batch["soft_flips"].to(device)[idx] if len(idx) else torch.zeros(0, 2, dtype=torch.bool, device=device)
+
+
 def augmented_field(
     batch: dict[str, Any], keep: Tensor, field: dict[str, np.ndarray], device: torch.device
 ) -> ScoreField:
-    """The batch's score cells (rows ``keep`` of its soft rows) in the training image's pixels."""
+    """The batch's score cells (rows ``keep`` of its soft rows) in the training image's pixels, their own boxes'
+    sides swapped where the image was flipped."""
     xywh, idx = _rows(batch, keep, device)
     cells = torch.as_tensor(field["cells"], device=device).float()
     stride = cells[:, 2:3]
     scale = _augmentation_scale(xywh, stride.expand(-1, 2), idx, torch.as_tensor(field["image"], device=device))
     probs = torch.as_tensor(field["probs"], device=device).float()
-    return ScoreField(xywh[:, :2], cells[:, 2] * scale, idx, probs)
+    box = None
+    if "box" in field:
+        box = _flip_sides(torch.as_tensor(field["box"], device=device).float(), _row_flips(batch, idx, device))
+    return ScoreField(xywh[:, :2], cells[:, 2] * scale, idx, probs, box)
 
 
 def augmented_soft_boxes(batch: dict[str, Any], payload: dict[str, np.ndarray], device: torch.device,
@@ -86,12 +105,7 @@ def augmented_soft_boxes(batch: dict[str, Any], payload: dict[str, np.ndarray], 
         spacing = torch.as_tensor(payload["spacing"], device=device).float().view(-1, 1) * scale.view(-1, 1)
         spacing = spacing.expand(-1, 2).contiguous()
     if "dist" in payload:
-        dist = torch.as_tensor(payload["dist"], device=device).float()
-        flips = batch["soft_flips"].to(device)[idx] if len(idx) else torch.zeros(0, 2, dtype=torch.bool)
-        lr, ud = flips[:, 0], flips[:, 1]
-        dist = dist.clone()
-        dist[lr] = dist[lr][:, [2, 1, 0, 3]]  # a left-right flip swaps the left and right edges
-        dist[ud] = dist[ud][:, [0, 3, 2, 1]]
+        dist = _flip_sides(torch.as_tensor(payload["dist"], device=device).float(), _row_flips(batch, idx, device))
     return SoftBoxes(boxes, idx, probs, dist, spacing)
 
 
@@ -182,6 +196,13 @@ class CachedTeacher(nn.Module):
         )
         field = self.score_field(batch)
         if field is not None:
-            probs = paint_field(field, int(batch["img"].shape[0]), (h, w), tuple(s.stride for s in self.specs))
-            dense.cls_logits = torch.logit(probs)
+            n, strides = int(batch["img"].shape[0]), tuple(s.stride for s in self.specs)
+            dense.cls_logits = torch.logit(paint_field(field, n, (h, w), strides))
+            if field.box is not None:
+                if not self.use_distributions and field.box.shape[-1] > 1:  # distances: the distributions' means
+                    bins = torch.arange(field.box.shape[-1], device=field.box.device, dtype=field.box.dtype)
+                    field.box = (field.box * bins).sum(dim=-1, keepdim=True)
+                box, valid = paint_field_boxes(field, n, (h, w), strides)
+                dense.box_raw = torch.where(valid.unsqueeze(1), box, dense.box_raw)
+                dense.box_valid = valid if dense.box_valid is None else valid | dense.box_valid
         return TeacherOutputs(features=[], specs=self.specs, heads={"one2many": dense})

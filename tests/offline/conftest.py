@@ -25,7 +25,7 @@ BINS = 16
 def gt_cache(data_yaml: Path, out: Path, *, reg_max: int = BINS, cells: bool = False) -> Path:
     """A teacher cache holding each training image's ground-truth boxes as soft boxes (class probability 0.9) with
     asymmetric DFL distributions: a broad left/top edge and a sharp right/bottom edge. With ``cells``, a score
-    field of one stride-8 cell at each box's centre (the same class vector)."""
+    field of one stride-8 cell at each box's centre (the same class vector and distributions)."""
     spec = load_data_spec(data_yaml)
     samples = split_report(spec, "train").samples
     boxes, probs, dist, spacing, offsets, keys, sizes = [], [], [], [], [0], [], []
@@ -63,6 +63,11 @@ def gt_cache(data_yaml: Path, out: Path, *, reg_max: int = BINS, cells: bool = F
             -1, spec.nc
         ),
     }
+    cell_box = np.asarray(dist, np.float32) if cells else np.zeros((0, 4, reg_max), np.float32)
+    if reg_max > 1:
+        arrays["cell_dist"] = cell_box.astype(np.float16).reshape(-1, 4, reg_max)
+    else:
+        arrays["cell_ltrb"] = cell_box.reshape(-1, 4)
     if reg_max > 1:
         arrays["dist"] = np.asarray(dist, np.float16).reshape(-1, 4, reg_max)
         arrays["spacing"] = np.asarray(spacing, np.float32)

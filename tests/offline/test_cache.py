@@ -41,7 +41,8 @@ def teacher_cache(trained_teacher, shapes_data, tmp_path_factory):
 def test_cache_targets_agree_with_the_live_teacher_without_augmentation(teacher_cache, shapes_data):
     """With augmentation off the student's input is the cache's letterboxed image, so the cache's class targets
     (its score field) must be the live teacher's at every anchor, within the cache's threshold (0.01, below which
-    an anchor is background) plus float16 rounding; boxes IoU >= 0.98 at the anchors that predicted them. Class
+    an anchor is background) plus float16 rounding, and its box targets the live ones (distributions to float16) at
+    every anchor above the threshold; boxes IoU >= 0.98 where the teacher is sure even through the soft boxes. Class
     targets drawn from the soft boxes alone (the centre prior, ``kd.targets``) fit the field far worse."""
     cache_dir, teacher = teacher_cache
     ds = training_dataset(shapes_data, cache_dir, mosaic=0.0, fliplr=0.0, scale=0.0, translate=0.0, hsv_h=0.0,
@@ -58,6 +59,14 @@ def test_cache_targets_agree_with_the_live_teacher_without_augmentation(teacher_
     peak = p_live.amax(1) >= 0.3  # the anchors whose own box the cache holds
     iou = generalized_iou(live.boxes_xyxy(), dense.boxes_xyxy(), plain=True)
     assert float(iou[peak].mean()) >= 0.98
+    # every anchor above the threshold is a cell with its own box: the live distributions, to float16
+    cells = p_live.amax(1) >= 0.011
+    assert bool(dense.box_valid[cells].all())
+    b, _, a = live.box_raw.shape
+    d_live = live.box_raw.view(b, 4, -1, a).softmax(2).permute(0, 3, 1, 2)[cells]
+    d_cache = dense.box_raw.view(b, 4, -1, a).softmax(2).permute(0, 3, 1, 2)[cells]
+    assert float((d_live - d_cache).abs().max()) < 5e-3
+    assert float(iou[cells].min()) >= 0.999
     # the rule for caches without a field (centre prior on the soft boxes), over the whole field
     soft = cached.soft_boxes(batch)
     boxes_only = soft_to_dense(soft, 16, (64, 64), (8, 16, 32), centre_sigma=0.4)
@@ -218,3 +227,28 @@ def test_format_and_smoke_reports_render():
     res["cache"] = {"images": 83, "soft_boxes": 400, "seconds": 5.0}
     text = vedai_markdown({"epochs": 1, "imgsz": 64, "device": "cpu", "commit": "x", "date": "d", "results": res})
     assert "NIR val | 0.1000 / 0.2000" in text
+
+
+def test_a_distance_head_caches_each_anchor_box_too(shapes_data, tmp_path):
+    """A YOLO26 head (``reg_max`` 1: distances, no bins) keeps its anchors' own distances (``cell_ltrb``); with
+    augmentation off they come back as the live head's at every anchor above the threshold."""
+    from detkd.engine.distiller import seeded
+
+    spec = load_data_spec(shapes_data)
+    with seeded(0):
+        teacher = build_teacher("yolo26n.yaml", nc=spec.nc, names=spec.names)
+    out = tmp_path / "c26"
+    images = _images(shapes_data)[:16]
+    build_cache(teacher, "yolo26n.yaml", images, out, imgsz=64, names=spec.names, progress=False)
+    cache = TeacherCache(out)
+    assert cache.reg_max == 1 and cache.has_field and cache.cells_total > 0
+    ds = training_dataset(shapes_data, out, mosaic=0.0, fliplr=0.0, scale=0.0, translate=0.0, hsv_h=0.0,
+                          hsv_s=0.0, hsv_v=0.0, fraction=16 / len(_images(shapes_data)))  # fmt: skip
+    batch = split_soft(next(iter(DataLoader(ds, batch_size=16, shuffle=False, collate_fn=ds.collate_fn))))
+    batch["img"] = batch["img"].float() / 255
+    live = teacher(batch["img"]).heads["one2many"]
+    dense = CachedTeacher(cache, teacher.specs).from_batch(batch).heads["one2many"]
+    cells = live.cls_logits.sigmoid().amax(1) >= 0.011
+    assert int(cells.sum()) > 0 and bool(dense.box_valid[cells].all())
+    gap = (live.box_raw - dense.box_raw).abs().permute(0, 2, 1)[cells]
+    assert float(gap.max()) < 1e-3

@@ -90,11 +90,15 @@ def _side_spread(dense, box_xyxy, image):
     return ((bins - mean) ** 2 * p).sum(1)
 
 
+@pytest.mark.parametrize("cells", [False, True], ids=["soft-boxes", "cells"])
 @pytest.mark.parametrize("flip", [0.0, 1.0])
-def test_a_flip_moves_each_side_distribution_to_the_mirrored_side(shapes_data, shapes_gt_cache, flip):
-    """The cache's left edges are broad and its right edges sharp; after a left-right flip the right ones are."""
-    ds = training_dataset(shapes_data, shapes_gt_cache, mosaic=0.0, fliplr=flip, scale=0.0, translate=0.0)
-    teacher = CachedTeacher(TeacherCache(shapes_gt_cache), SPECS)
+def test_a_flip_moves_each_side_distribution_to_the_mirrored_side(shapes_data, shapes_gt_cache, shapes_cell_cache,
+                                                                  flip, cells):  # fmt: skip
+    """The cache's left edges are broad and its right edges sharp; after a left-right flip the right ones are (box
+    targets from soft boxes, and from the cells' own boxes, which win at the anchors they reach)."""
+    cache = shapes_cell_cache if cells else shapes_gt_cache
+    ds = training_dataset(shapes_data, cache, mosaic=0.0, fliplr=flip, scale=0.0, translate=0.0)
+    teacher = CachedTeacher(TeacherCache(cache), SPECS)
     batch = _batches(ds, 1)[0]
     batch["img"] = batch["img"].float() / 255
     assert bool(batch["soft_flips"][:, 0].all()) == (flip == 1.0)
