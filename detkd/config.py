@@ -457,7 +457,9 @@ TARGET_RANKS = ("weighted", "score")
 
 @dataclass(frozen=True)
 class SoftTargetsConfig:
-    """How soft boxes (a teacher cache's) become dense per-anchor targets (see :mod:`detkd.offline.soft`).
+    """How soft boxes (a teacher cache's) become dense per-anchor targets (see :mod:`detkd.offline.soft`): the class
+    targets of a cache without a score field (a detections-only teacher, or ``--max-cells 0``), and the box targets
+    wherever no score cell reaches.
 
     Attributes:
         centre_sigma: spread of the centre prior, in half box sizes: an anchor inside a box takes the box's class
