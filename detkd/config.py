@@ -457,9 +457,9 @@ TARGET_RANKS = ("weighted", "score")
 
 @dataclass(frozen=True)
 class SoftTargetsConfig:
-    """How soft boxes (a teacher cache's) become dense per-anchor targets (see :mod:`detkd.offline.soft`): the class
+    """How a teacher cache's soft boxes become dense per-anchor targets (see :mod:`detkd.offline.soft`): the class
     targets of a cache without a score field (a detections-only teacher, or ``--max-cells 0``), and the box targets
-    wherever no score cell reaches.
+    (unless ``cell_boxes``).
 
     Attributes:
         centre_sigma: spread of the centre prior, in half box sizes: an anchor inside a box takes the box's class
@@ -470,11 +470,15 @@ class SoftTargetsConfig:
         level_tau: spread of the level prior, in octaves: an anchor of stride ``s`` takes a box the teacher
             predicted from stride ``t`` (scaled with the image) with weight ``exp(-log2(s / t)^2 / (2 tau^2))``;
             0 gives every level the same weight. Needs a cache that stores strides (DFL teachers).
+        cell_boxes: box targets from the score cells' own boxes (each anchor above the cache's threshold: what the
+            live teacher predicts there, moved with the augmentation) instead of the covering soft box. Off: on the
+            synthetic suite (2 seeds) it lowered offline logit + box KD by 0.009 mAP50-95 and box KD alone by 0.005.
     """
 
     centre_sigma: float = 0.4
     rank: str = "weighted"
     level_tau: float = 0.0
+    cell_boxes: bool = False
 
     def __post_init__(self) -> None:
         _check_range("kd.targets", "centre_sigma", self.centre_sigma, 0.0, 100.0)

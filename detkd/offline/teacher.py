@@ -2,8 +2,8 @@
 
 Class targets come from the teacher's score field where the cache holds one (a dense head's anchors, painted onto
 the student's grid, :func:`~detkd.offline.soft.paint_field`), else from its soft boxes by the rule of
-``kd.targets``. Box targets come from the field's cells (each anchor's own box) where a cell reaches, else from the
-soft box covering the anchor.
+``kd.targets``. Box targets come from the soft box covering the anchor, or with ``kd.targets.cell_boxes`` from the
+field's cells (each anchor's own box) where a cell reaches.
 
 :class:`CachedTeacher` answers the distiller's teacher questions (classes, bins, levels) from the cache and gives,
 per batch, :class:`~detkd.types.TeacherOutputs` with heads only: logit and box KD work as with a live teacher,
@@ -129,6 +129,7 @@ class CachedTeacher(nn.Module):
         self.centre_sigma = CENTRE_SIGMA
         self.rank = "weighted"
         self.level_tau = 0.0
+        self.cell_boxes = False
         self._device = torch.device("cpu")
         mask = cache.class_mask
         self.class_mask = None if mask is None else torch.as_tensor(mask)
@@ -145,6 +146,7 @@ class CachedTeacher(nn.Module):
         self.check_recipe(kd)
         t = kd.targets
         self.centre_sigma, self.rank, self.level_tau = float(t.centre_sigma), str(t.rank), float(t.level_tau)
+        self.cell_boxes = bool(t.cell_boxes)
 
     def check_recipe(self, kd: Any) -> None:
         if kd.feature.weight > 0:
@@ -198,7 +200,7 @@ class CachedTeacher(nn.Module):
         if field is not None:
             n, strides = int(batch["img"].shape[0]), tuple(s.stride for s in self.specs)
             dense.cls_logits = torch.logit(paint_field(field, n, (h, w), strides))
-            if field.box is not None:
+            if self.cell_boxes and field.box is not None:
                 if not self.use_distributions and field.box.shape[-1] > 1:  # distances: the distributions' means
                     bins = torch.arange(field.box.shape[-1], device=field.box.device, dtype=field.box.dtype)
                     field.box = (field.box * bins).sum(dim=-1, keepdim=True)

@@ -42,7 +42,7 @@ def test_cache_targets_agree_with_the_live_teacher_without_augmentation(teacher_
     """With augmentation off the student's input is the cache's letterboxed image, so the cache's class targets
     (its score field) must be the live teacher's at every anchor, within the cache's threshold (0.01, below which
     an anchor is background) plus float16 rounding, and its box targets the live ones (distributions to float16) at
-    every anchor above the threshold; boxes IoU >= 0.98 where the teacher is sure even through the soft boxes. Class
+    every anchor above the threshold (``kd.targets.cell_boxes``); boxes IoU >= 0.98 where the teacher is sure. Class
     targets drawn from the soft boxes alone (the centre prior, ``kd.targets``) fit the field far worse."""
     cache_dir, teacher = teacher_cache
     ds = training_dataset(shapes_data, cache_dir, mosaic=0.0, fliplr=0.0, scale=0.0, translate=0.0, hsv_h=0.0,
@@ -52,6 +52,7 @@ def test_cache_targets_agree_with_the_live_teacher_without_augmentation(teacher_
     live = teacher(batch["img"]).heads["one2many"]
     cached = CachedTeacher(TeacherCache(cache_dir), teacher.specs)
     assert cached.cache.has_field
+    cached.cell_boxes = True  # kd.targets.cell_boxes
     dense = cached.from_batch(batch).heads["one2many"]
     p_live, p_cache = live.cls_logits.sigmoid(), dense.cls_logits.sigmoid()
     assert int((p_live >= 0.1).sum()) >= 10
@@ -247,7 +248,9 @@ def test_a_distance_head_caches_each_anchor_box_too(shapes_data, tmp_path):
     batch = split_soft(next(iter(DataLoader(ds, batch_size=16, shuffle=False, collate_fn=ds.collate_fn))))
     batch["img"] = batch["img"].float() / 255
     live = teacher(batch["img"]).heads["one2many"]
-    dense = CachedTeacher(cache, teacher.specs).from_batch(batch).heads["one2many"]
+    cached = CachedTeacher(cache, teacher.specs)
+    cached.cell_boxes = True
+    dense = cached.from_batch(batch).heads["one2many"]
     cells = live.cls_logits.sigmoid().amax(1) >= 0.011
     assert int(cells.sum()) > 0 and bool(dense.box_valid[cells].all())
     gap = (live.box_raw - dense.box_raw).abs().permute(0, 2, 1)[cells]

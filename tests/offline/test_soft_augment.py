@@ -99,6 +99,7 @@ def test_a_flip_moves_each_side_distribution_to_the_mirrored_side(shapes_data, s
     cache = shapes_cell_cache if cells else shapes_gt_cache
     ds = training_dataset(shapes_data, cache, mosaic=0.0, fliplr=flip, scale=0.0, translate=0.0)
     teacher = CachedTeacher(TeacherCache(cache), SPECS)
+    teacher.cell_boxes = cells
     batch = _batches(ds, 1)[0]
     batch["img"] = batch["img"].float() / 255
     assert bool(batch["soft_flips"][:, 0].all()) == (flip == 1.0)
