@@ -58,6 +58,12 @@ class SoftBoxes:
         )
 
 
+def class_probs(head: HeadOutputs) -> Tensor:
+    """A dense head's class probabilities (B, C, A), zero for classes its class mask leaves out."""
+    probs = head.cls_logits.detach().float().sigmoid()
+    return probs if head.class_mask is None else probs * head.class_mask.view(1, -1, 1).to(probs)
+
+
 def dense_to_detections(
     head: HeadOutputs, *, conf: float, max_det: int, iou: float = 0.7
 ) -> list[tuple[Tensor, Tensor, Tensor | None, Tensor]]:
@@ -78,9 +84,7 @@ def dense_to_detections(
     """
     from torchvision.ops import nms
 
-    probs_all = head.cls_logits.detach().float().sigmoid()  # (B, C, A)
-    if head.class_mask is not None:
-        probs_all = probs_all * head.class_mask.view(1, -1, 1).to(probs_all)
+    probs_all = class_probs(head)  # (B, C, A)
     boxes_all = head.boxes_xyxy().detach().float()  # (B, 4, A)
     dist_all = None
     if head.reg_max > 1:
@@ -141,9 +145,7 @@ def dense_field(head: HeadOutputs, *, conf: float, max_cells: int) -> list[tuple
     >>> points.tolist(), stride.tolist(), box[0, :, 0].tolist()
     ([[12.0, 12.0]], [8.0], [1.0, 1.0, 1.0, 1.0])
     """
-    probs_all = head.cls_logits.detach().float().sigmoid()  # (B, C, A)
-    if head.class_mask is not None:
-        probs_all = probs_all * head.class_mask.view(1, -1, 1).to(probs_all)
+    probs_all = class_probs(head)  # (B, C, A)
     stride = head.stride_tensor.view(-1).float()
     points = head.anchor_points.float() * stride.view(-1, 1)
     b, _, a = head.box_raw.shape
