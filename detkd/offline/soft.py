@@ -171,8 +171,8 @@ class _Painted:
     anchors: int
 
 
-def _paint_pairs(field: ScoreField, image_hw: tuple[int, int], strides: tuple[int, ...]) -> _Painted:
-    """The (cell, anchor) pairs of :func:`paint_field`'s rule."""
+def paint_pairs(field: ScoreField, image_hw: tuple[int, int], strides: tuple[int, ...]) -> _Painted:
+    """The (cell, anchor) pairs of :func:`paint_field`'s rule (computed once, shared by class and box targets)."""
     device = field.points.device
     h, w = image_hw
     level_strides = torch.tensor(strides, dtype=torch.float32, device=device)
@@ -204,7 +204,13 @@ def _paint_pairs(field: ScoreField, image_hw: tuple[int, int], strides: tuple[in
     return _Painted(cell, field.batch_idx.long()[cell] * anchors + flat[ok], anchors)
 
 
-def paint_field(field: ScoreField, batch_size: int, image_hw: tuple[int, int], strides: tuple[int, ...]) -> Tensor:
+def paint_field(
+    field: ScoreField,
+    batch_size: int,
+    image_hw: tuple[int, int],
+    strides: tuple[int, ...],
+    pairs: _Painted | None = None,
+) -> Tensor:
     """A score field as class probabilities (B, C, A) on the student's anchors (level by level, like
     :func:`anchor_grid`).
 
@@ -222,7 +228,7 @@ def paint_field(field: ScoreField, batch_size: int, image_hw: tuple[int, int], s
     >>> [round(v, 2) for v in paint_field(f, 1, (16, 16), (8,))[0, 0].tolist()]  # a larger cell covers four
     [0.7, 0.7, 0.7, 0.7]
     """
-    pairs = _paint_pairs(field, image_hw, strides)
+    pairs = pairs if pairs is not None else paint_pairs(field, image_hw, strides)
     nc = field.probs.shape[1]
     out = torch.full((batch_size * pairs.anchors, nc), EPS, device=field.points.device)
     out.scatter_reduce_(
@@ -232,7 +238,11 @@ def paint_field(field: ScoreField, batch_size: int, image_hw: tuple[int, int], s
 
 
 def paint_field_boxes(
-    field: ScoreField, batch_size: int, image_hw: tuple[int, int], strides: tuple[int, ...]
+    field: ScoreField,
+    batch_size: int,
+    image_hw: tuple[int, int],
+    strides: tuple[int, ...],
+    pairs: _Painted | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The cells' own boxes as box targets on the student's anchors: ``(box (B, 4 * R, A), valid (B, A))`` in
     :class:`~detkd.types.HeadOutputs`' layout (DFL log-probabilities for ``R > 1``, else distances in grid units).
@@ -250,7 +260,7 @@ def paint_field_boxes(
     """
     assert field.box is not None
     device = field.points.device
-    pairs = _paint_pairs(field, image_hw, strides)
+    pairs = pairs if pairs is not None else paint_pairs(field, image_hw, strides)
     bins = field.box.shape[-1]
     n = batch_size * pairs.anchors
     score = field.probs.float().amax(dim=1)[pairs.cell]

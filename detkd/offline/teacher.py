@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from detkd.errors import ConfigError
 from detkd.offline.cache import TeacherCache, is_cell
-from detkd.offline.soft import ScoreField, SoftBoxes, paint_field, paint_field_boxes, soft_to_dense
+from detkd.offline.soft import ScoreField, SoftBoxes, paint_field, paint_field_boxes, paint_pairs, soft_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
 
 FEATURE_OFF = "kd.feature.weight=0"
@@ -159,8 +159,11 @@ class CachedTeacher(nn.Module):
         raise ConfigError("a cached teacher gives targets for a training batch only (its soft boxes travel with it)")
 
     def _kinds(self, batch: dict[str, Any]) -> tuple[np.ndarray, Tensor]:
+        """The batch's soft-row ids and which of them are score cells (worked out once per batch)."""
         ids = batch["soft_ids"].cpu().numpy()
-        return ids, torch.as_tensor(is_cell(ids), dtype=torch.bool)
+        if "soft_is_cell" not in batch:
+            batch["soft_is_cell"] = torch.as_tensor(is_cell(ids), dtype=torch.bool)
+        return ids, batch["soft_is_cell"]
 
     def soft_boxes(self, batch: dict[str, Any]) -> SoftBoxes:
         """The batch's soft boxes (its score cells left out), moved by its augmentation."""
@@ -199,12 +202,13 @@ class CachedTeacher(nn.Module):
         field = self.score_field(batch)
         if field is not None:
             n, strides = int(batch["img"].shape[0]), tuple(s.stride for s in self.specs)
-            dense.cls_logits = torch.logit(paint_field(field, n, (h, w), strides))
+            pairs = paint_pairs(field, (h, w), strides)
+            dense.cls_logits = torch.logit(paint_field(field, n, (h, w), strides, pairs=pairs))
             if self.cell_boxes and field.box is not None:
                 if not self.use_distributions and field.box.shape[-1] > 1:  # distances: the distributions' means
                     bins = torch.arange(field.box.shape[-1], device=field.box.device, dtype=field.box.dtype)
                     field.box = (field.box * bins).sum(dim=-1, keepdim=True)
-                box, valid = paint_field_boxes(field, n, (h, w), strides)
+                box, valid = paint_field_boxes(field, n, (h, w), strides, pairs=pairs)
                 dense.box_raw = torch.where(valid.unsqueeze(1), box, dense.box_raw)
                 dense.box_valid = valid if dense.box_valid is None else valid | dense.box_valid
         return TeacherOutputs(features=[], specs=self.specs, heads={"one2many": dense})
