@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TypeVar
 
 from torch import nn
+
+_T = TypeVar("_T", bound="FrozenTeacher")  # typing.Self is 3.11+; detkd supports 3.10
 
 
 class FrozenTeacher(nn.Module):
@@ -22,5 +24,5 @@ class FrozenTeacher(nn.Module):
         self.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> Self:
+    def train(self: _T, mode: bool = True) -> _T:
         return super().train(False)
