@@ -133,6 +133,7 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
         bad_samples=ns.bad_samples,
         teacher_cache=ns.teacher_cache,
         unlabeled=ns.unlabeled,
+        allow_random_teacher=ns.allow_random_teacher,
     )
     result = distiller.train(
         project=ns.project,
@@ -165,6 +166,7 @@ def _cmd_cache(ns: argparse.Namespace) -> int:
         pair_dir=ns.pair_dir,
         threads=ns.threads,
         progress=not ns.quiet,
+        allow_random_teacher=ns.allow_random_teacher,
     )
     print(json.dumps({"cache": str(result.folder), "images": result.images, "new_images": result.new_images,
                       "soft_boxes": result.boxes, "score_cells": result.cells, "seconds": round(result.seconds, 2),
@@ -277,6 +279,15 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_allow_random(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-random-teacher",
+        action="store_true",
+        help="accept an untrained teacher (a model YAML, a torchvision builder without weights): tests and smoke "
+        "runs only; otherwise it is refused",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detkd", description="Knowledge distillation for Ultralytics YOLO detectors")
     parser.add_argument("--version", action="version", version=f"detkd {__version__}")
@@ -291,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or an ensemble YAML",
     )
     p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's (name or index)")
+    _add_allow_random(p)
     p.add_argument("--student", default=None, help="student model YAML (e.g. yolov8n.yaml) or .pt")
     p.add_argument("--kd", default=None, help="KD config YAML (default: detkd's recipe)")
     p.add_argument(
@@ -329,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the cache folder (created; a partial cache of the same key resumes)")
     p.add_argument("--imgsz", type=int, default=640, help="the training image size the cache serves (default 640)")
     p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's")
+    _add_allow_random(p)
     p.add_argument(
         "--conf", type=float, default=0.01, help="lowest class probability a soft box or score cell keeps (0.01)"
     )

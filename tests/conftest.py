@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_VERBOSE", "false")
+# Most tests distil from tiny untrained teachers (model YAMLs) on purpose; tests/teachers/test_random_teacher.py
+# clears this to check that detkd refuses them otherwise.
+os.environ.setdefault("DETKD_ALLOW_RANDOM_TEACHER", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("DETKD_ASSETS", REPO.parent / "shared" / "assets"))

@@ -19,6 +19,7 @@ MODULES = [
     "detkd.losses.balance",
     "detkd.losses.composite",
     "detkd.engine.positions",
+    "detkd.teachers",
     "detkd.teachers.dense",
     "detkd.offline.soft",
     "detkd.offline.teacher",

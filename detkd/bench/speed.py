@@ -146,7 +146,9 @@ class _Context:
         from detkd.teachers.mapped import paired_classes
 
         with seeded(0):  # a teacher built from YAML: identical random weights in every variant
-            t = build_teacher(self.cfg.teacher, nc=self.spec.nc, names=self.spec.names)
+            t = build_teacher(
+                self.cfg.teacher, nc=self.spec.nc, names=self.spec.names, allow_random=True
+            )  # timing only
         return paired_classes(t, self.spec.names, self.cfg.class_map, required=False).to(self.device)
 
 

@@ -50,7 +50,7 @@ from detkd.losses.composite import KDComposite
 from detkd.offline.cache import TeacherCache, file_digest, image_digests
 from detkd.offline.teacher import CachedTeacher
 from detkd.students import ultralytics_yolo as uy
-from detkd.teachers import build_teacher
+from detkd.teachers import build_teacher, refuse_untrained
 from detkd.teachers.mapped import paired_classes
 from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
 from detkd.types import Teacher
@@ -396,8 +396,9 @@ class Distiller:
     """Distil ``teacher`` into ``student`` on ``data``.
 
     Args:
-        teacher: an Ultralytics detection ``.pt`` (loaded with the restricted unpickler) or a model YAML (random
-            weights; for tests); None with ``teacher_cache``.
+        teacher: any teacher spec detkd reads (Ultralytics/RT-DETR ``.pt``, classic YOLOv5 ``.pt``,
+            ``torchvision:<builder>:<weights>``, an ensemble YAML); None with ``teacher_cache``. A model YAML or a
+            torchvision builder without weights is a random network: refused unless ``allow_random_teacher``.
         student: a model YAML (e.g. ``yolov8n.yaml``) or a ``.pt`` to start from.
         data: an Ultralytics data YAML.
         kd: a :class:`KDConfig`, a path to a KD YAML, or None for the defaults.
@@ -411,6 +412,8 @@ class Distiller:
             KD only).
         unlabeled: folders or image lists of unlabeled images, added to the data's ``unlabeled`` key; on them the
             student learns from the teacher only (see ``kd.unlabeled``).
+        allow_random_teacher: distil from an untrained teacher on purpose (tests, smoke runs, timing); kept in the
+            run record so that resume builds the same teacher.
 
     Raises:
         DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
@@ -428,6 +431,7 @@ class Distiller:
         bad_samples: str = "skip",
         teacher_cache: str | Path | None = None,
         unlabeled: list[str | Path] | None = None,
+        allow_random_teacher: bool = False,
     ) -> None:
         if isinstance(kd, KDConfig):
             self.kd = kd_config_from_dict(apply_overrides(kd.to_dict(), overrides or []))
@@ -435,11 +439,14 @@ class Distiller:
             self.kd = kd_config_from_dict(apply_overrides(kd, overrides or []))
         else:
             self.kd = load_kd_config(kd, overrides)
+        if teacher is not None and teacher_cache is None:
+            refuse_untrained(teacher, allow_random_teacher)  # before the data scan, which may take minutes
         self.data = _checked_data(data, bad_samples, unlabeled)
         self.student_spec = str(student)
         self.teacher_cache = str(teacher_cache) if teacher_cache is not None else None
         self.digests: dict[str, str] = {}
         self.class_map = str(class_map) if class_map else None
+        self.allow_random_teacher = bool(allow_random_teacher)
         if teacher_cache is not None:
             if teacher is not None:
                 raise DetkdError("give a teacher or a teacher cache, not both (the cache records its teacher)")
@@ -452,7 +459,9 @@ class Distiller:
         else:
             self.teacher_spec = str(teacher)
             with seeded(0):  # a teacher from YAML (random weights) is the same in every process, e.g. on resume
-                built = build_teacher(teacher, nc=self.data.nc, names=self.data.names)
+                built = build_teacher(
+                    teacher, nc=self.data.nc, names=self.data.names, allow_random=self.allow_random_teacher
+                )
             self.teacher = paired_classes(built, self.data.names, class_map, required=self.kd.logit.weight > 0)
         self.student, self.composite = self._build_student(seed=0)  # validates the pairing now, not mid-epoch
         if isinstance(self.teacher, CachedTeacher):
@@ -567,6 +576,7 @@ class Distiller:
                     "teacher_spec": self.teacher_spec,
                     "teacher_cache": self.teacher_cache,
                     "class_map": self.class_map,
+                    "allow_random_teacher": self.allow_random_teacher,
                     "inputs": fingerprints(self.input_files()),
                     "unlabeled_images": len(self.data.reports[UNLABELED].samples)
                     if UNLABELED in self.data.reports else 0,
@@ -639,7 +649,8 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
             return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
         if not str(teacher).endswith((".yaml", ".yml")) and ":" not in str(teacher) and not Path(teacher).exists():
             raise DetkdError(f"resume: the teacher {teacher} is gone (detkd rebuilds the teacher from its file)")
-        distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"))
+        distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"),
+                              allow_random_teacher=meta.get("allow_random_teacher") is True)  # fmt: skip
         return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
     return train_detector(meta["model"], data, **where, **args)
 

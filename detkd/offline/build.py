@@ -349,15 +349,17 @@ def cache_teacher(
     pair_dir: str | Path | None = None,
     threads: int | None = None,
     progress: bool = True,
+    allow_random_teacher: bool = False,
 ) -> BuildResult:
     """Build (or resume) a teacher cache: ``teacher`` (any family detkd distils from, seen through ``class_map``)
     over the data's train and unlabeled images and any more ``images``; classes are the data's (or, without
     ``data``, the teacher's own)."""
     from detkd.engine.distiller import _checked_data, seeded
     from detkd.engine.trainer import set_cpu_threads, torch_device_name
-    from detkd.teachers import build_teacher
+    from detkd.teachers import build_teacher, refuse_untrained
     from detkd.teachers.mapped import paired_classes
 
+    refuse_untrained(teacher, allow_random_teacher)  # before the image scan
     if data is None and not images and not unlabeled:
         raise DetkdError("detkd cache: give --data and/or --images (the images to cache)")
     if imgsz < 32 or imgsz % 32:
@@ -377,7 +379,7 @@ def cache_teacher(
         raise InputFileError(pair, "paired-modality folder not found (--pair-dir)")
     kw: dict[str, Any] = {"nc": len(names), "names": names} if data is not None else {}
     with seeded(0):  # a teacher from YAML (random weights, for tests) is the one the distiller would build
-        built = build_teacher(teacher, **kw)
+        built = build_teacher(teacher, allow_random=allow_random_teacher, **kw)
     if data is not None:
         model = paired_classes(built, names, class_map, required=True)
     else:

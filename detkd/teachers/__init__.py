@@ -8,6 +8,7 @@ YAML).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,53 @@ def detect_family(spec: str | Path) -> str:
 TEACHER_SUFFIXES = (".pt", ".yaml", ".yml")
 
 
-def build_teacher(spec: str | Path, family: str = "auto", **kw: Any) -> Any:
-    """Load a teacher of the given family (``auto``: decided from the file)."""
+ALLOW_RANDOM_ENV = "DETKD_ALLOW_RANDOM_TEACHER"  # "1": every untrained teacher is allowed (test suites, smoke runs)
+
+
+def untrained(spec: str | Path) -> str | None:
+    """Why ``spec`` would build a randomly initialised teacher, or None when it loads trained weights.
+
+    A model YAML (Ultralytics YOLO or RT-DETR: in Ultralytics a YAML name means "download the weights", in detkd it
+    means "build it untrained") and a torchvision builder without a weights file are untrained; an ensemble is
+    judged member by member when it is built.
+
+    >>> untrained("torchvision:fcos_resnet50_fpn") is not None, untrained("yolov8s.pt") is None
+    (True, True)
+    """
+    text = str(spec)
+    if text.startswith("torchvision:"):
+        from detkd.teachers.torchvision_det import parse_spec
+
+        return None if parse_spec(text)[1] is not None else "a torchvision builder without a weights file"
+    if Path(text).suffix.lower() in (".yaml", ".yml"):
+        from detkd.teachers.ensemble import is_ensemble
+
+        return None if is_ensemble(spec) else "a model YAML (an architecture, no weights)"
+    return None
+
+
+def random_teacher_allowed(allow: bool = False) -> bool:
+    """``allow`` (``--allow-random-teacher``), or the environment's ``DETKD_ALLOW_RANDOM_TEACHER=1``."""
+    return allow or os.environ.get(ALLOW_RANDOM_ENV, "") == "1"
+
+
+def refuse_untrained(spec: str | Path, allow: bool = False) -> None:
+    """Raise :class:`InputFileError` when ``spec`` is untrained (:func:`untrained`) and that was not allowed; cheap,
+    so callers run it before reading any data."""
+    reason = untrained(spec)
+    if reason is not None and not random_teacher_allowed(allow):
+        raise InputFileError(
+            spec,
+            f"{reason}: the teacher would be a random network; give trained weights (.pt, or "
+            "torchvision:<builder>:<weights.pth>), or pass --allow-random-teacher (Python: allow_random_teacher=True) "
+            "to distil from it on purpose",
+        )
+
+
+def build_teacher(spec: str | Path, family: str = "auto", *, allow_random: bool = False, **kw: Any) -> Any:
+    """Load a teacher of the given family (``auto``: decided from the file). An untrained teacher (see
+    :func:`untrained`) is refused unless ``allow_random`` (or ``DETKD_ALLOW_RANDOM_TEACHER=1``): distilling from
+    a random network by accident costs a whole run and teaches nothing."""
     text = str(spec)
     if not text.startswith("torchvision:") and Path(text).suffix.lower() not in TEACHER_SUFFIXES:
         raise InputFileError(
@@ -88,6 +134,9 @@ def build_teacher(spec: str | Path, family: str = "auto", **kw: Any) -> Any:
         family = detect_family(spec)
     if family not in TEACHER_FAMILIES:
         raise ConfigError(f"unknown teacher family '{family}'; valid: auto, {', '.join(TEACHER_FAMILIES)}")
+    refuse_untrained(spec, allow_random)
+    if family == "ensemble":
+        kw["allow_random"] = allow_random
     return TEACHER_FAMILIES[family](spec, **kw)
 
 

@@ -194,7 +194,12 @@ class EnsembleTeacher(FrozenTeacher):
 
 
 def load_ensemble_teacher(
-    spec: str | Path, *, nc: int | None = None, names: dict[int, str] | None = None, **_: Any
+    spec: str | Path,
+    *,
+    nc: int | None = None,
+    names: dict[int, str] | None = None,
+    allow_random: bool = False,
+    **_: Any,
 ) -> EnsembleTeacher:
     """Build every member (mapped to ``names``, the student's classes) and the fused teacher."""
     from detkd.teachers import build_teacher
@@ -207,6 +212,6 @@ def load_ensemble_teacher(
         raise ValueError("an ensemble teacher needs the student's class names")
     built = []
     for m in members:
-        teacher = build_teacher(m.teacher, nc=nc, names=names)
+        teacher = build_teacher(m.teacher, nc=nc, names=names, allow_random=allow_random)
         built.append(paired_classes(teacher, names, m.class_map, required=True))
     return EnsembleTeacher(built, [m.weight for m in members], fuse, features_from, str(spec))
