@@ -91,6 +91,18 @@ class ScheduleConfig:
             parts.append(f"final={self.final:g}")
         return " ".join(parts)
 
+    def stop(self, epochs: int) -> int:
+        """The epoch from which the term is off in a run of ``epochs`` (``epochs`` when it never stops).
+
+        >>> ScheduleConfig(stop_epoch=-10).stop(8), ScheduleConfig(stop_epoch=-10).stop(30), ScheduleConfig().stop(5)
+        (-2, 20, 5)
+        """
+        return (
+            epochs
+            if self.stop_epoch is None
+            else (self.stop_epoch if self.stop_epoch >= 0 else epochs + self.stop_epoch)
+        )
+
     def factor(self, progress: float, epochs: int) -> float:
         """The weight factor at ``progress`` epochs into a run of ``epochs`` (fractions count steps).
 
@@ -98,11 +110,7 @@ class ScheduleConfig:
         >>> [round(s.factor(p, 10), 3) for p in (0, 1, 2, 5, 8, 9)]
         [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
         """
-        stop = float(
-            epochs
-            if self.stop_epoch is None
-            else (self.stop_epoch if self.stop_epoch >= 0 else epochs + self.stop_epoch)
-        )
+        stop = float(self.stop(epochs))
         if progress >= stop:
             return 0.0
         ramp = min(1.0, progress / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
@@ -518,6 +526,25 @@ class KDConfig:
         if self.balance.mode != "none":
             out.append(f"balance: {self.balance.mode} ratio={self.balance.ratio}")
         return "; ".join(out)
+
+    def idle_terms(self, epochs: int) -> list[str]:
+        """One sentence per weighted family whose schedule leaves it off for the whole run of ``epochs``.
+
+        >>> kd = KDConfig(feature=FeatureKDConfig(schedule=ScheduleConfig(stop_epoch=-10)))
+        >>> [t.split(":")[0] for t in kd.idle_terms(10)], kd.idle_terms(11)
+        (['kd.feature'], [])
+        """
+        out = []
+        for family in ("feature", "logit", "box"):
+            sec = getattr(self, family)
+            stop = sec.schedule.stop(epochs)
+            if sec.weight and stop <= 0:
+                out.append(
+                    f"kd.{family}: schedule.stop_epoch={sec.schedule.stop_epoch} with {epochs} epochs stops it at "
+                    f"epoch {stop}, so {family} KD is off for the whole run (weight {sec.weight:g} unused); raise "
+                    f"the epochs or set kd.{family}.schedule.stop_epoch (null keeps it on to the end)"
+                )
+        return out
 
 
 def _plain(value: Any) -> Any:

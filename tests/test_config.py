@@ -123,3 +123,16 @@ def test_file_errors_name_the_file(tmp_path):
 def test_describe_mentions_disabled_families():
     cfg = load_kd_config(None, ["feature.weight=0"])
     assert "feature: off" in cfg.describe() and "logit: bce weight=1.0" in cfg.describe()
+
+
+def test_a_schedule_that_leaves_a_term_off_for_the_whole_run_is_named():
+    from detkd.config import BoxKDConfig, FeatureKDConfig, KDConfig, LogitKDConfig, ScheduleConfig
+
+    off = ScheduleConfig(stop_epoch=-10)
+    kd = KDConfig(feature=FeatureKDConfig(schedule=off), logit=LogitKDConfig(schedule=ScheduleConfig(stop_epoch=0)),
+                  box=BoxKDConfig(weight=0.0, schedule=off))  # fmt: skip
+    idle = kd.idle_terms(8)
+    assert [t.split(":")[0] for t in idle] == ["kd.feature", "kd.logit"]  # box weighs 0: nothing to warn about
+    assert "stops it at epoch -2" in idle[0] and "off for the whole run" in idle[0]
+    assert [t.split(":")[0] for t in kd.idle_terms(12)] == ["kd.logit"]  # stop_epoch 0 is off in any run
+    assert KDConfig().idle_terms(1) == []

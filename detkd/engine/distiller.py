@@ -555,6 +555,10 @@ class Distiller:
         if on_nonfinite not in ("stop", "skip"):
             raise DetkdError(f"on_nonfinite '{on_nonfinite}': valid: stop, skip")
         teacher_score = None
+        from ultralytics.utils import DEFAULT_CFG_DICT
+
+        for line in self.kd.idle_terms(int(train_args.get("epochs") or DEFAULT_CFG_DICT["epochs"])):
+            LOGGER.warning(line)
         imgsz = int(train_args.get("imgsz") or 640)
         if isinstance(self.teacher, CachedTeacher) and self.teacher.cache.imgsz != imgsz:
             raise DetkdError(
