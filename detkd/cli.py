@@ -19,7 +19,7 @@ import yaml
 
 from detkd import __version__
 from detkd._offline import ensure_offline
-from detkd.errors import ConfigError, DetkdError
+from detkd.errors import ConfigError, DetkdError, RunInterrupted
 
 LOGGER = logging.getLogger("detkd")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -462,9 +462,21 @@ def main(argv: list[str] | None = None) -> int:
     except DetkdError as e:
         print(f"detkd: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("detkd: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"detkd: {_interrupted(ns.command, e)}", file=sys.stderr)
         return 130
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> str:
+    """What Ctrl-C left: the command that resumes the run, or why there is nothing to resume."""
+    from detkd.engine.checkpointing import RESUME_FILE
+
+    folder = e.folder if isinstance(e, RunInterrupted) else None
+    if folder is None:
+        return "interrupted"
+    if (folder / "weights" / RESUME_FILE).is_file():
+        return f"interrupted; continue from the last complete epoch with: detkd {command} --resume {folder}"
+    return f"interrupted before the first epoch ended: nothing to resume in {folder} (start the run again)"
 
 
 if __name__ == "__main__":

@@ -38,3 +38,11 @@ class PairingError(DetkdError, ValueError):
 
 class ConfigError(DetkdError, ValueError):
     """A KD config has an unknown key, a wrong type or an invalid value."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: carries the run folder, so that the CLI can print how to resume it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        super().__init__(str(folder))

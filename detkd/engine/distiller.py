@@ -45,7 +45,7 @@ from detkd.engine.checkpointing import (
 from detkd.engine.runlock import RunLock
 from detkd.engine.train_args import check_threads, check_train_args
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
-from detkd.errors import DetkdError, InputFileError
+from detkd.errors import DetkdError, InputFileError, RunInterrupted
 from detkd.losses.composite import KDComposite
 from detkd.offline.cache import TeacherCache, file_digest, image_digests
 from detkd.offline.teacher import CachedTeacher
@@ -139,7 +139,11 @@ def _run_folder(
     try:
         if save_dir is not None and not resuming:
             check_unfinished(save_dir)  # (under the lock: a run in progress is reported as busy first)
-        yield Path(distributed.broadcast(save_dir))
+        folder = Path(distributed.broadcast(save_dir))
+        try:
+            yield folder
+        except KeyboardInterrupt:
+            raise RunInterrupted(folder) from None
     finally:
         if lock is not None:
             lock.release()
