@@ -52,11 +52,28 @@ def _train_args(ns: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in {**args, **extra}.items() if v is not None}
 
 
+def _batch(text: str) -> int | float:
+    """``--batch``: an integer (``-1``: AutoBatch) or a GPU-memory fraction like ``0.7``, as Ultralytics takes it;
+    the ranges are checked with the other training arguments."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
 def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--data", default=None, help="Ultralytics data YAML (required unless --resume)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--batch",
+        type=_batch,
+        default=16,
+        help="images per batch (16); -1 or a fraction in (0, 1): Ultralytics' AutoBatch on a GPU",
+    )
     p.add_argument("--device", default=None, help="cpu, 0, ... (default: a GPU when there is one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="dataloader workers (Ultralytics uses 0 on CPU)")
@@ -352,7 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="score-field cells (the strongest anchors) kept per image, for logit KD (default 2000; 0: none)",
     )
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--batch",
+        type=_batch,
+        default=16,
+        help="images per batch (16); -1 or a fraction in (0, 1): Ultralytics' AutoBatch on a GPU",
+    )
     p.add_argument("--device", default=None, help="cpu, 0, ... (default: a GPU when there is one)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument(
@@ -372,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--batch",
+        type=_batch,
+        default=16,
+        help="images per batch (16); -1 or a fraction in (0, 1): Ultralytics' AutoBatch on a GPU",
+    )
     p.add_argument("--conf", type=float, default=0.001)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--device", default=None)

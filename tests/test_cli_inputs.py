@@ -28,6 +28,7 @@ def _distill(data, tmp_path, *extra, teacher="yolov8n.yaml"):
         (["--epochs", "-3"], "--epochs -3: must be an integer >= 1"),
         (["--imgsz", "-64"], "--imgsz -64: must be an integer >= 1 (a size in pixels"),
         (["--batch", "0"], "--batch 0: must be >= 1 (or -1, or a fraction in (0, 1), for AutoBatch"),
+        (["--batch", "1.5"], "--batch 1.5: must be >= 1 (or -1, or a fraction in (0, 1), for AutoBatch"),
         (["--threads", "0"], "--threads 0: must be an integer >= 1"),
         (["--workers", "-1"], "--workers -1: must be an integer >= 0"),
         (["--device", "7"], "--device 7: no CUDA device 7 on this machine"),
@@ -50,6 +51,14 @@ def test_bad_options_are_one_line(extra, message, tiny_data, tmp_path, capsys):
     assert main(_distill(tiny_data, tmp_path, *extra)) == 2
     assert message in _err(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("text", "value"), [("-1", -1), ("0.7", 0.7), ("8", 8)])
+def test_batch_takes_what_ultralytics_takes(text, value):
+    from detkd.cli import build_parser
+
+    ns = build_parser().parse_args(["distill", "--batch", text])
+    assert ns.batch == value and type(ns.batch) is type(value)
 
 
 def test_train_command_checks_its_options_too(tiny_data, tmp_path, capsys):
