@@ -369,12 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="score-field cells (the strongest anchors) kept per image, for logit KD (default 2000; 0: none)",
     )
-    p.add_argument(
-        "--batch",
-        type=_batch,
-        default=16,
-        help="images per batch (16); -1 or a fraction in (0, 1): Ultralytics' AutoBatch on a GPU",
-    )
+    p.add_argument("--batch", type=int, default=16, help="images per inference batch (16)")
     p.add_argument("--device", default=None, help="cpu, 0, ... (default: a GPU when there is one)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument(
@@ -394,12 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument(
-        "--batch",
-        type=_batch,
-        default=16,
-        help="images per batch (16); -1 or a fraction in (0, 1): Ultralytics' AutoBatch on a GPU",
-    )
+    p.add_argument("--batch", type=int, default=16, help="images per inference batch (16)")
     p.add_argument("--conf", type=float, default=0.001)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--device", default=None)
