@@ -19,6 +19,7 @@ import yaml
 
 from detkd import __version__
 from detkd._offline import ensure_offline
+from detkd.cli_pairs import expand_pairs, ultralytics_defaults
 from detkd.errors import ConfigError, DetkdError, RunInterrupted
 
 LOGGER = logging.getLogger("detkd")
@@ -65,21 +66,24 @@ def _batch(text: str) -> int | float:
 
 
 def _add_training_options(p: argparse.ArgumentParser, name: str) -> None:
+    """The options ``distill`` and ``train`` share. Each can also be written ``key=value`` (:mod:`detkd.cli_pairs`),
+    as can any Ultralytics training argument (``lr0=0.01``) and, for distill, any KD option (``kd.logit.weight=2``)."""
     p.add_argument("--data", default=None, help="Ultralytics data YAML (required unless --resume)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--imgsz", type=int, default=640)
+    ul = ultralytics_defaults()  # Ultralytics' own defaults, so that detkd trains as `yolo train` would
+    p.add_argument("--epochs", type=int, default=ul.get("epochs", 100), help="epochs (default: %(default)s)")
+    p.add_argument("--imgsz", type=int, default=ul.get("imgsz", 640), help="image size (default: %(default)s)")
     p.add_argument(
         "--batch",
         type=_batch,
-        default=16,
-        help="images per batch (16); -1 or a fraction in (0, 1): Ultralytics' AutoBatch on a GPU",
+        default=ul.get("batch", 16),
+        help="images per batch (default: %(default)s); -1 or a fraction in (0, 1): Ultralytics' AutoBatch on a GPU",
     )
     p.add_argument("--device", default=None, help="cpu, 0, ... (default: a GPU when there is one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=ul.get("seed", 0), help="training seed (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="dataloader workers (Ultralytics uses 0 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--project", default="runs/detkd")
-    p.add_argument("--name", default=name)
+    p.add_argument("--project", default="runs/detkd", help="runs are folders under it (default: %(default)s)")
+    p.add_argument("--name", default=name, help="the run folder's name, numbered if taken (default: %(default)s)")
     p.add_argument("--exist-ok", action="store_true", help="reuse the run folder instead of numbering a new one")
     p.add_argument(
         "--bad-samples",
@@ -311,7 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors from detkd's logger")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("distill", help="train a student with knowledge distillation from a teacher")
+    p = sub.add_parser(
+        "distill",
+        help="train a student with knowledge distillation from a teacher",
+        epilog="Ultralytics-style key=value works too, mixed with the options: detkd distill teacher=t.pt "
+        "model=yolov8n.yaml data=d.yaml epochs=100 lr0=0.01 kd.logit.weight=2 (model= is the student; any "
+        "Ultralytics training argument; kd.* keys: detkd losses)",
+    )
     p.add_argument(
         "--teacher",
         default=None,
@@ -379,7 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_cache)
 
-    p = sub.add_parser("train", help="train a detector without KD (a teacher, or a baseline)")
+    p = sub.add_parser(
+        "train",
+        help="train a detector without KD (a teacher, or a baseline)",
+        epilog="Ultralytics-style key=value works too: detkd train model=yolov8s.yaml data=d.yaml epochs=100 lr0=0.01",
+    )
     p.add_argument("--model", default=None, help="model YAML or .pt")
     _add_training_options(p, "train")
     p.set_defaults(func=_cmd_train)
@@ -465,7 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     ensure_offline()
     from detkd.engine import distributed
 
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        argv = expand_pairs(parser, list(sys.argv[1:] if argv is None else argv))
+    except DetkdError as e:
+        print(f"detkd: error: {e}", file=sys.stderr)
+        return 2
+    ns = parser.parse_args(argv)
     main_rank = distributed.is_main()
     logging.basicConfig(
         level=logging.WARNING if ns.quiet or not main_rank else logging.INFO,

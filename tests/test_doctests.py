@@ -26,6 +26,7 @@ MODULES = [
     "detkd.offline.unlabeled",
     "detkd.teachers.ensemble",
     "detkd.classmap",
+    "detkd.cli_pairs",
     "detkd.export.standalone",
     "detkd.export.checks",
 ]

@@ -1,0 +1,69 @@
+"""``key=value`` command lines as a YOLO user types them: each key reaches the option, training argument or KD
+setting it names, and a mistake is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detkd.cli import build_parser, main
+from detkd.cli_pairs import expand_pairs, ultralytics_defaults
+
+
+def test_defaults_are_ultralytics_own() -> None:
+    ul = ultralytics_defaults()
+    assert {"epochs", "imgsz", "batch", "lr0"} <= set(ul)
+    ns = build_parser().parse_args(["distill"])
+    assert (ns.epochs, ns.imgsz, ns.batch, ns.seed) == (ul["epochs"], ul["imgsz"], ul["batch"], ul["seed"])
+
+
+def test_values_containing_equals_stay_with_their_option() -> None:
+    argv = ["distill", "--set", "kd.logit.weight=2", "--train-arg", "lr0=0.1", "--name=x", "epochs=2"]
+    assert expand_pairs(build_parser(), argv) == [*argv[:-1], "--epochs", "2"]
+
+
+def test_other_commands_are_left_alone() -> None:
+    argv = ["eval", "--model", "m.pt", "--data", "d.yaml"]
+    assert expand_pairs(build_parser(), argv) == argv
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["studnet=yolov8n.yaml"], "studnet=yolov8n.yaml: not an Ultralytics training argument nor a detkd option "
+                                   "(did you mean 'student'?)"),
+        (["lrr0=0.1"], "(did you mean 'lr0'?)"),
+        (["epochs=3", "--epochs", "4"], "epochs=3: --epochs is given too"),
+        (["exist_ok=maybe"], "exist_ok=maybe: expected exist_ok=true or exist_ok=false"),
+        (["project=elsewhere", "--project", "p"], "project=elsewhere: --project is given too"),
+        (["resume=True"], "training argument 'resume'"),
+        (["kd.logit.wieght=2"], "kd.logit: unknown key 'wieght' (did you mean 'weight'?)"),
+    ],
+)  # fmt: skip
+def test_mistakes_are_one_line(pairs, message, tiny_data, tmp_path, capsys) -> None:
+    argv = ["distill", "teacher=yolov8n.yaml", "model=yolov8n.yaml", f"data={tiny_data}", "epochs=1", "imgsz=32",
+            "device=cpu", f"project={tmp_path / 'runs'}"]  # fmt: skip
+    if any(p.startswith("epochs=") for p in pairs):
+        argv.remove("epochs=1")
+    if any(p.startswith("project=") for p in pairs):
+        argv = [a for a in argv if not a.startswith("project=")]
+    assert main([*argv, *pairs]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_yolo_style_command_line_distils(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    argv = ["distill", "teacher=yolov8n.yaml", "model=yolov8n.yaml", f"data={tiny_data}", "epochs=1", "imgsz=32",
+            "batch=4", "device=cpu", "workers=0", f"project={tmp_path}", "name=kv", "lr0=0.02", "mosaic=0",
+            "kd.logit.weight=2", "kd.feature.method=cwd", "allow_random_teacher=true"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "kv" / "detkd_run.json").read_text())
+    assert meta["student"] == "yolov8n.yaml" and meta["teacher_spec"] == "yolov8n.yaml"
+    assert meta["train_args"]["lr0"] == 0.02 and meta["train_args"]["mosaic"] == 0
+    assert (meta["train_args"]["epochs"], meta["train_args"]["batch"], meta["train_args"]["imgsz"]) == (1, 4, 32)
+    assert meta["kd"]["logit"]["weight"] == 2 and meta["kd"]["feature"]["method"] == "cwd"
+    assert meta["allow_random_teacher"] is True
