@@ -136,3 +136,15 @@ def test_a_schedule_that_leaves_a_term_off_for_the_whole_run_is_named():
     assert "stops it at epoch -2" in idle[0] and "off for the whole run" in idle[0]
     assert [t.split(":")[0] for t in kd.idle_terms(12)] == ["kd.logit"]  # stop_epoch 0 is off in any run
     assert KDConfig().idle_terms(1) == []
+
+
+def test_the_python_api_takes_the_recipe_as_a_dict_or_a_kdconfig(tiny_data):
+    from detkd import Distiller
+    from detkd.config import KDConfig
+
+    by_dict = Distiller(
+        "yolov8n.yaml", "yolov8n.yaml", tiny_data, kd={"logit": {"weight": 2.0}}, overrides=["box.weight=0"]
+    )
+    assert by_dict.kd.logit.weight == 2.0 and by_dict.kd.box.weight == 0
+    by_config = Distiller("yolov8n.yaml", "yolov8n.yaml", tiny_data, kd=by_dict.kd)
+    assert by_config.kd == by_dict.kd and isinstance(by_config.kd, KDConfig)

@@ -405,7 +405,8 @@ class Distiller:
             torchvision builder without weights is a random network: refused unless ``allow_random_teacher``.
         student: a model YAML (e.g. ``yolov8n.yaml``) or a ``.pt`` to start from.
         data: an Ultralytics data YAML.
-        kd: a :class:`KDConfig`, a path to a KD YAML, or None for the defaults.
+        kd: a :class:`KDConfig`, a dict of its sections (as in a KD YAML), a path to a KD YAML, or None for the
+            defaults.
         overrides: ``section.key=value`` strings applied on top of ``kd`` (e.g. ``["logit.weight=2"]``).
         class_map: a class-map YAML mapping the teacher's classes to the data's (see :mod:`detkd.classmap`);
             without one, a teacher whose classes include every data class by name is mapped by name.
@@ -428,7 +429,7 @@ class Distiller:
         teacher: str | Path | None,
         student: str | Path,
         data: str | Path | DataSpec,
-        kd: KDConfig | str | Path | None = None,
+        kd: KDConfig | dict[str, Any] | str | Path | None = None,
         *,
         overrides: list[str] | None = None,
         class_map: str | Path | None = None,
