@@ -83,6 +83,8 @@ def expand_pairs(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     known = set(by_dest) | set(ultralytics_defaults())
     for key, value in pairs:
         if key.startswith("kd."):
+            if "--set" not in flags:
+                raise ConfigError(f"{key}={value}: KD settings apply to detkd distill, not {command}")
             out += ["--set", f"{key}={value}"]
             continue
         dest = _ALIASES.get(command, {}).get(key, key).replace("-", "_")

@@ -24,6 +24,11 @@ def test_values_containing_equals_stay_with_their_option() -> None:
     assert expand_pairs(build_parser(), argv) == [*argv[:-1], "--epochs", "2"]
 
 
+def test_kd_keys_belong_to_distill(capsys) -> None:
+    assert main(["train", "model=yolov8n.yaml", "kd.logit.weight=2"]) == 2
+    assert "kd.logit.weight=2: KD settings apply to detkd distill, not train" in capsys.readouterr().err
+
+
 def test_other_commands_are_left_alone() -> None:
     argv = ["eval", "--model", "m.pt", "--data", "d.yaml"]
     assert expand_pairs(build_parser(), argv) == argv
