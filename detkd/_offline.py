@@ -21,34 +21,46 @@ def ensure_offline() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 
-def _local_font_only(font: str = "Arial.ttf") -> Path | None:
-    """Ultralytics' ``check_font`` without the download: the font from its settings folder, if one is there."""
+def local_font(font: str = "Arial.ttf") -> Path | None:
+    """Ultralytics' ``check_font`` without the download.
+
+    The font from Ultralytics' settings folder if one is there (a user who has run Ultralytics online has Arial),
+    else DejaVu Sans, which matplotlib ships with every install (it covers Latin, Greek and Cyrillic class names);
+    None only if matplotlib's font files were removed (Ultralytics then draws with PIL's default bitmap font).
+    """
     from ultralytics.utils import USER_CONFIG_DIR
 
     path = Path(USER_CONFIG_DIR) / Path(font).name
-    return path if path.exists() else None
+    if path.exists():
+        return path
+    import matplotlib
+
+    bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return bundled if bundled.exists() else None
 
 
 @contextlib.contextmanager
 def offline_guards() -> Iterator[None]:
     """Switch off the network calls Ultralytics and its export toolchain make even with ``YOLO_OFFLINE=1``.
 
-    * ``check_det_dataset`` fetches Arial.ttf for plotting on every dataset check (training, INT8 calibration):
-      only a local font is used;
+    * ``check_det_dataset`` fetches Arial.ttf on every dataset check (training, INT8 calibration), and the
+      plotting module's ``Annotator`` (batch previews, predictions) on first use: a local font is used instead
+      (:func:`local_font`), so ``plots=True`` works offline;
     * the AMP self-test downloads yolo26n.pt on CUDA: skipped, AMP stays on (as when the test passes);
     * OpenVINO's converter and NNCF send usage telemetry to Google Analytics unless the user opted out: declined.
     """
     _decline_openvino_telemetry()
     import ultralytics.data.utils as ul_data
     import ultralytics.engine.trainer as ul_trainer
+    import ultralytics.utils.plotting as ul_plotting
 
-    saved = (ul_data.check_font, ul_trainer.check_amp)
-    ul_data.check_font = _local_font_only
+    saved = (ul_data.check_font, ul_plotting.check_font, ul_trainer.check_amp)
+    ul_data.check_font = ul_plotting.check_font = local_font
     ul_trainer.check_amp = lambda model: True
     try:
         yield
     finally:
-        ul_data.check_font, ul_trainer.check_amp = saved
+        ul_data.check_font, ul_plotting.check_font, ul_trainer.check_amp = saved
 
 
 def _decline_openvino_telemetry() -> None:

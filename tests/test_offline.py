@@ -1,4 +1,4 @@
-"""Nothing downloads at run time: a full distill -> eval -> export runs with networking blocked.
+"""Nothing downloads at run time: a full distill (plots on) -> eval -> export runs with networking blocked.
 
 The subprocess gets a ``sitecustomize`` that makes every DNS lookup and socket connection fail *and records it*,
 and an environment without ``YOLO_OFFLINE``, so the test also proves that detkd switches Ultralytics offline itself.
@@ -51,7 +51,11 @@ def test_distill_eval_export_with_network_blocked(tiny_data, trained_student, sh
     run("distill", "--teacher", "yolov8n.yaml", "--student", "yolov8n.yaml", "--data", str(tiny_data),
         "--epochs", "1", "--imgsz", "64", "--batch", "4", "--device", "cpu", "--project", str(tmp_path / "runs"),
         "--name", "kd")  # fmt: skip
-    best = tmp_path / "runs" / "kd" / "weights" / "best.pt"
+    run_dir = tmp_path / "runs" / "kd"
+    # plots are on by default: Ultralytics' (whose font lookup would go online) and detkd's KD plot
+    for plot in ("results.png", "kd_terms.png", "labels.jpg", "train_batch0.jpg", "confusion_matrix.png"):
+        assert (run_dir / plot).is_file(), (plot, sorted(p.name for p in run_dir.iterdir()))
+    best = run_dir / "weights" / "best.pt"
     run("eval", "--model", str(best), "--data", str(tiny_data), "--imgsz", "64")
     # INT8 calibration is where Ultralytics would fetch COCO8 if it were not given the data; a student that detects
     # something, so every gate can pass (an untrained one's INT8 gate is rightly inconclusive)

@@ -59,8 +59,9 @@ LOGGER = logging.getLogger(__name__)
 SCALE_SENSITIVE = ("mse", "fine_grained", "fgd", "mgd")  # feature methods that match raw values
 
 RUN_META = "detkd_run.json"
-# detkd's defaults for Ultralytics training arguments (any can be overridden by the caller).
-DEFAULT_TRAIN_ARGS: dict[str, Any] = {"plots": False, "verbose": True}
+# detkd's defaults for Ultralytics training arguments (any can be overridden by the caller); plots on as in
+# Ultralytics (results.png, confusion matrix, PR curves, batch previews) plus detkd's kd_terms.png.
+DEFAULT_TRAIN_ARGS: dict[str, Any] = {"plots": True, "verbose": True}
 
 
 @dataclass

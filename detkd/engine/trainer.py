@@ -50,6 +50,7 @@ from detkd.engine.checkpointing import (
     use_epoch_shuffle,
 )
 from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, NonFiniteLossError, ratio_item_names
+from detkd.engine.kd_plot import plot_kd_terms
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
 from detkd.offline.dataset import MixedBatches, SoftLabelSource, split_soft
@@ -287,6 +288,15 @@ class DetectorTrainer(DetectionTrainer):
             "grads": [None if p.grad is None else p.grad.detach().clone() for g in optimizer.param_groups
                       for p in g["params"]],
         }  # fmt: skip
+
+    def plot_metrics(self) -> None:
+        """Ultralytics' ``results.png``, and beside it detkd's ``kd_terms.png`` (the KD terms per epoch)."""
+        super().plot_metrics()
+        path = self.save_dir / KD_TERMS_CSV
+        if path.is_file():
+            plotted = plot_kd_terms(path)
+            if plotted is not None:
+                self.on_plot(plotted)
 
     def kd_state(self) -> dict[str, Any]:
         """State of the KD objective (none without KD)."""
