@@ -216,40 +216,16 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _cmd_eval(ns: argparse.Namespace) -> int:
-    from detkd.data.checks import split_report
-    from detkd.data.dataset import load_data_spec
-    from detkd.engine.checkpointing import check_writable
-    from detkd.engine.train_args import check_device, check_imgsz, check_threads
-    from detkd.engine.trainer import set_cpu_threads, torch_device_name
-    from detkd.eval.coco import evaluate
-    from detkd.eval.predict import TorchPredictor, data_class_map, on_data_classes
-    from detkd.eval.report import write_eval_report
-    from detkd.students import ultralytics_yolo as uy
-    from detkd.teachers import load_eval_model
+    from detkd.eval.api import evaluate_model
 
-    check_device(ns.device)
-    check_threads(ns.threads)
-    check_imgsz(ns.imgsz)
-    if ns.batch < 1:
-        raise ConfigError(f"--batch {ns.batch}: must be at least 1")
-    spec = load_data_spec(ns.data)
-    split_report(spec, ns.split, ns.bad_samples)
-    model = load_eval_model(ns.model)
-    out = Path(ns.out) if ns.out else Path(ns.model).resolve().parent / f"eval_{ns.split}"
-    check_writable(out)
-    cmap = data_class_map(uy.class_names(model), spec.names, ns.class_map, source=ns.model)
-    device = torch_device_name(ns.device)
-    if device == "cpu":
-        set_cpu_threads(ns.threads)
-    predictor = on_data_classes(TorchPredictor(model, device), cmap)
-    result = evaluate(predictor, spec, ns.split, imgsz=ns.imgsz, batch=ns.batch, conf=ns.conf, iou=ns.iou)
-    path = write_eval_report(result, out, f"COCO evaluation of {ns.model}", extra={"model": str(ns.model)})
-    LOGGER.info("wrote %s and %s", path, path.with_name("metrics.md"))
-    print(
-        json.dumps(
-            {"model": str(ns.model), "split": ns.split, **result.metrics, "images_per_second": result.images_per_second}
-        )
-    )
+    result = evaluate_model(
+        ns.model, ns.data, split=ns.split, imgsz=ns.imgsz, batch=ns.batch, conf=ns.conf, iou=ns.iou, rect=ns.rect,
+        device=ns.device, threads=ns.threads, class_map=ns.class_map, bad_samples=ns.bad_samples,
+        project=ns.project, name=ns.name, out=ns.out, plots=ns.plots,
+    )  # fmt: skip
+    print(json.dumps({"model": str(ns.model), "split": ns.split, **result.metrics,
+                      "images_per_second": result.images_per_second, "yolo": {k: v for k, v in result.yolo.items()
+                      if k != "per_class"}, "save_dir": result.save_dir}))  # fmt: skip
     return 0
 
 
@@ -398,17 +374,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p, "train")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="COCO mAP of a model on a dataset split")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="val")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=16, help="images per inference batch (16)")
-    p.add_argument("--conf", type=float, default=0.001)
-    p.add_argument("--iou", type=float, default=0.7)
+    p = sub.add_parser(
+        "eval",
+        help="COCO mAP of a model on a dataset split",
+        description="COCO mAP (pycocotools) and Ultralytics' mAP of the same detections, at the checkpoint's "
+        "training image size with Ultralytics' rectangular batches by default, as yolo val does.",
+        epilog="Ultralytics-style key=value works too: detkd eval model=best.pt data=d.yaml imgsz=320",
+    )
+    p.add_argument("--model", required=True, help="checkpoint (.pt)")
+    p.add_argument("--data", required=True, help="data YAML")
+    p.add_argument("--split", default="val", help="split to score (default: %(default)s)")
+    p.add_argument("--imgsz", type=int, default=None, help="inference size (default: the checkpoint's training size)")
+    p.add_argument("--batch", type=int, default=16, help="images per inference batch (default: %(default)s)")
+    p.add_argument("--conf", type=float, default=0.001, help="score threshold (default: %(default)s)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU (default: %(default)s)")
+    p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,
+                   help="Ultralytics' rectangular batches, as yolo val (default); --no-rect: square letterboxes, "
+                   "as a static-shape export takes them")  # fmt: skip
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="PR/F1/P/R curves and confusion matrices in the report folder (default: on)")  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None, help="report folder (default: <model folder>/eval_<split>)")
+    p.add_argument("--project", default="runs/detkd", help="reports are folders under it (default: %(default)s)")
+    p.add_argument("--name", default="eval", help="the report folder's name, numbered if taken (default: %(default)s)")
+    p.add_argument("--out", default=None, help="report folder (default: a new PROJECT/NAME)")
     p.add_argument(
         "--class-map",
         default=None,
@@ -513,7 +502,7 @@ def _interrupted(command: str, e: KeyboardInterrupt) -> str:
         return "interrupted"
     if (folder / "weights" / RESUME_FILE).is_file():
         return f"interrupted; continue from the last complete epoch with: detkd {command} --resume {folder}"
-    return f"interrupted before the first epoch ended: nothing to resume in {folder} (start the run again)"
+    return f"interrupted before the first epoch ended: nothing was saved in {folder} (start the run again)"
 
 
 if __name__ == "__main__":

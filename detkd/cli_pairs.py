@@ -1,10 +1,12 @@
-"""Ultralytics-style ``key=value`` arguments for ``detkd distill`` and ``detkd train``.
+"""Ultralytics-style ``key=value`` arguments for ``detkd distill``, ``train``, ``eval``, ``export`` and ``cache``.
 
 ``detkd distill teacher=t.pt model=yolov8n.yaml data=d.yaml epochs=3 lr0=0.01 kd.logit.weight=2`` reads as a YOLO
 user types it. Each ``key=value`` becomes the dashed option it names (``epochs=3`` -> ``--epochs 3``; ``model=`` is
 the student for ``distill``, as it is the trained model for ``yolo train``), a ``kd.*`` key becomes ``--set``, and
 any other key an Ultralytics training argument (``--train-arg``), which is then checked against Ultralytics' own
-configuration with a "did you mean". A value given both ways is refused rather than one of them dropped.
+configuration with a "did you mean". ``eval``, ``export`` and ``cache`` take their own options this way
+(``detkd eval model=best.pt data=d.yaml imgsz=320 rect=false``). A value given both ways is refused rather than one
+of them dropped.
 
 Ultralytics' defaults are read from its ``cfg/default.yaml`` without importing Ultralytics (``--help`` stays fast).
 """
@@ -23,7 +25,8 @@ import yaml
 
 from detkd.errors import ConfigError
 
-PAIR_COMMANDS = ("distill", "train")
+TRAINING_COMMANDS = ("distill", "train")  # unknown keys are Ultralytics training arguments
+PAIR_COMMANDS = (*TRAINING_COMMANDS, "eval", "export", "cache")
 _PAIR = re.compile(r"^([A-Za-z_][\w.-]*)=(.*)$", re.S)
 _ALIASES = {"distill": {"model": "student"}}  # Ultralytics' name -> detkd's option
 _NOT_PAIRS = {"set", "train_arg", "help", "resume"}  # options that have no key=value spelling
@@ -50,7 +53,7 @@ def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argumen
 
 
 def expand_pairs(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``argv`` with every ``key=value`` token of a ``distill``/``train`` command turned into detkd's options.
+    """``argv`` with every ``key=value`` token of a command in :data:`PAIR_COMMANDS` turned into detkd's options.
 
     >>> from detkd.cli import build_parser
     >>> expand_pairs(build_parser(), ["distill", "model=n.yaml", "epochs=3", "lr0=0.01", "kd.logit.weight=2"])
@@ -89,6 +92,10 @@ def expand_pairs(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
             continue
         dest = _ALIASES.get(command, {}).get(key, key).replace("-", "_")
         action = by_dest.get(dest)
+        if action is None and command not in TRAINING_COMMANDS:
+            close = difflib.get_close_matches(key, sorted(by_dest), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}={value}: not an option of detkd {command}{hint}; see detkd {command} --help")
         if action is None:
             if ultralytics_defaults() and key not in ultralytics_defaults():
                 close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -104,7 +111,10 @@ def expand_pairs(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
             on = yaml.safe_load(value) if value else None
             if not isinstance(on, bool):
                 raise ConfigError(f"{key}={value}: expected {key}=true or {key}=false")
-            out += [flag] if on else []
+            if isinstance(action, argparse.BooleanOptionalAction):  # --rect / --no-rect
+                out += [flag if on else next(f for f in action.option_strings if f.startswith("--no-"))]
+            else:
+                out += [flag] if on else []
         else:
             out += [flag, value]
     return out

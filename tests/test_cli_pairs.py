@@ -32,6 +32,36 @@ def test_kd_keys_belong_to_distill(capsys) -> None:
 def test_other_commands_are_left_alone() -> None:
     argv = ["eval", "--model", "m.pt", "--data", "d.yaml"]
     assert expand_pairs(build_parser(), argv) == argv
+    assert expand_pairs(build_parser(), ["bench", "report", "x=1"]) == ["bench", "report", "x=1"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["eval", "model=m.pt", "data=d.yaml", "imgsz=320", "rect=false", "plots=true"],
+         ["eval", "--model", "m.pt", "--data", "d.yaml", "--imgsz", "320", "--no-rect", "--plots"]),
+        (["export", "model=m.pt", "format=onnx,ncnn", "imgsz=320", "calib_images=64"],
+         ["export", "--model", "m.pt", "--format", "onnx,ncnn", "--imgsz", "320", "--calib-images", "64"]),
+        (["cache", "teacher=t.pt", "data=d.yaml", "imgsz=320", "out=c"],
+         ["cache", "--teacher", "t.pt", "--data", "d.yaml", "--imgsz", "320", "--out", "c"]),
+    ],
+)  # fmt: skip
+def test_eval_export_and_cache_take_key_value(argv, expected) -> None:
+    assert expand_pairs(build_parser(), argv) == expected
+    build_parser().parse_args(expected)  # and argparse accepts what they became
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "model=m.pt", "imgsize=320"], "imgsize=320: not an option of detkd eval (did you mean 'imgsz'?)"),
+        (["export", "model=m.pt", "lr0=0.1"], "lr0=0.1: not an option of detkd export"),
+        (["eval", "model=m.pt", "rect=sometimes"], "rect=sometimes: expected rect=true or rect=false"),
+    ],
+)  # fmt: skip
+def test_eval_and_export_refuse_keys_they_do_not_have(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -72,3 +102,11 @@ def test_a_yolo_style_command_line_distils(tiny_data: Path, tmp_path: Path, caps
     assert (meta["train_args"]["epochs"], meta["train_args"]["batch"], meta["train_args"]["imgsz"]) == (1, 4, 32)
     assert meta["kd"]["logit"]["weight"] == 2 and meta["kd"]["feature"]["method"] == "cwd"
     assert meta["allow_random_teacher"] is True
+    capsys.readouterr()
+    best = tmp_path / "kv" / "weights" / "best.pt"
+    assert main(["eval", f"model={best}", f"data={tiny_data}", "rect=false", "plots=false", "device=cpu",
+                 f"project={tmp_path}", "name=ev"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["save_dir"] == str((tmp_path / "ev").resolve()) and "AP" in report and "mAP50-95" in report["yolo"]
+    settings = json.loads((tmp_path / "ev" / "metrics.json").read_text())["settings"]
+    assert settings["imgsz"] == 32 and settings["letterbox"] == "square"  # the checkpoint's size, not 640

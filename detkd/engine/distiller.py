@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -131,10 +132,11 @@ def _run_folder(
     if not name or name in (".", "..") or Path(name).is_absolute() or ".." in Path(name).parts:
         raise DetkdError(f"--name {name!r}: must name a folder inside --project (no '..', not absolute, not empty)")
     distributed.init(device)
-    save_dir, lock = None, None
+    save_dir, lock, created, failed = None, None, False, True
     if distributed.is_main():
         save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=exist_ok or resuming))
         check_own_files(save_dir)
+        created = not save_dir.exists()
         check_writable(save_dir)
         lock = RunLock(save_dir).acquire()
     try:
@@ -145,9 +147,23 @@ def _run_folder(
             yield folder
         except KeyboardInterrupt:
             raise RunInterrupted(folder) from None
+        failed = False
     finally:
         if lock is not None:
             lock.release()
+        if failed and created and save_dir is not None:
+            _remove_if_nothing_saved(save_dir)
+
+
+def _remove_if_nothing_saved(save_dir: Path) -> None:
+    """A run that failed before its first checkpoint leaves no numbered folder behind (``distill-2``,
+    ``distill-3``, ... of failed starts would hide the run that worked); only a folder this run created, and only
+    when it holds no weights."""
+    weights = save_dir / "weights"
+    if weights.is_dir() and any(weights.iterdir()):
+        return
+    shutil.rmtree(save_dir, ignore_errors=True)
+    LOGGER.info("%s: removed (the run stopped before it saved anything)", save_dir)
 
 
 def _check_room(save_dir: Path, model: torch.nn.Module) -> None:

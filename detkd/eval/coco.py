@@ -11,14 +11,18 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detkd.data.coco import ground_truth_for_split
 from detkd.data.dataset import DataSpec
 from detkd.eval.predict import Predictor, iterate_batches, postprocess
+from detkd.eval.yolo_metrics import yolo_metrics
+from detkd.progress import progress_bar
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +40,9 @@ class EvalResult:
     images_per_second: float
     ground_truth: str
     settings: dict[str, Any] = field(default_factory=dict)
+    # the same detections scored by Ultralytics' definition (``yolo val``): precision, recall, mAP50, mAP50-95
+    yolo: dict[str, Any] = field(default_factory=dict)
+    save_dir: str | None = None  # the report folder, when one was written
 
     @property
     def map50_95(self) -> float:
@@ -99,9 +106,20 @@ def evaluate(
     iou: float = 0.7,
     max_det: int = 300,
     max_images: int | None = None,
+    rect: bool = False,
+    stride: int = 32,
+    plot_dir: Path | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Predict every image of ``split`` (``max_images``: an evenly spaced subset of that many) and score the
-    detections against the COCO ground truth."""
+    detections against the COCO ground truth, with pycocotools and with Ultralytics' definition.
+
+    Args:
+        rect: Ultralytics' rectangular validation batches (what ``yolo val`` does) instead of square letterboxes
+            (what a static-shape export takes); ``stride`` is the model's largest stride.
+        plot_dir: where to draw Ultralytics' PR/F1/P/R curves and confusion matrices (None: no plots).
+        progress: show a progress bar (images/s) on stderr.
+    """
     gt, category_map, images, gt_source = ground_truth_for_split(spec, split)
     if max_images is not None and len(images) > max_images:
         step = len(images) / max_images
@@ -113,12 +131,19 @@ def evaluate(
     image_ids = {str(im["file_name"]).rsplit("/", 1)[-1]: int(im["id"]) for im in gt["images"]}
     bs = min(batch, predictor.max_batch or batch)
     detections: list[dict[str, Any]] = []
+    per_image: dict[int, np.ndarray] = {}
     started = time.perf_counter()
-    for x, metas, paths in iterate_batches(images, imgsz, bs):
-        for path, det in zip(
-            paths, postprocess(predictor(x), metas, end2end=predictor.end2end, conf=conf, iou=iou, max_det=max_det)
-        ):
+    bar = progress_bar(len(images), f"eval {predictor.name}", enabled=progress)
+    for x, metas, paths in iterate_batches(images, imgsz, bs, rect=rect, stride=stride):
+        raw = predictor(x)
+        dets = postprocess(raw, metas, end2end=predictor.end2end, conf=conf, iou=iou, max_det=max_det, clip=False)
+        for path, meta, det in zip(paths, metas, dets, strict=True):
             image_id = image_ids[path.name]
+            # Ultralytics scores boxes unclipped (in the network input); COCO's are clipped to the image
+            per_image[image_id] = det
+            det = det.copy()
+            det[:, [0, 2]] = det[:, [0, 2]].clip(0, meta.orig_w)
+            det[:, [1, 3]] = det[:, [1, 3]].clip(0, meta.orig_h)
             for x1, y1, x2, y2, score, cls in det.tolist():
                 detections.append(
                     {
@@ -128,10 +153,13 @@ def evaluate(
                         "score": round(score, 5),
                     }
                 )
+        bar.update(len(paths))
+    bar.close()
     elapsed = time.perf_counter() - started
     names_by_category = {category_map[i]: n for i, n in spec.names.items()}
     metrics, per_class, summary = coco_metrics(gt, detections, names_by_category)
     LOGGER.debug("pycocotools summary (%s, %s):\n%s", predictor.name, split, summary)
+    yolo = yolo_metrics(*_per_image(gt, per_image, category_map), spec.names, plot_dir=plot_dir)
     return EvalResult(
         metrics=metrics,
         per_class=per_class,
@@ -146,6 +174,26 @@ def evaluate(
             "conf": conf,
             "iou": iou,
             "max_det": max_det,
+            "letterbox": "rect" if rect else "square",
             "runtime": predictor.name,
         },
+        yolo=yolo,
     )
+
+
+def _per_image(
+    gt: dict[str, Any], detections: Mapping[int, np.ndarray], category_map: Mapping[int, int]
+) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """Detections and ground truth (xyxy, class index) per image of ``gt``, in the same order."""
+    index_of = {c: i for i, c in category_map.items()}
+    boxes: dict[int, list[list[float]]] = {int(im["id"]): [] for im in gt["images"]}
+    classes: dict[int, list[int]] = {i: [] for i in boxes}
+    for a in gt["annotations"]:
+        if a.get("iscrowd"):
+            continue
+        x, y, w, h = a["bbox"]
+        boxes[int(a["image_id"])].append([x, y, x + w, y + h])
+        classes[int(a["image_id"])].append(index_of[int(a["category_id"])])
+    dets = [detections.get(i, np.zeros((0, 6))) for i in boxes]
+    truth = [(np.array(boxes[i], dtype=np.float64).reshape(-1, 4), np.array(classes[i], dtype=np.int64)) for i in boxes]
+    return dets, truth

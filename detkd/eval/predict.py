@@ -8,6 +8,7 @@ pad value 114, scaled to [0, 1].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +21,7 @@ from torchvision.ops import nms
 
 from detkd.classmap import ClassMap, resolve_class_map
 from detkd.errors import InputFileError
-from detkd.export.standalone import LetterboxMeta, letterbox, preprocess
+from detkd.export.standalone import PAD_VALUE, LetterboxMeta, letterbox, preprocess
 from detkd.export.standalone import postprocess as bundle_postprocess
 
 __all__ = [
@@ -33,7 +34,9 @@ __all__ = [
     "on_data_classes",
     "postprocess",
     "preprocess",
+    "preprocess_rect",
     "read_image",
+    "rect_batches",
 ]
 
 
@@ -46,12 +49,80 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def iterate_batches(
-    paths: Sequence[Path], size: int, batch: int
+    paths: Sequence[Path], size: int, batch: int, *, rect: bool = False, stride: int = 32
 ) -> Iterator[tuple[np.ndarray, list[LetterboxMeta], list[Path]]]:
+    """Batches of preprocessed images: square ``size`` x ``size`` letterboxes (what static-shape exports take), or
+    with ``rect`` Ultralytics' rectangular validation batches (:func:`rect_batches`)."""
+    if rect:
+        for chunk, shape in rect_batches(paths, size, batch, stride):
+            x, metas = preprocess_rect([read_image(p) for p in chunk], size, shape)
+            yield x, metas, chunk
+        return
     for i in range(0, len(paths), batch):
         chunk = list(paths[i : i + batch])
         x, metas = preprocess([read_image(p) for p in chunk], size)
         yield x, metas, chunk
+
+
+def image_hw(path: Path) -> tuple[int, int]:
+    """An image's height and width from its header (no decode); a clear error when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise InputFileError(path, f"image does not decode ({e})") from e
+    return h, w
+
+
+def rect_batches(paths: Sequence[Path], size: int, batch: int, stride: int) -> list[tuple[list[Path], tuple[int, int]]]:
+    """Ultralytics' rectangular validation batches (``yolo val``'s default): images sorted by aspect ratio, each
+    batch of ``batch`` given the smallest stride-multiple (height, width) that holds its images with the long side
+    at ``size``, plus half a stride of padding (``ceil(shape * size / stride + 0.5) * stride``): a batch of
+    640 x 512 frames at ``size`` 256 is 224 x 288.
+    """
+    if not paths:
+        return []
+    hw = np.array([image_hw(p) for p in paths], dtype=np.float64)
+    ar = hw[:, 0] / hw[:, 1]
+    order = np.argsort(ar, kind="stable")
+    out = []
+    for i in range(0, len(order), batch):
+        idx = order[i : i + batch]
+        lo, hi = ar[idx].min(), ar[idx].max()
+        shape = [hi, 1.0] if hi < 1 else [1.0, 1 / lo] if lo > 1 else [1.0, 1.0]
+        h, w = (np.ceil(np.array(shape) * size / stride + 0.5).astype(int) * stride).tolist()
+        out.append(([paths[j] for j in idx], (int(h), int(w))))
+    return out
+
+
+def preprocess_rect(
+    images: list[np.ndarray], size: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, list[LetterboxMeta]]:
+    """BGR images -> float32 (B, 3, H, W) RGB in [0, 1] as Ultralytics' validation loader makes them: the long side
+    resized to ``size`` (the short side rounded up), then centred without scaling up in the batch's ``shape``."""
+    batch, metas = [], []
+    for img in images:
+        if img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        h0, w0 = img.shape[:2]
+        r = size / max(h0, w0)
+        if r != 1:
+            img = cv2.resize(img, (min(math.ceil(w0 * r), size), min(math.ceil(h0 * r), size)),
+                             interpolation=cv2.INTER_LINEAR)  # fmt: skip
+        h1, w1 = img.shape[:2]
+        r2 = min(shape[0] / h1, shape[1] / w1, 1.0)
+        nw, nh = max(round(w1 * r2), 1), max(round(h1 * r2), 1)
+        if (nw, nh) != (w1, h1):
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        dw, dh = (shape[1] - nw) / 2, (shape[0] - nh) / 2
+        top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
+        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+        batch.append(img[:, :, ::-1].transpose(2, 0, 1))
+        # Ultralytics maps boxes back with the height's gain
+        metas.append(LetterboxMeta(ratio=nh / h0, left=left, top=top, orig_h=h0, orig_w=w0))
+    return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, metas
 
 
 class Predictor(Protocol):
@@ -166,6 +237,7 @@ def postprocess(
     conf: float = 0.001,
     iou: float = 0.7,
     max_det: int = 300,
+    clip: bool = True,
 ) -> list[np.ndarray]:
     """NMS (class-aware, multi-label) and mapping back to original pixels: the bundle's own postprocessing
     (:func:`detkd.export.standalone.postprocess`) with torchvision's NMS and the evaluation threshold.
@@ -174,5 +246,5 @@ def postprocess(
         One (n, 6) array per image: x1, y1, x2, y2, score, class.
     """
     return bundle_postprocess(
-        raw, list(metas), end2end=end2end, conf=conf, iou=iou, max_det=max_det, nms_fn=_torchvision_nms
+        raw, list(metas), end2end=end2end, conf=conf, iou=iou, max_det=max_det, nms_fn=_torchvision_nms, clip=clip
     )

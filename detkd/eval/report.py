@@ -1,4 +1,4 @@
-"""Evaluation reports: ``metrics.json`` and a Markdown table."""
+"""Evaluation reports: ``metrics.json`` and a Markdown table (pycocotools and Ultralytics' definitions side by side)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def eval_markdown(result: EvalResult, title: str) -> str:
         f"# {title}",
         "",
         f"- split: `{result.settings.get('split')}`, {result.images} images, imgsz {result.settings.get('imgsz')}, "
-        f"runtime {result.settings.get('runtime')}",
+        f"{result.settings.get('letterbox', 'square')} letterbox, runtime {result.settings.get('runtime')}",
         f"- ground truth: {result.ground_truth}",
         f"- speed: {result.images_per_second:.1f} images/s (preprocess + inference + NMS)",
         "",
@@ -32,9 +32,22 @@ def eval_markdown(result: EvalResult, title: str) -> str:
         "|" + "---|" * 6,
         "| " + " | ".join(fmt(m[k]) for k in STAT_NAMES[:6]) + " |",
         "",
-        "| class | AP |",
-        "|---|---|",
-        *[f"| {name} | {fmt(ap)} |" for name, ap in result.per_class.items()],
+    ]
+    y = result.yolo
+    if y:
+        lines += [
+            "Ultralytics' definition (``yolo val``, ``results.csv``) of the same detections:",
+            "",
+            "| P | R | mAP50 | mAP50-95 |",
+            "|---|---|---|---|",
+            f"| {fmt(y['precision'])} | {fmt(y['recall'])} | {fmt(y['mAP50'])} | {fmt(y['mAP50-95'])} |",
+            "",
+        ]
+    yolo_ap = y.get("per_class", {}) if y else {}
+    lines += [
+        "| class | AP (pycocotools) | mAP50-95 (Ultralytics) |",
+        "|---|---|---|",
+        *[f"| {name} | {fmt(ap)} | {fmt(yolo_ap.get(name))} |" for name, ap in result.per_class.items()],
         "",
     ]
     return "\n".join(lines)

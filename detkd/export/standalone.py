@@ -109,8 +109,10 @@ def postprocess(
     iou: float = 0.7,
     max_det: int = 300,
     nms_fn: Any = None,
+    clip: bool = True,
 ) -> list[np.ndarray]:
-    """Raw predictions -> one (n, 6) array per image (x1, y1, x2, y2, score, class) in original pixels.
+    """Raw predictions -> one (n, 6) array per image (x1, y1, x2, y2, score, class) in original pixels (clipped
+    to the image unless ``clip`` is false).
 
     ``raw`` is (B, 4 + nc, A) (xywh in input pixels + class probabilities; class-aware, multi-label NMS here) or,
     for end-to-end heads, (B, N, 6) (xyxy, score, class; no NMS needed). ``nms_fn(boxes, scores, iou)`` replaces
@@ -137,8 +139,11 @@ def postprocess(
             keep = (nms_fn or nms)(boxes + offset, scores, iou)[:max_det]
             boxes, scores, classes = boxes[keep], scores[keep], c_idx[keep].astype(np.float32)
         boxes = boxes.copy()
-        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - meta.left) / meta.ratio).clip(0, meta.orig_w)
-        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - meta.top) / meta.ratio).clip(0, meta.orig_h)
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - meta.left) / meta.ratio
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - meta.top) / meta.ratio
+        if clip:
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, meta.orig_w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, meta.orig_h)
         results.append(np.concatenate((boxes, scores[:, None], classes[:, None]), axis=1).astype(np.float32))
     return results
 

@@ -37,6 +37,7 @@ from detkd.offline.cache import (
     write_shard,
 )
 from detkd.offline.soft import dense_field, dense_to_detections
+from detkd.progress import progress_bar
 
 LOGGER = logging.getLogger(__name__)
 PAD_VALUE = 114
@@ -206,11 +207,7 @@ def build_cache(
     module: Any = teacher
     module.to(device)
     started = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="img", desc=f"caching {folder.name}", dynamic_ncols=True)
+    bar = progress_bar(len(todo), f"caching {folder.name}", enabled=progress)
     reg_max = int(manifest["reg_max"])
     with ThreadPoolExecutor(max_workers=4) as pool:
         for s0 in range(0, len(todo), SHARD_IMAGES):
@@ -255,8 +252,7 @@ def build_cache(
                         )
                     )
                     sizes.append((sw, sh))
-                if bar is not None:
-                    bar.update(len(part))
+                bar.update(len(part))
             counts = [len(b) for b, *_ in per_image]
             arrays: dict[str, np.ndarray] = {
                 "keys": np.stack([np.frombuffer(bytes.fromhex(d), np.uint8) for _, d in chunk]),
@@ -282,8 +278,7 @@ def build_cache(
             digest = write_shard(folder / name, arrays)
             manifest["shards"].append({"file": name, "images": len(chunk), "boxes": int(sum(counts)), "sha256": digest})
             write_manifest(folder, manifest)  # after the shard: a killed build resumes after its last whole shard
-    if bar is not None:
-        bar.close()
+    bar.close()
     if not manifest["shards"]:
         write_manifest(folder, manifest)
     seconds = time.perf_counter() - started
