@@ -1,10 +1,10 @@
-# Quick start: `make demo` (set up + run the demo), `make test` (set up + run the tests).
+# Quick start: `make demo` (set up + run the demo), `make test` (set up + run the tests); `make docs` builds the site.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.detkd-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check detkd tests tools
 	$(BIN)/mypy detkd
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning (a broken link, a bad docstring).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs demo_out .pytest_cache
+	rm -rf $(VENV) runs demo_out site .pytest_cache

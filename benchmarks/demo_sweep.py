@@ -58,7 +58,7 @@ METHOD_RECIPES: dict[str, list[str]] = {
     "all_pkd": ["feature.method=pkd"],
 }
 
-# The CPU ablation the README reports: each family alone with its default method, and the default combination.
+# The CPU ablation docs/recipe.md reports: each family alone with its default method, and the default combination.
 ABLATION = {k: METHOD_RECIPES[k] for k in ("feat_mse", "logit_bce", "box_ld", "all")}
 
 SUITES = {"recipes": RECIPES, "methods": METHOD_RECIPES, "ablation": ABLATION}

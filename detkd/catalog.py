@@ -1,8 +1,8 @@
-"""The catalog of KD methods: what ``detkd losses`` prints and what the README's KD config reference is made of.
+"""The catalog of KD methods: what ``detkd losses`` prints and what the docs' KD config reference is made of.
 
 Each method names its family, paper, formula, when to use it, and the config sub-section holding its options; the
 options and their defaults are read from the config dataclasses themselves, so the listing cannot drift from the
-code (a test checks that the README holds exactly :func:`render_markdown`'s output).
+code (a test checks that docs/recipe.md holds exactly :func:`render_markdown`'s output).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def _md_options(prefix: str, cls: type) -> list[str]:
 
 
 def render_markdown() -> str:
-    """The README's KD config reference (between the ``kd-reference`` markers)."""
+    """The KD config reference of docs/recipe.md (between the ``kd-reference`` markers)."""
     out = ["| method | paper | loss | use it when |", "|---|---|---|---|"]
     for m in METHODS:
         out.append(f"| `{m.family}.method: {m.name}` | {m.paper} | `{_cell(m.formula)}` | {_cell(m.use)} |")

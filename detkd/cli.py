@@ -444,13 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("losses", help="list every KD method with its options and defaults")
-    p.add_argument("--markdown", action="store_true", help="print the README's KD config reference table")
+    p.add_argument("--markdown", action="store_true", help="print the KD config reference table (as in docs/recipe.md)")
     p.set_defaults(func=_cmd_losses)
 
     p = sub.add_parser("demo", help="end-to-end demo on synthetic data: teacher, baseline, KD student, report")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a tiny run that only proves the pipeline (about a minute)")
+    p.add_argument(
+        "--quick", action="store_true", help="a tiny run that only proves the pipeline (about 2 minutes on 2 CPU cores)"
+    )
     p.add_argument(
         "--epochs", type=int, default=None, help="epochs of all three models (default: the budget that keeps the demo "
         "under 15 minutes on 2 cores; more raise every model's mAP and the run time proportionally)",

@@ -29,7 +29,7 @@ class DemoConfig:
     Attributes:
         out: output folder (data, runs, report).
         seed: data and training seed.
-        quick: a tiny run (minutes -> seconds) that only proves the pipeline.
+        quick: a tiny run (about 2 minutes on 2 CPU cores) that only proves the pipeline.
         threads: torch CPU threads (default: all cores).
     """
 

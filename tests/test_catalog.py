@@ -1,10 +1,13 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from detkd import catalog
 from detkd import config as C
 from detkd.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_method_is_in_the_catalog_once():
@@ -29,12 +32,10 @@ def test_method_options_live_where_the_config_expects_them():
             assert field.default_factory is m.options  # type: ignore[comparison-overlap]
 
 
-def test_readme_reference_matches_the_code():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    block = readme.split("<!-- kd-reference:start -->\n", 1)[1].split("<!-- kd-reference:end -->", 1)[0]
-    assert block == catalog.render_markdown(), "README out of date: run python tools/update_kd_reference.py"
+def test_docs_reference_matches_the_code():
+    page = (ROOT / "docs" / "recipe.md").read_text(encoding="utf-8")
+    block = page.split("<!-- kd-reference:start -->\n", 1)[1].split("<!-- kd-reference:end -->", 1)[0]
+    assert block == catalog.render_markdown(), "docs/recipe.md out of date: run python tools/update_kd_reference.py"
 
 
 def test_losses_command_lists_methods_and_defaults(capsys):
@@ -47,13 +48,11 @@ def test_losses_command_lists_methods_and_defaults(capsys):
     assert capsys.readouterr().out == catalog.render_markdown()
 
 
-def test_readme_kd_yaml_example_loads(tmp_path):
-    from pathlib import Path
-
+def test_docs_kd_yaml_example_loads(tmp_path):
     from detkd.config import load_kd_config
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    block = "# kd.yaml" + readme.split("```yaml\n# kd.yaml", 1)[1].split("```", 1)[0]
+    page = (ROOT / "docs" / "recipe.md").read_text(encoding="utf-8")
+    block = "# kd.yaml" + page.split("```yaml\n# kd.yaml", 1)[1].split("```", 1)[0]
     (tmp_path / "kd.yaml").write_text(block)
     cfg = load_kd_config(tmp_path / "kd.yaml")
     assert cfg.feature.method == "pkd" and cfg.feature.schedule.stop_epoch == -10

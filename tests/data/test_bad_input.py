@@ -1,4 +1,5 @@
-"""The README's bad-input table, one test per row: what detkd does with each kind of broken dataset or model file."""
+"""The bad-input table of docs/trust.md, one test per row: what detkd does with each kind of broken dataset or model
+file."""
 
 from __future__ import annotations
 

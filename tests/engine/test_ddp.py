@@ -140,8 +140,8 @@ def test_two_cpu_ranks_with_gloo_match_a_single_process(runs):
 
 
 @pytest.mark.slow
-def test_two_nodes_rendezvous_like_the_readme_and_train_as_one_node_with_two_ranks(runs, tiny_data):
-    """The README's multi-node command (c10d rendezvous), as two one-process "nodes" on this machine: the same two
+def test_two_nodes_rendezvous_like_the_docs_and_train_as_one_node_with_two_ranks(runs, tiny_data):
+    """docs/scale.md's multi-node command (c10d rendezvous), as two one-process "nodes" on this machine: the same two
     ranks as ``--standalone --nproc_per_node 2``, so the same losses, and the node of rank 1 writes no second run."""
     port, project = _free_port(), runs / "nodes"
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
