@@ -23,6 +23,7 @@ from typing import Any
 from detkd.bench import stats
 from detkd.bench.suites import BUILTIN_KD_ARGS, CACHE_RUNS, FAMILY_ONLY, UNLABELED_RUNS, Suite
 from detkd.errors import DetkdError
+from detkd.progress import progress_bar
 
 LOGGER = logging.getLogger(__name__)
 MIN_TEACHER_MAP = 0.01  # a teacher below this mAP50-95 on val teaches nothing: the suite says so
@@ -303,8 +304,16 @@ class QualityBench:
             )
             LOGGER.warning("%s", warnings[-1])
         jobs = self.student_jobs(teacher)
+        bar = progress_bar(len(jobs), f"bench {s.name}", unit="job")
+
+        def run_one(job: dict[str, Any]) -> dict[str, Any]:
+            out = self._run_job(job)
+            bar.update()
+            return out
+
         with ThreadPoolExecutor(self.plan.parallel) as pool:
-            results = list(pool.map(self._run_job, jobs))
+            results = list(pool.map(run_one, jobs))
+        bar.close()
         env = run_environment()
         env["command"] = command
         payload = {

@@ -97,7 +97,7 @@ def yolo_metrics(
     if not targets.size:
         return zero
     plot = plot_dir is not None
-    if plot:
+    if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)
     out = ap_per_class(np.concatenate(tp), np.concatenate(conf), np.concatenate(pred_cls), targets,
                        plot=plot, save_dir=plot_dir or Path(), names=dict(names))  # fmt: skip

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from detkd import __version__
 from detkd.errors import ConfigError, DetkdError, InputFileError
 from detkd.export.targets import TARGETS, FormatUnavailableError, Target, check_available, parse_targets
+from detkd.progress import progress_bar
 
 if TYPE_CHECKING:
     from detkd.classmap import ClassMap
@@ -176,10 +177,12 @@ def export_models(
     device: str = "cpu",
     end2end: bool = False,
     class_map: str | Path | None = None,
+    progress: bool = True,
 ) -> ExportTable:
     """Export ``weights`` to every format in ``formats``, gate each against PyTorch, write bundles and a table.
 
     The gate scores on the data's classes: a model of other classes through ``class_map``, or by name.
+    ``progress``: a bar per format (on a terminal).
     """
     import numpy as np
 
@@ -252,24 +255,29 @@ def export_models(
         environment=ctx.environment,
     )
     queue = list(targets)
+    bar = progress_bar(len(queue), "export", unit="format", enabled=progress)
     while queue:
         t = queue.pop(0)
         if table.row(t.name):
             continue
         if t.name in skipped:
             table.rows.append(FormatResult(t.name, t.precision, t.runtime, t.hardware, skipped=skipped[t.name]))
+            bar.update()
             continue
+        bar.set_postfix_str(t.name)
         try:
             result = ctx.export_one(t)
         except DetkdError as e:  # one format failing does not lose the others: recorded, and the table fails
             LOGGER.error("%s", e)
             result = FormatResult(t.name, t.precision, t.runtime, t.hardware, error=str(e))
         table.rows.append(result)
+        bar.update()
         LOGGER.info("%s", result.gate["reason"] if result.gate else result)
         if not result.passed and fallback and t.fallback:
             result.fallback_to = t.fallback
             LOGGER.warning("%s failed its gate; falling back to %s", t.name, t.fallback)
             queue.insert(0, TARGETS[t.fallback])
+    bar.close()
     (out / "export_table.md").write_text(table.to_markdown())
     (out / "export_table.json").write_text(json.dumps(table.to_dict(), indent=2))
     return table
