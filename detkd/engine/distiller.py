@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from detkd.engine.checkpointing import (
 from detkd.engine.runlock import RunLock
 from detkd.engine.train_args import check_threads, check_train_args
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
-from detkd.errors import DetkdError, InputFileError, RunInterrupted
+from detkd.errors import ConfigError, DetkdError, InputFileError, RunInterrupted
 from detkd.losses.composite import KDComposite
 from detkd.offline.cache import TeacherCache, file_digest, image_digests
 from detkd.offline.teacher import CachedTeacher
@@ -465,6 +465,7 @@ class Distiller:
             refuse_untrained(teacher, allow_random_teacher)  # before the data scan, which may take minutes
         self.data = _checked_data(data, bad_samples, unlabeled)
         self.student_spec = str(student)
+        self.callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self.teacher_cache = str(teacher_cache) if teacher_cache is not None else None
         self.digests: dict[str, str] = {}
         self.class_map = str(class_map) if class_map else None
@@ -627,13 +628,41 @@ class Distiller:
                 data=self.data,
                 digests=self.digests,
             )
+            for event, fns in self.callbacks.items():
+                for fn in fns:
+                    trainer.add_callback(event, fn)
             return _run(trainer, save_dir, started, self.data)
+
+    def add_callback(self, event: str, fn: Callable[[Any], None]) -> None:
+        """Call ``fn(trainer)`` on an Ultralytics training event (``on_train_epoch_end``, ``on_fit_epoch_end``,
+        ``on_train_batch_end``, ... as ``YOLO.add_callback`` takes them) in every later :meth:`train`.
+
+        The trainer is Ultralytics' ``DetectionTrainer`` (``trainer.epoch``, ``trainer.metrics``, ``trainer.save_dir``,
+        ``trainer.label_loss_items(trainer.tloss, prefix="train")`` with the weighted ``train/kd/*`` terms that
+        Ultralytics' own loggers record) plus, from ``on_train_epoch_end`` on, ``trainer.kd_terms``: this epoch's
+        mean of every KD term, weighted and unweighted, per level and branch (the row written to ``kd_terms.csv``).
+        An event name that does not exist is a :class:`~detkd.errors.ConfigError` naming the closest.
+        """
+        _check_event(event)
+        self.callbacks.setdefault(event, []).append(fn)
 
     def input_files(self) -> list[Path]:
         """The files this run distils from (fingerprinted in the run, checked on resume)."""
         if self.teacher_cache is not None:
             return [Path(self.teacher_cache) / "cache.json"]
         return input_files(self.teacher_spec, self.class_map)
+
+
+def _check_event(event: str) -> None:
+    """``event`` is one of Ultralytics' training callback events, or a one-line error naming the closest."""
+    import difflib
+
+    from ultralytics.utils.callbacks.base import default_callbacks
+
+    if event not in default_callbacks:
+        close = difflib.get_close_matches(event, list(default_callbacks), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"callback event '{event}' does not exist{hint}; valid: {', '.join(default_callbacks)}")
 
 
 RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed

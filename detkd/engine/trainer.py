@@ -529,11 +529,12 @@ class KDTrainer(DetectorTrainer):
         assert criterion is not None  # set by build_criterion
         if self.world_size > 1 and self._resume_state is None:
             distributed.broadcast_parameters(self.composite)  # every rank's adapters start from rank 0's
-        self.add_callback(
-            "on_train_epoch_start", lambda t: criterion.start_epoch(t.epoch, t.epochs, len(t.train_loader))
+        # detkd's own hooks run first: Ultralytics' loggers and the user's callbacks then see the epoch's pooled
+        # losses and its KD terms
+        self.callbacks["on_train_epoch_start"].insert(
+            0, lambda t: criterion.start_epoch(t.epoch, t.epochs, len(t.train_loader))
         )
-        self.add_callback("on_train_epoch_end", lambda t: t.reduce_epoch_losses())
-        self.add_callback("on_train_epoch_end", lambda t: t.log_kd_terms())
+        self.callbacks["on_train_epoch_end"][:0] = [lambda t: t.reduce_epoch_losses(), lambda t: t.log_kd_terms()]
 
     def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Soft boxes out of the labels, Ultralytics' preprocessing (device, scaling, multi-scale), then the
@@ -636,8 +637,9 @@ class KDTrainer(DetectorTrainer):
             LOGGER.info("epoch %d: %d images (%d unlabeled), %d pseudo-labels, %d soft boxes", self.epoch + 1,
                         counts.get("data/images", 0), counts["data/unlabeled_images"],
                         counts.get("data/pseudo_labels", 0), counts.get("data/soft_boxes", 0))  # fmt: skip
+        self.kd_terms = {**means, **counts}  # for callbacks (Distiller.add_callback) of this epoch
         if distributed.is_main() and (means or counts):
-            write_epoch_row(self.save_dir / KD_TERMS_CSV, self.epoch + 1, {**means, **counts})
+            write_epoch_row(self.save_dir / KD_TERMS_CSV, self.epoch + 1, self.kd_terms)
 
     def kd_state(self) -> dict[str, Any]:
         balancer = self.composite.balancer
