@@ -47,6 +47,7 @@ from detkd.engine.runlock import RunLock
 from detkd.engine.train_args import check_threads, check_train_args
 from detkd.engine.trainer import DetectorTrainer, KDTrainer
 from detkd.errors import ConfigError, DetkdError, InputFileError, RunInterrupted
+from detkd.logs import logged
 from detkd.losses.composite import KDComposite
 from detkd.offline.cache import TeacherCache, file_digest, image_digests
 from detkd.offline.teacher import CachedTeacher
@@ -323,6 +324,7 @@ def _overrides(model_spec: str | Path, data_yaml: Path, save_dir: Path, **kw: An
     return args
 
 
+@logged
 def train_detector(
     model: str | Path,
     data: str | Path | DataSpec,
@@ -441,6 +443,7 @@ class Distiller:
         DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
     """
 
+    @logged
     def __init__(
         self,
         teacher: str | Path | None,
@@ -555,6 +558,7 @@ class Distiller:
             composite = build_composite(self.kd, student, self.teacher, self.data.nc)
         return student, composite
 
+    @logged
     def train(
         self,
         *,
@@ -668,6 +672,7 @@ def _check_event(event: str) -> None:
 RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed
 
 
+@logged
 def resume(path: str | Path, **changes: Any) -> TrainResult:
     """Continue a killed ``distill`` or ``train`` run from its last complete epoch, in its own folder.
 

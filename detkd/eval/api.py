@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from detkd.eval.coco import EvalResult
+from detkd.logs import logged
 
 LOGGER = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def trained_imgsz(model: Any, default: int = 640) -> int:
     return int(value) if isinstance(value, (int, float)) and value > 0 else default
 
 
+@logged
 def evaluate_model(
     model: str | Path,
     data: str | Path,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from detkd import __version__
 from detkd.errors import ConfigError, DetkdError, InputFileError
 from detkd.export.targets import TARGETS, FormatUnavailableError, Target, check_available, parse_targets
+from detkd.logs import logged
 from detkd.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ def gate_verdict(passed: bool, gate: dict[str, Any] | None) -> str:
     return "**inconclusive**" if gate and not gate.get("conclusive", True) else "**FAIL**"
 
 
+@logged
 def export_models(
     weights: str | Path,
     formats: str | list[str] = "onnx",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from detkd.errors import DetkdError, InputFileError
+from detkd.logs import logged
 from detkd.offline.cache import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -327,6 +328,7 @@ def _listed_images(sources: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+@logged
 def cache_teacher(
     teacher: str | Path,
     *,
