@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's (name or index)")
     _add_allow_random(p)
     p.add_argument("--student", default=None, help="student model YAML (e.g. yolov8n.yaml) or .pt")
-    p.add_argument("--kd", default=None, help="KD config YAML (default: detkd's recipe)")
+    p.add_argument("--kd", default=None,
+                   help="KD config YAML, or a shipped recipe: preset:offline, preset:unlabeled, preset:cross-family, "
+                   "preset:logit-only (default: detkd's recipe)")  # fmt: skip
     p.add_argument(
         "--set",
         action="append",

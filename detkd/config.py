@@ -653,11 +653,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return merged
 
 
+PRESET_PREFIX = "preset:"
+
+
+def presets() -> dict[str, Path]:
+    """The named recipes shipped with detkd (``--kd preset:NAME``): name -> YAML file."""
+    folder = Path(__file__).resolve().parent / "presets"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def preset_path(spec: str) -> Path:
+    """The YAML of ``preset:NAME``; a one-line error naming the presets when there is no such one."""
+    name = spec[len(PRESET_PREFIX) :]
+    known = presets()
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"--kd {spec}: no such preset{hint}; presets: {', '.join(known)}")
+    return known[name]
+
+
 def load_kd_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KDConfig:
-    """Load a KD config from a YAML file (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a KD config from a YAML file, a shipped preset (``preset:NAME``, see :func:`presets`) or the defaults
+    (``path`` None), and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = preset_path(str(path)) if str(path).startswith(PRESET_PREFIX) else Path(path)
         loaded = read_yaml(p, "KD config")
         if loaded is None:
             loaded = {}
