@@ -56,7 +56,8 @@ def test_distill_eval_export_with_network_blocked(tiny_data, trained_student, sh
     for plot in ("results.png", "kd_terms.png", "labels.jpg", "train_batch0.jpg", "confusion_matrix.png"):
         assert (run_dir / plot).is_file(), (plot, sorted(p.name for p in run_dir.iterdir()))
     best = run_dir / "weights" / "best.pt"
-    run("eval", "--model", str(best), "--data", str(tiny_data), "--imgsz", "64")
+    run("eval", "--model", str(best), "--data", str(tiny_data), "--project", str(tmp_path / "runs"))
+    assert (run_dir.parent / "eval" / "PR_curve.png").is_file()  # eval's plots, offline too
     # INT8 calibration is where Ultralytics would fetch COCO8 if it were not given the data; a student that detects
     # something, so every gate can pass (an untrained one's INT8 gate is rightly inconclusive)
     run("export", "--model", str(trained_student / "weights" / "best.pt"), "--data", str(shapes_data), "--format",

@@ -119,7 +119,7 @@ def test_cli_refuses_every_payload(command: str, payload, tiny_data: Path, tmp_p
 
     kind, path, marker = payload
     argv = {
-        "eval": ["eval", "--model", str(path), "--data", str(tiny_data)],
+        "eval": ["eval", "--model", str(path), "--data", str(tiny_data), "--project", str(tmp_path / "runs")],
         "export": ["export", "--model", str(path), "--format", "onnx"],
         "distill-teacher": ["distill", "--teacher", str(path), "--student", "yolov8n.yaml", "--data", str(tiny_data)],
         "distill-student": ["distill", "--teacher", "yolov8n.yaml", "--student", str(path), "--data", str(tiny_data)],

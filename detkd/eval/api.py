@@ -91,18 +91,29 @@ def evaluate_model(
         raise ConfigError(f"--batch {batch}: must be at least 1")
     spec = load_data_spec(data)
     split_report(spec, split, bad_samples)
-    net = load_eval_model(model)
-    stride = int(max(net.stride.tolist())) if hasattr(net, "stride") else 32
-    size = imgsz or trained_imgsz(net)
-    save_dir = Path(out) if out else Path(increment_path(Path(project).resolve() / name, exist_ok=False))
-    check_writable(save_dir)
-    cmap = data_class_map(uy.class_names(net), spec.names, class_map, source=model)
-    dev = torch_device_name(device)
-    if dev == "cpu":
-        set_cpu_threads(threads)
-    predictor = on_data_classes(TorchPredictor(net, dev), cmap)
-    result = evaluate(predictor, spec, split, imgsz=size, batch=batch, conf=conf, iou=iou, rect=rect, stride=stride,
-                      plot_dir=save_dir if plots else None, progress=progress)  # fmt: skip
+    save_dir = Path(out) if out else None
+    created = save_dir is not None and not save_dir.exists()
+    if save_dir is not None:
+        check_writable(save_dir)  # the caller's folder: refused before the model is read
+    try:
+        net = load_eval_model(model)
+        stride = int(max(net.stride.tolist())) if hasattr(net, "stride") else 32
+        cmap = data_class_map(uy.class_names(net), spec.names, class_map, source=model)
+        dev = torch_device_name(device)
+        if save_dir is None:  # a numbered folder, made once every input was accepted
+            save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=False))
+            created = not save_dir.exists()
+            check_writable(save_dir)
+        if dev == "cpu":
+            set_cpu_threads(threads)
+        predictor = on_data_classes(TorchPredictor(net, dev), cmap)
+        size = imgsz or trained_imgsz(net)
+        result = evaluate(predictor, spec, split, imgsz=size, batch=batch, conf=conf, iou=iou, rect=rect, stride=stride,
+                          plot_dir=save_dir if plots else None, progress=progress)  # fmt: skip
+    except BaseException:  # a refused or failed call leaves no empty report folder behind
+        if created and save_dir is not None and save_dir.is_dir() and not any(save_dir.iterdir()):
+            save_dir.rmdir()
+        raise
     result.save_dir = str(save_dir)
     path = write_eval_report(result, save_dir, f"COCO evaluation of {model}", extra={"model": str(model)})
     LOGGER.info("wrote %s and %s", path, path.with_name("metrics.md"))
