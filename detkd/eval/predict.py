@@ -120,8 +120,9 @@ def preprocess_rect(
         top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
         img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
         batch.append(img[:, :, ::-1].transpose(2, 0, 1))
-        # Ultralytics maps boxes back with the height's gain
-        metas.append(LetterboxMeta(ratio=nh / h0, left=left, top=top, orig_h=h0, orig_w=w0))
+        # each side's own scale: rounding the short side up stretches the image a little (0.1% for 640x512 at 256),
+        # which a single gain would carry into every box (Ultralytics scores in the network input, where it does not)
+        metas.append(LetterboxMeta(ratio=nh / h0, left=left, top=top, orig_h=h0, orig_w=w0, ratio_w=nw / w0))
     return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, metas
 
 

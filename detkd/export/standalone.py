@@ -36,13 +36,15 @@ VIDEO_SUFFIXES = {".avi", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".web
 # ----------------------------------------------------------------------------------------------- preprocessing
 @dataclass(frozen=True)
 class LetterboxMeta:
-    """How an image was placed in the network input: ``input = original * ratio + (left, top)``."""
+    """How an image was placed in the network input: ``input = original * ratio + (left, top)`` (``x`` scaled by
+    ``ratio_w`` where a resize rounded the two sides differently, as Ultralytics' rectangular batches do)."""
 
     ratio: float
     left: int
     top: int
     orig_h: int
     orig_w: int
+    ratio_w: float | None = None
 
 
 def letterbox(img: np.ndarray, size: int, *, scaleup: bool = False) -> tuple[np.ndarray, LetterboxMeta]:
@@ -63,7 +65,8 @@ def letterbox(img: np.ndarray, size: int, *, scaleup: bool = False) -> tuple[np.
     out = cv2.copyMakeBorder(
         img, top, size - nh - top, left, size - nw - left, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
     )
-    return out, LetterboxMeta(ratio=r, left=left, top=top, orig_h=h, orig_w=w)
+    # each side's own scale: the rounding of a side's pixel count stretches it by up to half a pixel
+    return out, LetterboxMeta(ratio=nh / h, left=left, top=top, orig_h=h, orig_w=w, ratio_w=nw / w)
 
 
 def preprocess(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list[LetterboxMeta]]:
@@ -139,7 +142,7 @@ def postprocess(
             keep = (nms_fn or nms)(boxes + offset, scores, iou)[:max_det]
             boxes, scores, classes = boxes[keep], scores[keep], c_idx[keep].astype(np.float32)
         boxes = boxes.copy()
-        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - meta.left) / meta.ratio
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - meta.left) / (meta.ratio_w or meta.ratio)
         boxes[:, [1, 3]] = (boxes[:, [1, 3]] - meta.top) / meta.ratio
         if clip:
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, meta.orig_w)
