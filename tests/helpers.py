@@ -1,4 +1,4 @@
-"""Small helpers shared by tests: a malicious pickle payload and one tiny distill step."""
+"""Small helpers shared by tests: a malicious pickle payload, one tiny distill step, a network blocker."""
 
 from __future__ import annotations
 
@@ -97,3 +97,22 @@ def tiny_distill(distiller: Any, project: Path) -> dict[str, float]:
     assert result.best.is_file()
     rows = list(csv.DictReader((result.save_dir / "results.csv").open()))
     return {k.strip(): float(v) for k, v in rows[-1].items()}
+
+
+# A ``sitecustomize.py`` for a child process: every DNS lookup and socket connection fails and is recorded in the file
+# named by $DETKD_NET_LOG (tests that claim to run offline assert that the file stays empty).
+NET_BLOCKER = """
+import os, socket
+
+_LOG = os.environ["DETKD_NET_LOG"]
+
+def _blocked(*args, **kwargs):
+    with open(_LOG, "a") as f:
+        f.write(repr(args[:2]) + "\\n")
+    raise OSError("network blocked by a detkd offline test")
+
+socket.getaddrinfo = _blocked
+socket.create_connection = _blocked
+socket.socket.connect = _blocked
+socket.socket.connect_ex = _blocked
+"""

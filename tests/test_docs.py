@@ -8,30 +8,14 @@ import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import NET_BLOCKER
+
 ROOT = Path(__file__).resolve().parents[1]
 
-BLOCKER = textwrap.dedent(
-    """
-    import os, socket
-
-    _LOG = os.environ["DETKD_NET_LOG"]
-
-    def _blocked(*args, **kwargs):
-        with open(_LOG, "a") as f:
-            f.write(repr(args[:2]) + "\\n")
-        raise OSError("network blocked by the detkd docs test")
-
-    socket.getaddrinfo = _blocked
-    socket.create_connection = _blocked
-    socket.socket.connect = _blocked
-    socket.socket.connect_ex = _blocked
-    """
-)
 
 PAGES = [
     "index.html",
@@ -59,7 +43,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
         pytest.skip("mkdocs/mkdocstrings not installed (pip install -c constraints.txt -e '.[dev]')")
     tmp = tmp_path_factory.mktemp("docs")
-    (tmp / "sitecustomize.py").write_text(BLOCKER)
+    (tmp / "sitecustomize.py").write_text(NET_BLOCKER)
     log, out = tmp / "net.log", tmp / "site"
     env = {**os.environ, "DETKD_NET_LOG": str(log), "NO_MKDOCS_2_WARNING": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp), env.get("PYTHONPATH", "")) if p)

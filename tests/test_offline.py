@@ -7,35 +7,18 @@ and an environment without ``YOLO_OFFLINE``, so the test also proves that detkd 
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
+from tests.helpers import NET_BLOCKER
+
 pytestmark = pytest.mark.slow
-
-BLOCKER = textwrap.dedent(
-    """
-    import os, socket
-
-    _LOG = os.environ["DETKD_NET_LOG"]
-
-    def _blocked(*args, **kwargs):
-        with open(_LOG, "a") as f:
-            f.write(repr(args[:2]) + "\\n")
-        raise OSError("network blocked by the detkd offline test")
-
-    socket.getaddrinfo = _blocked
-    socket.create_connection = _blocked
-    socket.socket.connect = _blocked
-    socket.socket.connect_ex = _blocked
-    """
-)
 
 
 def test_distill_eval_export_with_network_blocked(tiny_data, trained_student, shapes_data, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER)
+    (site / "sitecustomize.py").write_text(NET_BLOCKER)
     log = tmp_path / "net.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
     env.update(PYTHONPATH=os.pathsep.join([str(site), env.get("PYTHONPATH", "")]), DETKD_NET_LOG=str(log))
