@@ -22,8 +22,8 @@ class DetkdError(Exception):
 class InputFileError(DetkdError):
     """A specific file is missing, unreadable or malformed.
 
-    >>> str(InputFileError("data.yaml", "key 'val' is missing"))
-    'data.yaml: key \\'val\\' is missing'
+    >>> print(InputFileError("data.yaml", "key 'val' is missing"))
+    data.yaml: key 'val' is missing
     """
 
     def __init__(self, path: str | Path, problem: str) -> None:

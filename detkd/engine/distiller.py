@@ -3,8 +3,10 @@
 Everything that can be checked is checked here, before any training starts: the data YAML and every label row and
 image header, loading the teacher safely, building the student, pairing their levels and classes.
 
->>> from detkd import Distiller  # doctest: +SKIP
->>> Distiller("teacher.pt", "yolov8n.yaml", "data.yaml", kd="kd.yaml").train(epochs=50, imgsz=640)  # doctest: +SKIP
+Example::
+
+    from detkd import Distiller
+    Distiller("teacher.pt", "yolov8n.yaml", "data.yaml", kd="kd.yaml").train(epochs=50, imgsz=640)
 """
 
 from __future__ import annotations
