@@ -231,6 +231,7 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
     files = sorted(results_dir.glob("quality_*.json")) + sorted(results_dir.glob("speed_*.json"))
     parts += _missing_suites(files)
     files += sorted(results_dir.glob("cache_format_*.json")) + sorted(results_dir.glob("vedai_crossmodal_*.json"))
+    files += sorted(results_dir.glob("eval_vs_yolo_val_*.json"))
     for path in files:
         payload = json.loads(path.read_text())
         if payload.get("kind") == "quality":
@@ -240,6 +241,8 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
             body = cache_format_markdown(payload, heading="##")
         elif path.name.startswith("vedai_crossmodal_"):
             body = vedai_markdown(payload, heading="##")
+        elif path.name.startswith("eval_vs_yolo_val_"):
+            body = eval_agreement_markdown(payload, heading="##")
         else:
             body = speed_markdown(payload, heading="##")
         parts += [body, f"Raw: [`{rel / path.name}`]({rel / path.name})", ""]
@@ -250,6 +253,28 @@ def write_results_md(results_dir: Path, out: Path) -> Path:
         parts += [path.read_text().strip().replace("\n# ", "\n## ", 1).replace("# ", "## ", 1), ""]
     out.write_text("\n".join(parts))
     return out
+
+
+def eval_agreement_markdown(payload: dict[str, Any], heading: str = "#") -> str:
+    """``detkd eval`` beside ``yolo val`` (``benchmarks/eval_vs_yolo_val.py``)."""
+    env = payload.get("environment", {})
+    lines = [
+        f"{heading} `detkd eval` vs `yolo val`: {Path(str(payload['data'])).name}, {Path(str(payload['model'])).name}",
+        "",
+        f"- command: `{payload.get('command', '')}` (commit {payload.get('commit', '?')}; "
+        f"{env.get('cpu') or env.get('device') or 'CPU'}); batch {payload.get('batch')}",
+        "",
+        "| | imgsz | letterbox | Ultralytics mAP50-95 | Ultralytics mAP50 | pycocotools AP | pycocotools AP50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in payload["rows"].items():
+        cells = [
+            row.get(k) for k in ("ultralytics mAP50-95", "ultralytics mAP50", "pycocotools AP", "pycocotools AP50")
+        ]
+        text = " | ".join("" if v is None else f"{v:.6f}" for v in cells)
+        lines.append(f"| {name} | {row.get('imgsz')} | {row.get('letterbox')} | {text} |")
+    lines += ["", *[f"- {k}: {v:+.2g}" for k, v in payload.get("summary", {}).items()], ""]
+    return "\n".join(lines)
 
 
 def cache_format_markdown(payload: dict[str, Any], heading: str = "#") -> str:
