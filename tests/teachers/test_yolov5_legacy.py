@@ -194,13 +194,14 @@ def test_real_legacy_checkpoint_loads():
 @pytest.mark.slow
 @pytest.mark.assets
 def test_real_legacy_checkpoint_reaches_its_reference_map(tmp_path, capsys):
-    """The acceptance check: COCO mAP on coco_tiny val at 640 with the reference's NMS (IoU 0.6)."""
+    """The acceptance check: COCO mAP on coco_tiny val at 640 with the reference's NMS (IoU 0.6) and its square
+    letterbox (the reference in the assets' MANIFEST was measured that way; rectangular batches score 0.33)."""
     from detkd.cli import main
 
     weights = assets_path("weights", "yolov5n-coco-legacy.pt")
     data = assets_path("coco_tiny", "coco_tiny.yaml")
-    rc = main(["eval", "--model", str(weights), "--data", str(data), "--imgsz", "640", "--iou", "0.6",
-               "--out", str(tmp_path / "eval")])  # fmt: skip
+    rc = main(["eval", "--model", str(weights), "--data", str(data), "--imgsz", "640", "--iou", "0.6", "--no-rect",
+               "--no-plots", "--out", str(tmp_path / "eval")])  # fmt: skip
     assert rc == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["AP"] == pytest.approx(0.320, abs=0.01)
