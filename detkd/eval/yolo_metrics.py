@@ -20,18 +20,18 @@ import numpy as np
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (M, 4) with every box in ``b`` (N, 4), xyxy; (M, N).
+def box_iou(a: np.ndarray, b: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """IoU of every box in ``a`` (M, 4+) with every box in ``b`` (N, 4+), xyxy in the first four columns; (M, N).
 
     >>> box_iou(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2], [0, 0, 2, 2]])).round(3).tolist()
     [[0.333, 1.0]]
     """
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
     inter = (rb - lt).clip(0).prod(2)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
+    area_a = (a[:, 2:4] - a[:, :2]).clip(0).prod(1)
+    area_b = (b[:, 2:4] - b[:, :2]).clip(0).prod(1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + eps)
 
 
 def match(det: np.ndarray, gt_boxes: np.ndarray, gt_cls: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from detkd.errors import ConfigError
 from detkd.eval.predict import Predictor, read_image
+from detkd.eval.yolo_metrics import box_iou
 from detkd.export.standalone import postprocess, preprocess
 
 # Raw-output tolerances (class probabilities; box coordinates in input pixels) per precision. FP32 conversions must
@@ -43,14 +44,6 @@ class Parity:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "matched_fraction": self.matched_fraction}
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
-    inter = np.prod((rb - lt).clip(0), axis=2)
-    area = lambda x: np.prod((x[:, 2:4] - x[:, :2]).clip(0), axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
 def _end2end_diff(a: np.ndarray, b: np.ndarray, top: int = 50) -> tuple[float, float]:
@@ -110,7 +103,7 @@ def raw_parity(
         total += len(r)
         if len(r) == 0 or len(c) == 0:
             continue
-        overlap = _box_iou(r, c) * (r[:, None, 5] == c[None, :, 5])
+        overlap = box_iou(r, c, eps=1e-9) * (r[:, None, 5] == c[None, :, 5])
         best = overlap.max(axis=1)
         matched += int((best >= MATCH_IOU).sum())
         ious += best[best >= MATCH_IOU].tolist()
