@@ -211,7 +211,11 @@ class QualityBench:
             "device": self.plan.device,
             "threads": self.plan.threads,
             "project": str(self.work / "runs"),
-            "train": {**self.train_args(epochs, train_seed), **(train or {})},
+            "train": {
+                **self.train_args(epochs, train_seed),
+                **(dict(s.student_train_args) if seed is not None else {}),
+                **(train or {}),
+            },
             "kd": [],
             **kw,
         }
@@ -318,7 +322,12 @@ class QualityBench:
         env["command"] = command
         payload = {
             "kind": "quality",
-            "suite": {**asdict(self.suite), "scenes": dict(s.scenes), "train_args": dict(s.train_args)},
+            "suite": {
+                **asdict(self.suite),
+                "scenes": dict(s.scenes),
+                "train_args": dict(s.train_args),
+                "student_train_args": dict(s.student_train_args),
+            },
             "runs": list(self.plan.runs),
             "seeds": list(self.plan.seeds),
             "device": self.plan.device,

@@ -59,7 +59,9 @@ def quality_markdown(payload: dict[str, Any], plot: str | None = None, heading: 
         "",
         *_environment_lines(payload),
         f"- budget: {s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}, seeds {seeds} (same data for "
-        f"every seed); extra training arguments {s['train_args'] or 'none'}; KD overrides {list(s['kd']) or 'none'}",
+        f"every seed); extra training arguments {s['train_args'] or 'none'}"
+        + (f", students only {s['student_train_args']}" if s.get("student_train_args") else "")
+        + f"; KD overrides {list(s['kd']) or 'none'}",
         f"- teacher `{s['teacher']}` ({t.get('source')}; {_f(t.get('params'), ',.0f')} params): mAP50-95 "
         f"{_f(t.get('mAP50-95'))}, mAP50 {_f(t.get('mAP50'))}; student `{s['student']}`",
         *_scarce_lines(payload),

@@ -156,3 +156,21 @@ def test_offline_suites_check_their_runs_and_split_the_labels(tiny_data: Path, t
     spec = load_data_spec(data)
     assert spec.names == load_data_spec(tiny_data).names and "unlabeled" not in spec.splits
     assert student_data(smoke, tiny_data, tmp_path) == (tiny_data, None)
+
+
+def test_student_train_args_reach_the_students_only(tiny_data: Path, tmp_path: Path) -> None:
+    """A suite's student-only training arguments change every student job and leave the teacher's (and its cache
+    key, which is built from the teacher's arguments) as they were."""
+    from detkd.bench.quality import Plan, QualityBench
+
+    suite = get_suite("smoke").with_overrides(data=str(tiny_data))
+    tuned = suite.with_overrides(student_train_args={"nbs": 16})
+    benches = [QualityBench(Plan(s, ("baseline", "detkd"), (0,), "cpu", tmp_path / s.name, tmp_path)) for s in
+               (suite, tuned)]  # fmt: skip
+    for bench in benches:
+        bench._data_yaml, bench._student_data = tiny_data, tiny_data
+    plain, nbs = (b._job("baseline", "train", 0, 0, model="yolov8n.yaml") for b in benches)
+    assert nbs["train"]["nbs"] == 16 and "nbs" not in plain["train"] and nbs["key"] != plain["key"]
+    teachers = [b._job("teacher", "train", None, 0, model=suite.teacher) for b in benches]
+    assert teachers[0]["train"] == teachers[1]["train"] and "nbs" not in teachers[1]["train"]
+    assert benches[0].teacher_key("fp") == benches[1].teacher_key("fp")
