@@ -227,8 +227,8 @@ SUITES: dict[str, Suite] = {
             data="assets:hit_uav/hit_uav.yaml",
             teacher="yolov8s.yaml",
             student="yolov8n.yaml",
-            # Sized to fit one session on 2 CPU cores with two seeds of all five runs: the teacher alone takes
-            # ~45 min. 10 epochs at Ultralytics' nominal batch 64 (40 optimizer steps on 254 labelled images) left
+            # Sized to fit one session on 2 CPU cores with two seeds of all five runs: the teacher alone took
+            # 74 min. 10 epochs at Ultralytics' nominal batch 64 (40 optimizer steps on 254 labelled images) left
             # the baseline at 0.0006; 30 epochs (120 steps) gave 0.0177 but five runs of them take ~1.7 h per seed.
             # nbs=16 makes every batch an optimizer step: 15 epochs give 240 steps at half the 30 epochs' compute.
             epochs=15,
