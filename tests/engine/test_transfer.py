@@ -23,9 +23,9 @@ from torch import Tensor
 STEPS = 40
 OFF = ["kd.feature.weight=0", "kd.logit.weight=0", "kd.box.weight=0"]
 FAMILIES = {
-    "logit": ["kd.feature.weight=0", "kd.box.weight=0", "kd.logit.weight=2"],
+    "logit": ["kd.feature.weight=0", "kd.box.weight=0", "kd.logit.weight=4"],
     "box": ["kd.feature.weight=0", "kd.logit.weight=0", "kd.box.weight=2"],
-    "feature": ["kd.logit.weight=0", "kd.box.weight=0", "kd.feature.weight=2"],
+    "feature": ["kd.logit.weight=0", "kd.box.weight=0", "kd.feature.weight=6"],
 }
 
 pytestmark = pytest.mark.slow
