@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,16 +66,26 @@ def trained_teacher(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory)
     """A teacher that detects something (trained once per test run; its val mAP is checked, so tests that rely on
     it cannot pass against a teacher that learned nothing)."""
     from detkd.data.dataset import load_data_spec
-    from detkd.engine.distiller import train_detector
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor
     from detkd.students import ultralytics_yolo as uy
 
-    run = train_detector("yolov8n.yaml", shapes_data, project=tmp_path_factory.mktemp("teacher"), name="teacher",
-                         plots=False, **TEACHER_TRAIN)  # fmt: skip
-    res = evaluate(TorchPredictor(uy.load_detection_model(run.best)), load_data_spec(shapes_data), "val", imgsz=64)
+    project = tmp_path_factory.mktemp("teacher")
+    # In a fresh interpreter: trained in-process, the weights depended on which tests had run before (same seed; some
+    # global state leaks), so thresholds calibrated on one test order failed on another. A fresh process gives the
+    # same bytes each time on a machine (checked: two runs, one weight hash, mAP50-95 0.249 for seed 0).
+    script = (
+        "import json, sys; from pathlib import Path; from detkd.engine.distiller import train_detector; "
+        "a = json.loads(sys.argv[1]); Path(a['project'], 'best.txt').write_text(str(train_detector(**a).best))"
+    )
+    args = {"model": "yolov8n.yaml", "data": str(shapes_data), "project": str(project), "name": "teacher",
+            "plots": False, **TEACHER_TRAIN}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, f"training the tests' teacher failed:\n{proc.stderr[-4000:]}"
+    best = Path((project / "best.txt").read_text())
+    res = evaluate(TorchPredictor(uy.load_detection_model(best)), load_data_spec(shapes_data), "val", imgsz=64)
     assert res.map50_95 >= MIN_TEACHER_MAP, f"the tests' teacher learned too little (mAP50-95 {res.map50_95:.4f})"
-    return run.best
+    return best
 
 
 @pytest.fixture(scope="session")

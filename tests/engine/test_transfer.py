@@ -25,8 +25,12 @@ OFF = ["kd.feature.weight=0", "kd.logit.weight=0", "kd.box.weight=0"]
 FAMILIES = {
     "logit": ["kd.feature.weight=0", "kd.box.weight=0", "kd.logit.weight=4"],
     "box": ["kd.feature.weight=0", "kd.logit.weight=0", "kd.box.weight=2"],
-    "feature": ["kd.logit.weight=0", "kd.box.weight=0", "kd.feature.weight=6"],
+    "feature": ["kd.logit.weight=0", "kd.box.weight=0", "kd.feature.method=pkd", "kd.feature.weight=2"],
 }
+# Measured against the session teacher (mAP50-95 0.249; baseline CKA 0.127, class gap 0.213, box gap 3.79): pkd
+# weight 2 -> CKA 0.350; logit weight 4 -> class gap 0.156; box weight 2 -> box gap 1.22. The default `mse` imitates
+# through a learned 1x1 adapter, which can absorb the mapping: in 40 steps it moved CKA by -0.02 to +0.05 (weights
+# 2/6/12), too little to tell from noise, so the feature family is checked with `pkd`.
 
 pytestmark = pytest.mark.slow
 
