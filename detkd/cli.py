@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from detkd import __version__
 from detkd._offline import ensure_offline
+from detkd._version import __version__
 from detkd.cli_pairs import expand_pairs, ultralytics_defaults
 from detkd.errors import ConfigError, DetkdError, RunInterrupted
 

@@ -465,7 +465,7 @@ TARGET_RANKS = ("weighted", "score")
 
 @dataclass(frozen=True)
 class SoftTargetsConfig:
-    """How a teacher cache's soft boxes become dense per-anchor targets (see :mod:`detkd.offline.soft`): the class
+    """How a teacher cache's soft boxes become dense per-anchor targets (see :mod:`detkd.teachers.soft`): the class
     targets of a cache without a score field (a detections-only teacher, or ``--max-cells 0``), and the box targets
     (unless ``cell_boxes``).
 

@@ -19,7 +19,6 @@ import errno
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 
 from detkd.errors import DetkdError
+from detkd.utils.files import replace_text
+from detkd.utils.rng import epoch_shuffle
 
 STAGING = ".partial"  # folder inside ``weights/`` where checkpoints are written before the rename
 RESUME_FILE = "resume.pt"
@@ -80,18 +81,6 @@ def staged_writes(folder: Path, what: str, order: tuple[str, ...] = ()) -> Itera
             staging.rmdir()
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before training when ``folder`` cannot be created or written (the probe is a fresh file of its own,
-    never a link someone left in the folder)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".detkd_write_test", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DetkdError(f"{folder}: output folder is not writable ({type(e).__name__}: {e.strerror or e})") from e
-
-
 _WRITTEN_SUBFOLDERS = ("weights", "data")  # what detkd and Ultralytics write into inside a run folder
 
 
@@ -122,16 +111,6 @@ def check_unfinished(folder: Path) -> None:
         )
 
 
-def check_free_space(folder: Path, need_bytes: int) -> None:
-    """Fail before training when the disk holding ``folder`` lacks room for the run's checkpoints."""
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise DetkdError(
-            f"{folder}: only {free / 2**20:.0f} MiB free, the run's checkpoints need about "
-            f"{need_bytes / 2**20:.0f} MiB (free some space or choose another --project)"
-        )
-
-
 def checkpoint_bytes(n_params: int) -> int:
     """Room a run needs: resume.pt (weights, EMA, optimizer, gradients in fp32), last.pt and best.pt (fp16), staging
     copies."""
@@ -140,45 +119,6 @@ def checkpoint_bytes(n_params: int) -> int:
 
 
 # --- random-number streams ----------------------------------------------------------------------------------------
-
-
-class EpochShuffle(torch.utils.data.Sampler[int]):
-    """A fresh permutation of ``n`` indices for each pass, seeded by ``(seed, pass number)``.
-
-    torch's ``RandomSampler`` draws from one generator lazily (part of a pass's draws happen when the next pass is
-    first asked for), so a run restarted between epochs cannot reproduce its sequence; here the pass number is the
-    whole state.
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.passes = n, seed, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + self.passes) % (1 << 63))
-        self.passes += 1
-        yield from torch.randperm(self.n, generator=g).tolist()
-
-
-def _batch_sampler(loader: Any) -> Any:
-    return getattr(getattr(loader, "batch_sampler", None), "sampler", None)  # inside Ultralytics' repeat sampler
-
-
-def epoch_shuffle(loader: Any) -> EpochShuffle | None:
-    sampler = getattr(_batch_sampler(loader), "sampler", None)
-    return sampler if isinstance(sampler, EpochShuffle) else None
-
-
-def use_epoch_shuffle(loader: Any) -> None:
-    """Shuffle a training loader with :class:`EpochShuffle` (a distributed sampler is left as it is)."""
-    batch_sampler = _batch_sampler(loader)
-    sampler = getattr(batch_sampler, "sampler", None)
-    if isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
-        seed = int(sampler.generator.initial_seed()) if sampler.generator is not None else torch.initial_seed()
-        batch_sampler.sampler = EpochShuffle(len(sampler), seed)
 
 
 def augmenters(dataset: Any) -> list[Any]:
@@ -242,8 +182,18 @@ def restore_rng(state: Mapping[str, Any], loader: Any) -> None:
 
 
 def restore_augmenters(state: Mapping[str, Any], dataset: Any) -> None:
-    """The augmentation pipelines' own random streams (again after Ultralytics rebuilds them, e.g. closing mosaic)."""
-    for aug, saved in zip(augmenters(dataset), state.get("augment") or []):
+    """The augmentation pipelines' own random streams (again after Ultralytics rebuilds them, e.g. closing mosaic).
+
+    A pipeline with another number of random streams than the saved one cannot continue the run's draws: that is an
+    error, never a silent partial restore."""
+    live, saved_streams = augmenters(dataset), list(state.get("augment") or [])
+    if len(live) != len(saved_streams):
+        raise DetkdError(
+            f"resume: the training pipeline has {len(live)} augmentation random streams, the saved state "
+            f"{len(saved_streams)}; the run was started with other augmentations (or another Albumentations), so it "
+            "cannot continue its draws (start a new run)"
+        )
+    for aug, saved in zip(live, saved_streams, strict=True):
         if hasattr(aug, "seed"):
             aug.seed = saved["seed"]  # else Ultralytics reseeds a fresh pipeline at its first call
         aug.random_generator.bit_generator.state = saved["numpy"]
@@ -277,20 +227,6 @@ def truncate_results_csv(csv: Path, epochs_done: int) -> None:
             continue
     if len(kept) != len(lines):
         replace_text(csv, "".join(kept))
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fresh temporary file and a rename: a kill leaves the old file or the new
-    one, and a link in ``path``'s place is replaced, never written through."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def run_folder(path: str | Path) -> Path:

@@ -14,11 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import platform
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,37 +23,40 @@ from typing import Any
 
 import torch
 
-from detkd import __version__
 from detkd._io import read_text
+from detkd._offline import offline_call
 from detkd.checkpoints import load_checkpoint
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
-from detkd.data.checks import UNLABELED, check_policy, split_report
-from detkd.data.dataset import DataSpec, add_unlabeled, load_data_spec
+from detkd.data.checks import UNLABELED, checked_data
+from detkd.data.dataset import DataSpec
 from detkd.engine import distributed
 from detkd.engine.checkpointing import (
     RESUME_FORMAT,
-    check_free_space,
     check_own_files,
     check_unfinished,
-    check_writable,
     checkpoint_bytes,
     find_resume_file,
-    replace_text,
     run_folder,
 )
+from detkd.engine.kd_trainer import KDTrainer
 from detkd.engine.runlock import RunLock
-from detkd.engine.train_args import check_threads, check_train_args
-from detkd.engine.trainer import DetectorTrainer, KDTrainer
+from detkd.engine.train_args import check_train_args
+from detkd.engine.trainer import DetectorTrainer
 from detkd.errors import ConfigError, DetkdError, InputFileError, RunInterrupted
 from detkd.logs import logged
 from detkd.losses.composite import KDComposite
-from detkd.offline.cache import TeacherCache, file_digest, image_digests
+from detkd.offline.cache import TeacherCache, image_digests
 from detkd.offline.teacher import CachedTeacher
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher, refuse_untrained
+from detkd.teachers.inputs import input_files
 from detkd.teachers.mapped import paired_classes
 from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
 from detkd.types import Teacher
+from detkd.utils.args import check_threads
+from detkd.utils.environment import run_environment
+from detkd.utils.files import check_free_space, check_writable, file_digest, fingerprints, replace_text
+from detkd.utils.rng import seeded
 
 LOGGER = logging.getLogger(__name__)
 SCALE_SENSITIVE = ("mse", "fine_grained", "fgd", "mgd")  # feature methods that match raw values
@@ -78,49 +77,6 @@ class TrainResult:
     results_csv: Path
     wall_time_s: float
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cpu_name() -> str | None:
-    """The processor's model name (Linux), e.g. 'AMD EPYC 7B13'; None where it cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def run_environment() -> dict[str, Any]:
-    """Versions and machine facts recorded beside every result."""
-    import ultralytics
-
-    return {
-        "detkd": __version__,
-        "commit": _git_commit(),
-        "ultralytics": ultralytics.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "cpu": _cpu_name(),
-        "cpu_cores": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "command": " ".join(sys.argv),
-    }
 
 
 @contextlib.contextmanager
@@ -179,25 +135,6 @@ def _write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
         replace_text(save_dir / RUN_META, json.dumps(meta, indent=2, default=str))
 
 
-def _checked_data(
-    data: str | Path | DataSpec, bad_samples: str = "skip", unlabeled: list[str | Path] | None = None
-) -> DataSpec:
-    """The data spec with every sample of train and val (and unlabeled images, from the YAML's ``unlabeled`` key
-    and ``unlabeled``) checked (once: a checked spec is passed through).
-
-    ``bad_samples``: ``skip`` leaves unusable samples out with one warning each, ``fail`` stops on the first.
-    """
-    check_policy(bad_samples)
-    spec = data if isinstance(data, DataSpec) else load_data_spec(data)
-    if unlabeled:
-        spec.reports.pop(UNLABELED, None)
-        add_unlabeled(spec, unlabeled)
-    for split in ("train", "val", UNLABELED):
-        if split in spec.splits:
-            split_report(spec, split, bad_samples)
-    return spec
-
-
 def _write_data(spec: DataSpec, save_dir: Path, resuming: bool) -> Path:
     """The run's resolved data YAML (and image lists of changed splits), written by rank 0; a resumed run trains on
     the one it wrote first (its ``data/report.json`` keeps what the original check found).
@@ -214,32 +151,6 @@ def _write_data(spec: DataSpec, save_dir: Path, resuming: bool) -> Path:
         spec.write_resolved(path)
     distributed.barrier()
     return path
-
-
-def input_files(teacher: str | Path, class_map: str | Path | None = None) -> list[Path]:
-    """Every file a teacher spec reads: the teacher file (or torchvision weights), an ensemble's members and class
-    maps (recursively), and the class map."""
-    from detkd.teachers.ensemble import is_ensemble, member_specs
-    from detkd.teachers.torchvision_det import PREFIX, parse_spec
-
-    text = str(teacher)
-    files: list[Path] = []
-    if text.startswith(PREFIX):
-        weights = parse_spec(text)[1]
-        files += [weights] if weights is not None else []
-    elif Path(text).is_file():
-        files.append(Path(text))
-        if is_ensemble(text):
-            for m in member_specs(text):
-                files += input_files(m.teacher, m.class_map)
-    if class_map:
-        files.append(Path(class_map))
-    return files
-
-
-def fingerprints(files: list[Path]) -> dict[str, str]:
-    """SHA-256 of each file (absolute paths as keys), recorded in the run so a resume can tell a replaced file."""
-    return {str(p.resolve()): file_digest(p) for p in files if p.is_file()}
 
 
 def _check_same_inputs(recorded: dict[str, str], files: list[Path], folder: Path) -> None:
@@ -306,19 +217,6 @@ def _run(trainer: DetectorTrainer, save_dir: Path, started: float, spec: DataSpe
     )
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch for what runs inside (model and adapter initialisation) without touching the caller's RNG.
-
-    Models are built before Ultralytics seeds its trainer, so without this their initial weights would depend on
-    whatever used the global RNG before. With it, a baseline and a KD student of the same seed start from the same
-    weights, and every run of a seed starts from the same weights.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def _overrides(model_spec: str | Path, data_yaml: Path, save_dir: Path, **kw: Any) -> dict[str, Any]:
     args = {**DEFAULT_TRAIN_ARGS, **{k: v for k, v in kw.items() if v is not None}}
     args.update(model=str(model_spec), data=str(data_yaml), project=str(save_dir.parent), name=save_dir.name)
@@ -326,6 +224,7 @@ def _overrides(model_spec: str | Path, data_yaml: Path, save_dir: Path, **kw: An
     return args
 
 
+@offline_call
 @logged
 def train_detector(
     model: str | Path,
@@ -347,7 +246,7 @@ def train_detector(
     started = time.time()
     check_train_args(train_args)
     check_threads(threads)
-    spec = _checked_data(data, bad_samples)
+    spec = checked_data(data, bad_samples)
     with seeded(int(train_args.get("seed") or 0)):
         net = uy.build_student(model, spec.nc, spec.names)
     resuming = resume_state is not None
@@ -405,9 +304,9 @@ MIN_TEACHER_MAP50 = 0.01  # below this the teacher finds about nothing on the da
 def score_teacher(teacher: Teacher, spec: DataSpec, imgsz: int, device: Any = None) -> dict[str, float]:
     """The teacher's COCO mAP on an evenly spaced sample of the val split, on the data's classes (through its class
     map), at the training image size: a teacher that scores about nothing is worth a warning before hours of KD."""
-    from detkd.engine.trainer import torch_device_name
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TeacherPredictor
+    from detkd.utils.device import torch_device_name
 
     dev = torch_device_name(device) if device not in (None, "") else ("cuda:0" if torch.cuda.is_available() else "cpu")
     size = max(32, -(-int(imgsz) // 32) * 32)
@@ -445,6 +344,7 @@ class Distiller:
         DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
     """
 
+    @offline_call
     @logged
     def __init__(
         self,
@@ -468,7 +368,7 @@ class Distiller:
             self.kd = load_kd_config(kd, overrides)
         if teacher is not None and teacher_cache is None:
             refuse_untrained(teacher, allow_random_teacher)  # before the data scan, which may take minutes
-        self.data = _checked_data(data, bad_samples, unlabeled)
+        self.data = checked_data(data, bad_samples, unlabeled)
         self.student_spec = str(student)
         self.callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self.teacher_cache = str(teacher_cache) if teacher_cache is not None else None
@@ -519,8 +419,8 @@ class Distiller:
         samples = [s for split in ("train", UNLABELED) if split in self.data.reports
                    for s in self.data.reports[split].samples]  # fmt: skip
         keys = image_digests([s.image for s in samples])
-        self.digests = {str(s.image): k for s, k in zip(samples, keys)}
-        missing = [s.image for s, k in zip(samples, keys) if k not in cache.entries]
+        self.digests = {str(s.image): k for s, k in zip(samples, keys, strict=True)}
+        missing = [s.image for s, k in zip(samples, keys, strict=True) if k not in cache.entries]
         if missing:
             raise InputFileError(
                 folder, f"{len(missing)} of {len(samples)} training images are not in the cache (e.g. {missing[0]}); "
@@ -560,6 +460,7 @@ class Distiller:
             composite = build_composite(self.kd, student, self.teacher, self.data.nc)
         return student, composite
 
+    @offline_call
     @logged
     def train(
         self,
@@ -674,6 +575,7 @@ def _check_event(event: str) -> None:
 RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed
 
 
+@offline_call
 @logged
 def resume(path: str | Path, **changes: Any) -> TrainResult:
     """Continue a killed ``distill`` or ``train`` run from its last complete epoch, in its own folder.

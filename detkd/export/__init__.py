@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detkd import __version__
+from detkd._offline import offline_call
+from detkd._version import __version__
 from detkd.errors import ConfigError, DetkdError, InputFileError
 from detkd.export.targets import TARGETS, FormatUnavailableError, Target, check_available, parse_targets
 from detkd.logs import logged
@@ -83,7 +84,7 @@ class ExportTable:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for row, r in zip(d["rows"], self.rows):
+        for row, r in zip(d["rows"], self.rows, strict=True):
             row["passed"] = r.passed
         d["passed"] = self.passed
         return d
@@ -159,6 +160,7 @@ def gate_verdict(passed: bool, gate: dict[str, Any] | None) -> str:
     return "**inconclusive**" if gate and not gate.get("conclusive", True) else "**FAIL**"
 
 
+@offline_call
 @logged
 def export_models(
     weights: str | Path,
@@ -190,13 +192,13 @@ def export_models(
 
     from detkd.data.checks import split_report
     from detkd.data.dataset import load_data_spec
-    from detkd.engine.checkpointing import check_writable
-    from detkd.engine.distiller import run_environment
-    from detkd.engine.train_args import check_imgsz, check_threads
-    from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.eval.predict import data_class_map, read_image
     from detkd.export.checks import parse_budget
     from detkd.students import ultralytics_yolo as uy
+    from detkd.utils.args import check_imgsz, check_threads
+    from detkd.utils.device import set_cpu_threads, torch_device_name
+    from detkd.utils.environment import run_environment
+    from detkd.utils.files import check_writable
 
     targets = parse_targets(formats)
     budgets = parse_budget(budget)
@@ -363,7 +365,7 @@ class _Context:
         from detkd.export.bundle import model_size_mb, recipe_of, runtime_metadata, write_bundle
         from detkd.export.checks import gate, raw_parity
         from detkd.export.convert import convert
-        from detkd.export.standalone import RUNTIMES
+        from detkd.infer.runtimes import RUNTIMES
         from detkd.students import ultralytics_yolo as uy
 
         bundle = self.out / target.name

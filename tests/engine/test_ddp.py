@@ -165,9 +165,10 @@ def test_two_nodes_rendezvous_like_the_docs_and_train_as_one_node_with_two_ranks
 def test_a_node_without_a_shared_filesystem_writes_its_own_data_yaml(tmp_path, tiny_data, monkeypatch):
     """The first rank of node 2 does not see node 1's run folder: it writes the same data.yaml for its own ranks;
     on a shared filesystem it leaves rank 0's file alone."""
+    from detkd.data.checks import checked_data
     from detkd.engine import distiller
 
-    spec = distiller._checked_data(tiny_data)
+    spec = checked_data(tiny_data)
     monkeypatch.setattr(distiller.distributed, "is_main", lambda: False)
     monkeypatch.setattr(distiller.distributed, "is_local_main", lambda: True)
     path = distiller._write_data(spec, tmp_path / "node2", resuming=False)
