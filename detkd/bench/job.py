@@ -66,7 +66,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
         folder = Path(spec["project"]) / spec["name"]
         if (folder / "weights" / "resume.pt").is_file():  # a job killed earlier: resumed (exactly its run)
-            from detkd.engine.distiller import resume
+            from detkd.engine.resume import resume
 
             result["resumed"] = True
             out = resume(folder, threads=spec.get("threads"))

@@ -235,7 +235,7 @@ def test_out_of_memory_says_which_setting_to_lower(tiny_data, tmp_path, monkeypa
 
 
 def test_resume_refuses_changes_that_would_alter_the_run(tmp_path):
-    from detkd.engine.distiller import resume
+    from detkd.engine.resume import resume
 
     with pytest.raises(DetkdError, match=r"\['epochs'\] cannot change on resume"):
         resume(tmp_path, epochs=10)
