@@ -27,14 +27,11 @@ from detkd.engine import distributed
 from detkd.engine.checkpointing import (
     RESUME_FILE,
     RESUME_FORMAT,
-    plain,
-    restore_augmenters,
-    restore_rng,
-    rng_state,
     staged_writes,
     truncate_results_csv,
 )
 from detkd.engine.kd_terms import KD_TERMS_CSV, plot_kd_terms
+from detkd.engine.rng_state import plain, restore_augmenters, restore_rng, rng_state
 from detkd.errors import DetkdError
 from detkd.logs import logged_as
 from detkd.utils.device import set_cpu_threads
