@@ -251,7 +251,8 @@ class Distiller:
             if class_map:
                 raise DetkdError("a class map is applied when the cache is built (detkd cache --class-map)")
             self.teacher_spec = str(teacher_cache)
-            built = self.teacher = self._cached_teacher(Path(teacher_cache))
+            built: Teacher = self._cached_teacher(Path(teacher_cache))
+            self.teacher = built
         elif teacher is None:
             raise DetkdError("a teacher is needed: a teacher file, or teacher_cache= (--teacher-cache)")
         else:

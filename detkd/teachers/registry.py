@@ -8,39 +8,40 @@ from pathlib import Path
 from typing import Any
 
 from detkd.errors import ConfigError, InputFileError
+from detkd.types import Teacher
 
 
-def _ultralytics(spec: str | Path, **kw: Any) -> Any:
+def _ultralytics(spec: str | Path, **kw: Any) -> Teacher:
     from detkd.teachers.ultralytics_yolo import load_ultralytics_teacher
 
     return load_ultralytics_teacher(spec, **kw)
 
 
-def _yolov5_legacy(spec: str | Path, **kw: Any) -> Any:
+def _yolov5_legacy(spec: str | Path, **kw: Any) -> Teacher:
     from detkd.teachers.yolov5_legacy import load_legacy_teacher
 
     return load_legacy_teacher(spec, **kw)
 
 
-def _torchvision(spec: str | Path, **kw: Any) -> Any:
+def _torchvision(spec: str | Path, **kw: Any) -> Teacher:
     from detkd.teachers.torchvision_det import load_torchvision_teacher
 
     return load_torchvision_teacher(spec, **kw)
 
 
-def _rtdetr(spec: str | Path, **kw: Any) -> Any:
+def _rtdetr(spec: str | Path, **kw: Any) -> Teacher:
     from detkd.teachers.rtdetr import load_rtdetr_teacher
 
     return load_rtdetr_teacher(spec, **kw)
 
 
-def _ensemble(spec: str | Path, **kw: Any) -> Any:
+def _ensemble(spec: str | Path, **kw: Any) -> Teacher:
     from detkd.teachers.ensemble import load_ensemble_teacher
 
     return load_ensemble_teacher(spec, build=build_teacher, **kw)  # members are built through this registry
 
 
-TEACHER_FAMILIES: dict[str, Callable[..., Any]] = {
+TEACHER_FAMILIES: dict[str, Callable[..., Teacher]] = {
     "ensemble": _ensemble,
     "ultralytics": _ultralytics,
     "yolov5-legacy": _yolov5_legacy,
@@ -113,7 +114,7 @@ def refuse_untrained(spec: str | Path, allow: bool = False) -> None:
         )
 
 
-def build_teacher(spec: str | Path, family: str = "auto", *, allow_random: bool = False, **kw: Any) -> Any:
+def build_teacher(spec: str | Path, family: str = "auto", *, allow_random: bool = False, **kw: Any) -> Teacher:
     """Load a teacher of the given family (``auto``: decided from the file). An untrained teacher (see
     :func:`untrained`) is refused unless ``allow_random`` (or ``DETKD_ALLOW_RANDOM_TEACHER=1``): distilling from
     a random network by accident costs a whole run and teaches nothing."""
