@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check detkd tests tools
 	$(BIN)/ruff format --check detkd tests tools
 	$(BIN)/mypy detkd
+	$(BIN)/lint-imports
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning (a broken link, a bad docstring).
 docs: $(STAMP)

@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import detkd
-    from detkd.engine.distiller import run_environment
+    from detkd.utils.environment import run_environment
 
     with tempfile.TemporaryDirectory() as tmp:
         data = copy_val(Path(a.data).resolve(), Path(tmp) / "data")

@@ -31,11 +31,12 @@ def main() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from detkd.bench.quality import student_yaml
     from detkd.data.dataset import load_data_spec
-    from detkd.engine.distiller import Distiller, run_environment, train_detector
+    from detkd.engine.distiller import Distiller, train_detector
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor
     from detkd.students import ultralytics_yolo as uy
     from detkd.teachers import load_eval_model
+    from detkd.utils.environment import run_environment
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from detkd import __version__
 from detkd._offline import ensure_offline
+from detkd._version import __version__
 from detkd.cli_pairs import expand_pairs, ultralytics_defaults
 from detkd.errors import ConfigError, DetkdError, RunInterrupted
 
@@ -124,7 +124,7 @@ _RESUME_KEEPS = {"resume", "device", "workers", "threads", "quiet", "command", "
 def _resumed(ns: argparse.Namespace) -> Any:
     """``--resume RUN_DIR``: only --device, --workers and --threads may come with it; anything else would be
     silently ignored (the run continues as it was started), so it is refused."""
-    from detkd.engine.distiller import resume
+    from detkd.engine.resume import resume
 
     defaults = vars(build_parser().parse_args([ns.command]))
     given = sorted(k for k, v in vars(ns).items() if k not in _RESUME_KEEPS and v != defaults.get(k))

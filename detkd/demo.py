@@ -101,7 +101,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     b = ax.bar([i + w / 2 for i in x], [r["mAP50"] for r in rows], w, label="mAP50", color="#9cc3e6")
     ax.bar_label(a, fmt="%.3f", fontsize=8)
     ax.bar_label(b, fmt="%.3f", fontsize=8)
-    ax.set_xticks(list(x), [f"{lbl}\n{r['params_m']:.2f}M params" for lbl, r in zip(labels, rows)])
+    ax.set_xticks(list(x), [f"{lbl}\n{r['params_m']:.2f}M params" for lbl, r in zip(labels, rows, strict=True)])
     ax.set_ylabel("COCO mAP (val)")
     ax.set_title("detkd demo: synthetic scenes")
     ax.legend(loc="upper right", fontsize=8)
@@ -194,15 +194,16 @@ def _verdict(delta: float) -> str:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the report dict (also written to ``out/report.json``)."""
     from detkd.data.dataset import load_data_spec
-    from detkd.engine.checkpointing import check_writable
-    from detkd.engine.distiller import Distiller, run_environment, train_detector
-    from detkd.engine.trainer import set_cpu_threads
+    from detkd.engine.distiller import Distiller, train_detector
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor
     from detkd.eval.report import write_eval_report
     from detkd.export import export_models
     from detkd.export.checks import measure_latency
     from detkd.students import ultralytics_yolo as uy
+    from detkd.utils.device import set_cpu_threads
+    from detkd.utils.environment import run_environment
+    from detkd.utils.files import check_writable
 
     cfg = cfg.effective()
     out = cfg.out.resolve()

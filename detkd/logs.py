@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,3 +50,20 @@ def logged(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def logged_as(staged: Path, final: Path) -> Iterator[None]:
+    """Ultralytics' log lines name ``final`` where they would name ``staged`` (a folder that is renamed away)."""
+    ul = logging.getLogger("ultralytics")
+
+    def rename(record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and str(staged) in record.msg:
+            record.msg = record.msg.replace(str(staged), str(final))
+        return True
+
+    ul.addFilter(rename)
+    try:
+        yield
+    finally:
+        ul.removeFilter(rename)

@@ -30,7 +30,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_holds_the_package_and_its_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"detkd/__init__.py", "detkd/cli.py", "detkd/py.typed", "detkd/export/standalone.py"} <= names
+    must = {"detkd/__init__.py", "detkd/cli.py", "detkd/py.typed", "detkd/infer/script.py", "detkd/infer/cli.py"}
+    assert must <= names
     presets = {n for n in names if n.startswith("detkd/presets/") and n.endswith(".yaml")}
     assert {"detkd/presets/offline.yaml", "detkd/presets/unlabeled.yaml"} <= presets
     assert not any(n.startswith(("tests/", "benchmarks/", "tools/", "docs/")) for n in names)

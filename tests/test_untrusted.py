@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from detkd.checkpoints import load_checkpoint
-from detkd.engine.distiller import resume
+from detkd.engine.resume import resume
 from detkd.errors import DetkdError
 from detkd.export import export_models
 from detkd.students.ultralytics_yolo import build_student
@@ -56,7 +56,7 @@ def test_each_payload_runs_code_when_trusted(kind: str, tmp_path: Path):
 def _resume_folder(evil_pt: Path, tiny_data: Path) -> Path:
     """A run folder that looks like a killed distill run whose resume.pt is the payload."""
     from detkd.engine.checkpointing import RESUME_FILE
-    from detkd.engine.distiller import RUN_META
+    from detkd.engine.run_folder import RUN_META
 
     run = evil_pt.parent / "run"
     (run / "weights").mkdir(parents=True)

@@ -50,7 +50,7 @@ def same_grid(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]) ->
 def describe_pairing(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec], pairs: Sequence[int]) -> str:
     """One clause per student level, e.g. ``p5 (stride 32, 64 ch) <- teacher p4 (stride 16, 128 ch, resampled)``."""
     out = []
-    for s, j in zip(student, pairs):
+    for s, j in zip(student, pairs, strict=True):
         t = teacher[j]
         note = ", resampled" if t.stride != s.stride else ""
         out.append(
@@ -80,7 +80,7 @@ def check_pairing(student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]
             "logit and box KD need the same prediction grid (feature KD resamples: set kd.logit.weight=0 and "
             "kd.box.weight=0 to distil features only)"
         )
-    for i, (s, t) in enumerate(zip(student, teacher)):
+    for i, (s, t) in enumerate(zip(student, teacher, strict=True)):
         if s.stride != t.stride:
             raise PairingError(
                 f"level {i}: student stride {s.stride} ({level_name(s)}) != teacher stride {t.stride} "
@@ -120,14 +120,14 @@ class FeatureAdapters(nn.Module):
         self.student_specs = list(student)
         self.teacher_specs = [teacher[j] for j in self.pairs]  # the teacher level each student level imitates
         self.layers = nn.ModuleList(
-            nn.Conv2d(s.channels, t.channels, kernel_size=1) for s, t in zip(student, self.teacher_specs)
+            nn.Conv2d(s.channels, t.channels, kernel_size=1) for s, t in zip(student, self.teacher_specs, strict=True)
         )
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         if len(features) != len(self.layers):
             raise ValueError(f"FeatureAdapters: expected {len(self.layers)} feature maps, got {len(features)}")
         out = []
-        for i, (f, layer, spec) in enumerate(zip(features, self.layers, self.student_specs)):
+        for i, (f, layer, spec) in enumerate(zip(features, self.layers, self.student_specs, strict=True)):
             if f.shape[1] != spec.channels:
                 raise ValueError(f"FeatureAdapters: level {i} has {f.shape[1]} channels, expected {spec.channels}")
             out.append(layer(f))

@@ -27,11 +27,11 @@ def peak_memory_mb(device: str) -> dict[str, float | None]:
 
 def _evaluate(weights: str | Path, spec: Any, imgsz: int, device: str, class_map: str | None = None) -> dict[str, Any]:
     """Val metrics of ``weights`` on the data's classes (a teacher of other classes through ``class_map``)."""
-    from detkd.engine.trainer import torch_device_name
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor, data_class_map, on_data_classes
     from detkd.students import ultralytics_yolo as uy
     from detkd.teachers import load_eval_model
+    from detkd.utils.device import torch_device_name
 
     model = load_eval_model(weights)
     cmap = data_class_map(uy.class_names(model), spec.names, class_map, source=weights)
@@ -66,7 +66,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
         folder = Path(spec["project"]) / spec["name"]
         if (folder / "weights" / "resume.pt").is_file():  # a job killed earlier: resumed (exactly its run)
-            from detkd.engine.distiller import resume
+            from detkd.engine.resume import resume
 
             result["resumed"] = True
             out = resume(folder, threads=spec.get("threads"))

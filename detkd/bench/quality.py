@@ -38,7 +38,8 @@ def cache_root() -> Path:
 
 def data_fingerprint(data_yaml: Path) -> str:
     """SHA-256 of a dataset's content: class names and every train/val image and label file (names and bytes)."""
-    from detkd.data.dataset import label_path_for, list_images, load_data_spec
+    from detkd.data.dataset import list_images, load_data_spec
+    from detkd.data.split_lists import label_path_for
 
     spec = load_data_spec(data_yaml)
     h = hashlib.sha256(json.dumps(spec.names, sort_keys=True).encode())
@@ -294,7 +295,7 @@ class QualityBench:
         return jobs
 
     def run(self, command: str) -> dict[str, Any]:
-        from detkd.engine.distiller import run_environment
+        from detkd.utils.environment import run_environment
 
         s, started = self.suite, time.time()
         self._data_yaml = self.data_yaml()

@@ -124,7 +124,7 @@ def plot_quality(payload: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("COCO mAP50-95 (val)")
     ax.set_title(f"{payload['suite']['name']}: {len(payload['seeds'])} seed(s), {payload.get('device_name')}",
                  fontsize=9)  # fmt: skip
-    top = max([teacher or 0.0, *(m + d for m, d in zip(means, stds))])
+    top = max([teacher or 0.0, *(m + d for m, d in zip(means, stds, strict=True))])
     ax.set_ylim(0, max(top * 1.15, 0.01))
     if teacher is not None:
         ax.legend(fontsize=8, loc="lower right")

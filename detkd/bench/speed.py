@@ -79,7 +79,7 @@ class _Context:
         from detkd.data.checked_dataset import checked_labels
         from detkd.data.checks import split_report
         from detkd.data.dataset import load_data_spec
-        from detkd.engine.trainer import set_cpu_threads, torch_device_name
+        from detkd.utils.device import set_cpu_threads, torch_device_name
 
         self.cfg = cfg
         self.device = torch.device(torch_device_name(cfg.device))
@@ -96,10 +96,12 @@ class _Context:
         with checked_labels(samples, soft=soft):  # no label cache read or written
             ds = build_yolo_dataset(self.args, data["train"], cfg.batch, data, mode="train")
         loader = build_dataloader(ds, cfg.batch, workers=0, shuffle=False, device=self.device)
-        from detkd.offline.dataset import split_soft
+        from detkd.data.soft_labels import split_soft
 
         # every variant takes the same batches; the soft boxes (if any) ride along, unused but by detkd-cache
-        self.batches = [self._to_device(split_soft(b) if soft else b) for b, _ in zip(loader, range(cfg.steps))]
+        self.batches = [
+            self._to_device(split_soft(b) if soft else b) for b, _ in zip(loader, range(cfg.steps), strict=False)
+        ]
         self.amp = self.device.type == "cuda"
 
     def _cache(self, samples: list[Any]) -> Any:
@@ -109,8 +111,9 @@ class _Context:
         import tempfile
 
         from detkd.offline.build import build_cache
-        from detkd.offline.cache import TeacherCache, file_digest
-        from detkd.offline.dataset import SoftLabelSource
+        from detkd.offline.cache import TeacherCache
+        from detkd.offline.source import SoftLabelSource
+        from detkd.utils.files import file_digest
 
         folder = Path(tempfile.mkdtemp(prefix="detkd-speed-cache-")) / "cache"
         images = [s.image for s in samples]
@@ -131,8 +134,8 @@ class _Context:
 
     def student(self) -> Any:
         from detkd.bench.quality import student_yaml
-        from detkd.engine.distiller import seeded
         from detkd.students import ultralytics_yolo as uy
+        from detkd.utils.rng import seeded
 
         with seeded(0):
             model = uy.build_student(student_yaml(self.cfg.student, Path(self.cfg.data).parent), self.spec.nc,
@@ -141,9 +144,9 @@ class _Context:
         return model.to(self.device).train()
 
     def teacher(self) -> Any:
-        from detkd.engine.distiller import seeded
         from detkd.teachers import build_teacher
         from detkd.teachers.mapped import paired_classes
+        from detkd.utils.rng import seeded
 
         with seeded(0):  # a teacher built from YAML: identical random weights in every variant
             t = build_teacher(
@@ -371,12 +374,12 @@ def speed_config(suite: Suite, data_yaml: Path, **kw: Any) -> SpeedConfig:
 
 def _paired_ratio(values: list[float], ref: list[float] | None) -> float:
     """Median of per-repetition ratios (the variants of one repetition ran back to back); NaN without ``ref``."""
-    return statistics.median(a / b for a, b in zip(values, ref)) if ref else float("nan")
+    return statistics.median(a / b for a, b in zip(values, ref, strict=True)) if ref else float("nan")
 
 
 def run_speed(cfg: SpeedConfig, work: Path, memory: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time every variant and measure its memory; returns the result payload (ratios to the floor and plain)."""
-    from detkd.engine.distiller import run_environment
+    from detkd.utils.environment import run_environment
 
     started = time.time()
     with _quiet_ultralytics():

@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from detkd._offline import ensure_offline
+from detkd._offline import offline_env
 from detkd.data.checks import Sample
 
-ensure_offline()
-
-import ultralytics.data.build as ul_build  # noqa: E402
-from ultralytics.data.dataset import DATASET_CACHE_VERSION, YOLODataset  # noqa: E402
+with offline_env():  # Ultralytics reads its offline switches when first imported
+    import ultralytics.data.build as ul_build
+    from ultralytics.data.dataset import DATASET_CACHE_VERSION, YOLODataset
 
 
 def _key(path: Any) -> str:
@@ -76,7 +75,7 @@ class CheckedYOLODataset(YOLODataset):
         **kwargs: Any,
     ) -> None:
         self._checked = {_key(s.train_path): s for s in samples}
-        self.soft = soft  # a detkd.offline.dataset.SoftLabelSource: soft boxes travel as label rows
+        self.soft = soft  # a detkd.data.soft_labels.SoftBoxSource: soft boxes travel as label rows
         self.unlabeled = frozenset(_key(p) for p in unlabeled)  # images that mix with their own kind only
         if npy_dir is None:
             npy_dir = Path(tempfile.mkdtemp(prefix="detkd-npy-"))
@@ -99,7 +98,7 @@ class CheckedYOLODataset(YOLODataset):
 
     def update_labels_info(self, label: dict[str, Any]) -> dict[str, Any]:
         if self.soft is not None:
-            from detkd.offline.dataset import add_soft_boxes
+            from detkd.data.soft_labels import add_soft_boxes
 
             label = add_soft_boxes(label, self.soft)
         return super().update_labels_info(label)
@@ -107,7 +106,7 @@ class CheckedYOLODataset(YOLODataset):
     def build_transforms(self, hyp: Any = None) -> Any:
         transforms = super().build_transforms(hyp)
         if self.augment and (self.soft is not None or self.unlabeled):
-            from detkd.offline.dataset import mix_within_pools, record_flips
+            from detkd.data.soft_labels import mix_within_pools, record_flips
 
             record_flips(transforms)
             if self.unlabeled:

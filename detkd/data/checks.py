@@ -31,7 +31,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detkd.data.dataset import DataSpec, Row, iter_split_sources, label_path_for
+from detkd.data.dataset import (
+    DataSpec,
+    Row,
+    add_unlabeled,
+    image_formats,
+    iter_split_sources,
+    load_data_spec,
+    source_images,
+)
+from detkd.data.split_lists import label_path_for, reencode_jpeg
 from detkd.errors import ConfigError, InputFileError
 
 LOGGER = logging.getLogger(__name__)
@@ -54,19 +63,6 @@ _MODE_KINDS = {
     "CMYK": "4-channel",
     "P": "palette",
 }
-
-
-def image_formats() -> set[str]:
-    """The file suffixes Ultralytics reads as images (lower case, no dot)."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    return set(IMG_FORMATS)
-
-
-def source_images(src: Path, files: list[Path], formats: AbstractSet[str]) -> list[Path]:
-    """The images among a split source's files: a folder's files with an image suffix; a list's entries as listed
-    (an entry of another type is then reported by the sample check, not silently dropped)."""
-    return [p for p in files if p.suffix.lower().lstrip(".") in formats] if src.is_dir() else files
 
 
 @dataclass
@@ -297,7 +293,7 @@ def check_image_file(path: Path, formats: AbstractSet[str] | None = None) -> Ima
             check.truncated_jpeg = f.read() != b"\xff\xd9"
         if check.truncated_jpeg:
             try:
-                _reencode(path, None)
+                reencode_jpeg(path, None)
             except Exception as e:  # PIL raises several types for undecodable files
                 return ImageCheck(_decode_error(e))
     if pixels is not None and int(pixels.max()) < DIM_16BIT:
@@ -371,7 +367,7 @@ def scan_split(spec: DataSpec, split: str) -> SplitReport:
     labels = split != UNLABELED
     with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:  # file reads and decoding release the GIL
         checked = pool.map(lambda img: _check_sample(img, formats, spec.nc, labels), candidates)
-        for img, (result, image) in zip(candidates, checked):
+        for img, (result, image) in zip(candidates, checked, strict=True):
             if isinstance(result, Skipped):
                 report.skipped.append(result)
                 continue
@@ -427,63 +423,20 @@ def split_report(spec: DataSpec, split: str, bad_samples: str = "skip") -> Split
     return spec.reports[split]
 
 
-def _reencode(src: Path, dst: Path | None) -> None:
-    """Restore a JPEG that lacks its end marker: its bytes with the marker appended, checked to decode with OpenCV
-    as Ultralytics reads it, written to ``dst`` (None: only check). Lossless; the original is not touched."""
-    import cv2
+def checked_data(
+    data: str | Path | DataSpec, bad_samples: str = "skip", unlabeled: list[str | Path] | None = None
+) -> DataSpec:
+    """The data spec with every sample of train and val (and unlabeled images, from the YAML's ``unlabeled`` key
+    and ``unlabeled``) checked (once: a checked spec is passed through).
 
-    data = src.read_bytes() + b"\xff\xd9"
-    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
-        raise OSError("not decodable even with its end marker restored")
-    if dst is not None:
-        dst.write_bytes(data)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.unlink(missing_ok=True)
-    try:
-        dst.symlink_to(src.absolute())
-    except OSError:  # no symlinks (some Windows set-ups): a hard link, then a copy
-        try:
-            os.link(src, dst)
-        except OSError:
-            dst.write_bytes(src.read_bytes())
-
-
-def _repaired_path(folder: Path, split: str, index: int, sample: Sample) -> Path:
-    return folder / "repaired" / split / "images" / f"{index:06d}_{sample.image.name}"
-
-
-def plan_split_list(report: SplitReport, folder: Path) -> None:
-    """Record on each sample the path the run's image list names for it (see :func:`write_split_list`); every rank
-    of a distributed run plans, the one that writes the files plans the same."""
-    for i, s in enumerate(report.samples):
-        # not resolve(): a linked image keeps its own labels folder
-        s.listed = _repaired_path(folder, report.split, i, s).absolute() if s.repairs else s.image.absolute()
-
-
-def write_split_list(report: SplitReport, folder: Path) -> Path:
-    """Write the usable images of a split as the image list the run trains on (repaired samples from
-    ``folder/repaired``).
-
-    Every checked split becomes a list, so Ultralytics reads exactly the images detkd checked (a folder would be
-    globbed again by Ultralytics' own rules). The user's files are never modified: a repaired sample becomes a link
-    to its image (or a restored copy) with the cleaned label beside it, where Ultralytics looks for labels.
+    ``bad_samples``: ``skip`` leaves unusable samples out with one warning each, ``fail`` stops on the first.
     """
-    plan_split_list(report, folder)
-    for s in report.samples:
-        if not s.repairs:
-            continue
-        image = s.train_path
-        image.parent.mkdir(parents=True, exist_ok=True)
-        if s.reencode:
-            _reencode(s.image, image)
-        else:
-            _link_or_copy(s.image, image)
-        label = label_path_for(image)
-        label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text("".join(f"{c} {x:.8g} {y:.8g} {w:.8g} {h:.8g}\n" for c, x, y, w, h in s.rows))
-    out = folder / f"{report.split}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{s.train_path}\n" for s in report.samples))
-    return out
+    check_policy(bad_samples)
+    spec = data if isinstance(data, DataSpec) else load_data_spec(data)
+    if unlabeled:
+        spec.reports.pop(UNLABELED, None)
+        add_unlabeled(spec, unlabeled)
+    for split in ("train", "val", UNLABELED):
+        if split in spec.splits:
+            split_report(spec, split, bad_samples)
+    return spec

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from detkd._io import read_text, read_yaml
+from detkd.data.split_lists import plan_split_list, write_split_list
 from detkd.errors import InputFileError
 
 if TYPE_CHECKING:
@@ -75,16 +77,12 @@ class DataSpec:
 
     def plan_resolved(self, path: str | Path) -> None:
         """Record the paths :meth:`write_resolved` lists for each sample, without writing anything."""
-        from detkd.data.checks import plan_split_list
-
         for report in self.reports.values():
             plan_split_list(report, Path(path).parent / "data")
 
     def write_resolved(self, path: str | Path) -> Path:
         """Write the YAML Ultralytics trains on: every checked split becomes an image list of its usable samples in
         ``<path folder>/data/`` (with ``report.json`` saying what was left out and why)."""
-        from detkd.data.checks import write_split_list
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_ultralytics()
@@ -98,6 +96,19 @@ class DataSpec:
         header = f"# resolved by detkd from {self.yaml_path}\n"
         path.write_text(header + yaml.safe_dump(data, sort_keys=False))
         return path
+
+
+def image_formats() -> set[str]:
+    """The file suffixes Ultralytics reads as images (lower case, no dot)."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    return set(IMG_FORMATS)
+
+
+def source_images(src: Path, files: list[Path], formats: AbstractSet[str]) -> list[Path]:
+    """The images among a split source's files: a folder's files with an image suffix; a list's entries as listed
+    (an entry of another type is then reported by the sample check, not silently dropped)."""
+    return [p for p in files if p.suffix.lower().lstrip(".") in formats] if src.is_dir() else files
 
 
 MAX_LIST_BYTES = 1 << 30  # an image list of 10 million paths is well under 1 GiB
@@ -177,8 +188,6 @@ def _split_source(yaml_path: Path, key: str, rel: Any, root: Path) -> Path:
         return found
     if not found.is_file():
         raise InputFileError(yaml_path, f"'{key}: {rel}' is a device or a FIFO, not a folder or an image list")
-    from detkd.data.checks import image_formats
-
     if found.suffix.lower().lstrip(".") in image_formats():
         raise InputFileError(
             yaml_path, f"'{key}: {rel}' is a single image; a split is a folder of images or a .txt list of them"
@@ -277,20 +286,8 @@ def iter_split_sources(spec: DataSpec, split: str) -> Iterator[tuple[Path, list[
 
 def list_images(spec: DataSpec, split: str) -> list[Path]:
     """All images of a split (folder files with an image suffix, list entries as listed); raises when there are none."""
-    from detkd.data.checks import image_formats, source_images
-
     formats = image_formats()
     images = [p for src, files in iter_split_sources(spec, split) for p in source_images(src, files, formats)]
     if not images:
         raise InputFileError(spec.yaml_path, f"split '{split}' has no images")
     return images
-
-
-def label_path_for(image: Path) -> Path:
-    """Ultralytics convention: the last ``/images/`` folder becomes ``/labels/`` and the suffix ``.txt``."""
-    parts = list(image.parts)
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            return Path(*parts).with_suffix(".txt")
-    return image.with_suffix(".txt")

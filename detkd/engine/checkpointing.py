@@ -8,8 +8,9 @@ is still intact.
 ``resume.pt`` (beside ``last.pt``) holds what Ultralytics' ``last.pt`` does not: the raw training weights (``last.pt``
 keeps only the half-precision EMA), full-precision optimizer state, the gradients accumulated since the last optimizer
 step (with ``batch`` < ``nbs`` an accumulation spans the epoch boundary), the KD adapters and method modules, the loss
-balancer and every random-number stream (Python, NumPy, torch, CUDA, the training dataloader's shuffling). It holds
-tensors, numbers and strings only, so it loads with the restricted unpickler like every other detkd checkpoint.
+balancer and every random-number stream (Python, NumPy, torch, CUDA, the training dataloader's shuffling; see
+:mod:`detkd.engine.rng_state`). It holds tensors, numbers and strings only, so it loads with the restricted unpickler
+like every other detkd checkpoint.
 """
 
 from __future__ import annotations
@@ -17,17 +18,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import random
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
 
 from detkd.errors import DetkdError
+from detkd.utils.files import replace_text
 
 STAGING = ".partial"  # folder inside ``weights/`` where checkpoints are written before the rename
 RESUME_FILE = "resume.pt"
@@ -80,18 +76,6 @@ def staged_writes(folder: Path, what: str, order: tuple[str, ...] = ()) -> Itera
             staging.rmdir()
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before training when ``folder`` cannot be created or written (the probe is a fresh file of its own,
-    never a link someone left in the folder)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".detkd_write_test", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DetkdError(f"{folder}: output folder is not writable ({type(e).__name__}: {e.strerror or e})") from e
-
-
 _WRITTEN_SUBFOLDERS = ("weights", "data")  # what detkd and Ultralytics write into inside a run folder
 
 
@@ -122,142 +106,11 @@ def check_unfinished(folder: Path) -> None:
         )
 
 
-def check_free_space(folder: Path, need_bytes: int) -> None:
-    """Fail before training when the disk holding ``folder`` lacks room for the run's checkpoints."""
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise DetkdError(
-            f"{folder}: only {free / 2**20:.0f} MiB free, the run's checkpoints need about "
-            f"{need_bytes / 2**20:.0f} MiB (free some space or choose another --project)"
-        )
-
-
 def checkpoint_bytes(n_params: int) -> int:
     """Room a run needs: resume.pt (weights, EMA, optimizer, gradients in fp32), last.pt and best.pt (fp16), staging
     copies."""
     per_epoch = n_params * (4 * 4 + 2 * 2 * 2)
     return 2 * per_epoch + 16 * 2**20
-
-
-# --- random-number streams ----------------------------------------------------------------------------------------
-
-
-class EpochShuffle(torch.utils.data.Sampler[int]):
-    """A fresh permutation of ``n`` indices for each pass, seeded by ``(seed, pass number)``.
-
-    torch's ``RandomSampler`` draws from one generator lazily (part of a pass's draws happen when the next pass is
-    first asked for), so a run restarted between epochs cannot reproduce its sequence; here the pass number is the
-    whole state.
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.passes = n, seed, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + self.passes) % (1 << 63))
-        self.passes += 1
-        yield from torch.randperm(self.n, generator=g).tolist()
-
-
-def _batch_sampler(loader: Any) -> Any:
-    return getattr(getattr(loader, "batch_sampler", None), "sampler", None)  # inside Ultralytics' repeat sampler
-
-
-def epoch_shuffle(loader: Any) -> EpochShuffle | None:
-    sampler = getattr(_batch_sampler(loader), "sampler", None)
-    return sampler if isinstance(sampler, EpochShuffle) else None
-
-
-def use_epoch_shuffle(loader: Any) -> None:
-    """Shuffle a training loader with :class:`EpochShuffle` (a distributed sampler is left as it is)."""
-    batch_sampler = _batch_sampler(loader)
-    sampler = getattr(batch_sampler, "sampler", None)
-    if isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
-        seed = int(sampler.generator.initial_seed()) if sampler.generator is not None else torch.initial_seed()
-        batch_sampler.sampler = EpochShuffle(len(sampler), seed)
-
-
-def augmenters(dataset: Any) -> list[Any]:
-    """Objects with random streams of their own in a dataset's augmentations: each Albumentations ``Compose`` and,
-    depth first, every transform inside it (each holds its own generators)."""
-    transforms = getattr(getattr(dataset, "transforms", None), "transforms", None) or []
-    found: list[Any] = []
-
-    def walk(obj: Any) -> None:
-        if hasattr(obj, "random_generator") and hasattr(obj, "py_random"):
-            found.append(obj)
-        for child in getattr(obj, "transforms", None) or []:
-            walk(child)
-
-    for t in transforms:
-        inner = getattr(t, "transform", None)
-        if inner is not None:
-            walk(inner)
-    return found
-
-
-def _augmenter_state(a: Any) -> dict[str, Any]:
-    return {"seed": getattr(a, "seed", None), "numpy": a.random_generator.bit_generator.state,
-            "python": a.py_random.getstate()}  # fmt: skip
-
-
-def rng_state(loader: Any) -> dict[str, Any]:
-    """Every random stream a training step draws from, as tensors and plain values."""
-    np_state: Any = np.random.get_state()
-    shuffle = epoch_shuffle(loader)
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": str(np_state[0]),
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "shuffle_passes": shuffle.passes if shuffle is not None else None,
-        "augment": [_augmenter_state(a) for a in augmenters(getattr(loader, "dataset", None))],
-    }
-
-
-def restore_rng(state: Mapping[str, Any], loader: Any) -> None:
-    """Put every random stream back where :func:`rng_state` found it."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    shuffle = epoch_shuffle(loader)
-    if shuffle is not None and state.get("shuffle_passes") is not None:
-        shuffle.passes = int(state["shuffle_passes"])
-    restore_augmenters(state, getattr(loader, "dataset", None))
-
-
-def restore_augmenters(state: Mapping[str, Any], dataset: Any) -> None:
-    """The augmentation pipelines' own random streams (again after Ultralytics rebuilds them, e.g. closing mosaic)."""
-    for aug, saved in zip(augmenters(dataset), state.get("augment") or []):
-        if hasattr(aug, "seed"):
-            aug.seed = saved["seed"]  # else Ultralytics reseeds a fresh pipeline at its first call
-        aug.random_generator.bit_generator.state = saved["numpy"]
-        py = saved["python"]
-        aug.py_random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def plain(value: Any) -> Any:
-    """NumPy scalars as Python numbers (so the restricted unpickler reads them back)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
 
 
 def truncate_results_csv(csv: Path, epochs_done: int) -> None:
@@ -277,20 +130,6 @@ def truncate_results_csv(csv: Path, epochs_done: int) -> None:
             continue
     if len(kept) != len(lines):
         replace_text(csv, "".join(kept))
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fresh temporary file and a rename: a kill leaves the old file or the new
-    one, and a link in ``path``'s place is replaced, never written through."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def run_folder(path: str | Path) -> Path:

@@ -197,7 +197,7 @@ class KDCriterion:
             total = self._nonfinite(total, (*det.items, *KD_ITEM_NAMES))
         # Detection items exactly as Ultralytics reports them (comparable with a run without KD); KD items weighted.
         items = dict(det.items)
-        items.update({k: v.detach() for k, v in zip(KD_ITEM_NAMES, kd.detach())})
+        items.update({k: v.detach() for k, v in zip(KD_ITEM_NAMES, kd.detach(), strict=True)})
         for name in self.item_names[len(KD_ITEM_NAMES) :]:
             items[name] = ratios.get(f"kd/{name.rsplit('/', 1)[1]}", zero).detach()
         if not finite:  # a skipped step adds zeros to the epoch means, not NaN
@@ -220,7 +220,7 @@ class KDCriterion:
         return sums, counts
 
     def _nonfinite(self, total: Tensor, names: tuple[str, ...]) -> Tensor:
-        bad = [n for n, v in zip(names, total.detach().cpu()) if not torch.isfinite(v)]
+        bad = [n for n, v in zip(names, total.detach().cpu(), strict=True) if not torch.isfinite(v)]
         if self.on_nonfinite == "stop":
             raise NonFiniteLossError(
                 f"non-finite loss term(s) {bad} at {self._where()}; stopping instead of training on NaN/Inf "

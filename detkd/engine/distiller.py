@@ -11,288 +11,69 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from detkd import __version__
-from detkd._io import read_text
-from detkd.checkpoints import load_checkpoint
+from detkd._offline import offline_call
 from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
-from detkd.data.checks import UNLABELED, check_policy, split_report
-from detkd.data.dataset import DataSpec, add_unlabeled, load_data_spec
+from detkd.data.checks import UNLABELED, checked_data
+from detkd.data.dataset import DataSpec
 from detkd.engine import distributed
-from detkd.engine.checkpointing import (
-    RESUME_FORMAT,
-    check_free_space,
-    check_own_files,
-    check_unfinished,
-    check_writable,
-    checkpoint_bytes,
-    find_resume_file,
-    replace_text,
-    run_folder,
+from detkd.engine.kd_trainer import KDTrainer
+from detkd.engine.oom import oom_advice, out_of_memory
+from detkd.engine.run_folder import (
+    RUN_META,
+    TrainResult,
+    check_room,
+    data_footnote,
+    prepared_run_folder,
+    write_data,
+    write_meta,
 )
-from detkd.engine.runlock import RunLock
-from detkd.engine.train_args import check_threads, check_train_args
-from detkd.engine.trainer import DetectorTrainer, KDTrainer
-from detkd.errors import ConfigError, DetkdError, InputFileError, RunInterrupted
+from detkd.engine.train_args import check_train_args
+from detkd.engine.trainer import DetectorTrainer
+from detkd.errors import ConfigError, DetkdError, InputFileError
 from detkd.logs import logged
 from detkd.losses.composite import KDComposite
-from detkd.offline.cache import TeacherCache, file_digest, image_digests
+from detkd.offline.cache import TeacherCache, image_digests
 from detkd.offline.teacher import CachedTeacher
 from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher, refuse_untrained
+from detkd.teachers.inputs import input_files
 from detkd.teachers.mapped import paired_classes
 from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
 from detkd.types import Teacher
+from detkd.utils.args import check_threads
+from detkd.utils.environment import run_environment
+from detkd.utils.files import file_digest, fingerprints
+from detkd.utils.rng import seeded
 
 LOGGER = logging.getLogger(__name__)
 SCALE_SENSITIVE = ("mse", "fine_grained", "fgd", "mgd")  # feature methods that match raw values
 
-RUN_META = "detkd_run.json"
 # detkd's defaults for Ultralytics training arguments (any can be overridden by the caller); plots on as in
 # Ultralytics (results.png, confusion matrix, PR curves, batch previews) plus detkd's kd_terms.png.
 DEFAULT_TRAIN_ARGS: dict[str, Any] = {"plots": True, "verbose": True}
-
-
-@dataclass
-class TrainResult:
-    """Where a run's outputs are and what it measured."""
-
-    save_dir: Path
-    best: Path
-    last: Path
-    results_csv: Path
-    wall_time_s: float
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cpu_name() -> str | None:
-    """The processor's model name (Linux), e.g. 'AMD EPYC 7B13'; None where it cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def run_environment() -> dict[str, Any]:
-    """Versions and machine facts recorded beside every result."""
-    import ultralytics
-
-    return {
-        "detkd": __version__,
-        "commit": _git_commit(),
-        "ultralytics": ultralytics.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "cpu": _cpu_name(),
-        "cpu_cores": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "command": " ".join(sys.argv),
-    }
-
-
-@contextlib.contextmanager
-def _run_folder(
-    project: str | Path, name: str, exist_ok: bool, device: Any = None, *, resuming: bool = False
-) -> Iterator[Path]:
-    """The run folder, created, checked writable and locked (:mod:`detkd.engine.runlock`) before anything trains,
-    held until the run ends; under torchrun, rank 0 holds it and every rank gets its path. A folder that exists
-    already must hold its own files (no links); a fresh run may not take over a killed run's folder."""
-    from ultralytics.utils.files import increment_path
-
-    if not name or name in (".", "..") or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise DetkdError(f"--name {name!r}: must name a folder inside --project (no '..', not absolute, not empty)")
-    distributed.init(device)
-    save_dir, lock, created, failed = None, None, False, True
-    if distributed.is_main():
-        save_dir = Path(increment_path(Path(project).resolve() / name, exist_ok=exist_ok or resuming))
-        check_own_files(save_dir)
-        created = not save_dir.exists()
-        check_writable(save_dir)
-        lock = RunLock(save_dir).acquire()
-    try:
-        if save_dir is not None and not resuming:
-            check_unfinished(save_dir)  # (under the lock: a run in progress is reported as busy first)
-        folder = Path(distributed.broadcast(save_dir))
-        try:
-            yield folder
-        except KeyboardInterrupt:
-            raise RunInterrupted(folder) from None
-        failed = False
-    finally:
-        if lock is not None:
-            lock.release()
-        if failed and created and save_dir is not None:
-            _remove_if_nothing_saved(save_dir)
-
-
-def _remove_if_nothing_saved(save_dir: Path) -> None:
-    """A run that failed before its first checkpoint leaves no numbered folder behind (``distill-2``,
-    ``distill-3``, ... of failed starts would hide the run that worked); only a folder this run created, and only
-    when it holds no weights."""
-    weights = save_dir / "weights"
-    if weights.is_dir() and any(weights.iterdir()):
-        return
-    shutil.rmtree(save_dir, ignore_errors=True)
-    LOGGER.info("%s: removed (the run stopped before it saved anything)", save_dir)
-
-
-def _check_room(save_dir: Path, model: torch.nn.Module) -> None:
-    if distributed.is_main():
-        check_free_space(save_dir, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
-
-
-def _write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
-    if distributed.is_main():
-        replace_text(save_dir / RUN_META, json.dumps(meta, indent=2, default=str))
-
-
-def _checked_data(
-    data: str | Path | DataSpec, bad_samples: str = "skip", unlabeled: list[str | Path] | None = None
-) -> DataSpec:
-    """The data spec with every sample of train and val (and unlabeled images, from the YAML's ``unlabeled`` key
-    and ``unlabeled``) checked (once: a checked spec is passed through).
-
-    ``bad_samples``: ``skip`` leaves unusable samples out with one warning each, ``fail`` stops on the first.
-    """
-    check_policy(bad_samples)
-    spec = data if isinstance(data, DataSpec) else load_data_spec(data)
-    if unlabeled:
-        spec.reports.pop(UNLABELED, None)
-        add_unlabeled(spec, unlabeled)
-    for split in ("train", "val", UNLABELED):
-        if split in spec.splits:
-            split_report(spec, split, bad_samples)
-    return spec
-
-
-def _write_data(spec: DataSpec, save_dir: Path, resuming: bool) -> Path:
-    """The run's resolved data YAML (and image lists of changed splits), written by rank 0; a resumed run trains on
-    the one it wrote first (its ``data/report.json`` keeps what the original check found).
-
-    On several nodes without a shared filesystem, the first rank of each node that does not see rank 0's file
-    writes the node's own copy (every rank checked the same data, so the copies agree).
-    """
-    path = save_dir / "data.yaml"
-    spec.plan_resolved(path)  # every rank knows the listed path of each sample, whoever writes the lists
-    if distributed.is_main() and not (resuming and path.is_file()):
-        spec.write_resolved(path)
-    distributed.barrier()
-    if not distributed.is_main() and distributed.is_local_main() and not path.is_file():
-        spec.write_resolved(path)
-    distributed.barrier()
-    return path
-
-
-def input_files(teacher: str | Path, class_map: str | Path | None = None) -> list[Path]:
-    """Every file a teacher spec reads: the teacher file (or torchvision weights), an ensemble's members and class
-    maps (recursively), and the class map."""
-    from detkd.teachers.ensemble import is_ensemble, member_specs
-    from detkd.teachers.torchvision_det import PREFIX, parse_spec
-
-    text = str(teacher)
-    files: list[Path] = []
-    if text.startswith(PREFIX):
-        weights = parse_spec(text)[1]
-        files += [weights] if weights is not None else []
-    elif Path(text).is_file():
-        files.append(Path(text))
-        if is_ensemble(text):
-            for m in member_specs(text):
-                files += input_files(m.teacher, m.class_map)
-    if class_map:
-        files.append(Path(class_map))
-    return files
-
-
-def fingerprints(files: list[Path]) -> dict[str, str]:
-    """SHA-256 of each file (absolute paths as keys), recorded in the run so a resume can tell a replaced file."""
-    return {str(p.resolve()): file_digest(p) for p in files if p.is_file()}
-
-
-def _check_same_inputs(recorded: dict[str, str], files: list[Path], folder: Path) -> None:
-    """Refuse to resume when a file the run distilled from is gone or differs from the one it started with."""
-    now = fingerprints(files)
-    for path, digest in recorded.items():
-        if path not in now:
-            raise DetkdError(f"resume {folder}: {path} is gone; the run distils from it (restore it to resume)")
-        if now[path] != digest:
-            raise DetkdError(
-                f"resume {folder}: {path} changed since the run started (SHA-256 {now[path][:12]}, was "
-                f"{digest[:12]}); a resumed run must use the same teacher (start a new run for a new one)"
-            )
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def _oom_advice(trainer: DetectorTrainer) -> str:
-    args = trainer.args
-    batch = int(trainer.batch_size)
-    teacher = "" if not isinstance(trainer, KDTrainer) else (
-        " the teacher runs in fp16 under AMP already; a smaller teacher also helps." if trainer.amp
-        else " turn AMP on (--train-arg amp=True) so the teacher runs in fp16."
-    )  # fmt: skip
-    return (
-        f"out of memory on {trainer.device} at epoch {trainer.epoch + 1} (batch {batch}, imgsz {args.imgsz}): "
-        f"lower --batch (e.g. {max(batch // 2, 1)}) or --imgsz;{teacher} The last complete epoch can be resumed "
-        f"with --resume {trainer.save_dir}"
-    )
-
-
-def _data_footnote(spec: DataSpec, save_dir: Path) -> None:
-    """Repeat, once training is over, how many samples were left out or repaired (the warnings scrolled away)."""
-    counts = {split: (len(r.skipped), len(r.repaired)) for split, r in spec.reports.items()}
-    if distributed.is_main() and any(a or b for a, b in counts.values()):
-        text = "; ".join(f"{split}: {a} skipped, {b} repaired" for split, (a, b) in counts.items())
-        LOGGER.warning("data: %s (details: %s)", text, save_dir / "data" / "report.json")
 
 
 def _run(trainer: DetectorTrainer, save_dir: Path, started: float, spec: DataSpec) -> TrainResult:
     try:
         trainer.train()
     except RuntimeError as e:
-        if _out_of_memory(e):
-            raise DetkdError(_oom_advice(trainer)) from e
+        if out_of_memory(e):
+            raise DetkdError(oom_advice(trainer)) from e
         raise
-    _data_footnote(spec, save_dir)
+    data_footnote(spec, save_dir)
     if distributed.is_main():
         meta_path = save_dir / RUN_META
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        _write_meta(save_dir, {**meta, "finished": True})
+        write_meta(save_dir, {**meta, "finished": True})
     raw: dict[str, Any] = dict(trainer.metrics or {})
     metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
     wdir = save_dir / "weights"
@@ -306,19 +87,6 @@ def _run(trainer: DetectorTrainer, save_dir: Path, started: float, spec: DataSpe
     )
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch for what runs inside (model and adapter initialisation) without touching the caller's RNG.
-
-    Models are built before Ultralytics seeds its trainer, so without this their initial weights would depend on
-    whatever used the global RNG before. With it, a baseline and a KD student of the same seed start from the same
-    weights, and every run of a seed starts from the same weights.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def _overrides(model_spec: str | Path, data_yaml: Path, save_dir: Path, **kw: Any) -> dict[str, Any]:
     args = {**DEFAULT_TRAIN_ARGS, **{k: v for k, v in kw.items() if v is not None}}
     args.update(model=str(model_spec), data=str(data_yaml), project=str(save_dir.parent), name=save_dir.name)
@@ -326,6 +94,7 @@ def _overrides(model_spec: str | Path, data_yaml: Path, save_dir: Path, **kw: An
     return args
 
 
+@offline_call
 @logged
 def train_detector(
     model: str | Path,
@@ -347,15 +116,15 @@ def train_detector(
     started = time.time()
     check_train_args(train_args)
     check_threads(threads)
-    spec = _checked_data(data, bad_samples)
+    spec = checked_data(data, bad_samples)
     with seeded(int(train_args.get("seed") or 0)):
         net = uy.build_student(model, spec.nc, spec.names)
     resuming = resume_state is not None
-    with _run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
-        _check_room(save_dir, net)
-        data_yaml = _write_data(spec, save_dir, resuming)
+    with prepared_run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
+        check_room(save_dir, net)
+        data_yaml = write_data(spec, save_dir, resuming)
         if not resuming:
-            _write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
+            write_meta(save_dir, {"kind": "train", "model": str(model), "data": str(spec.yaml_path),
                                    "train_args": train_args, "threads": threads, **run_environment()})  # fmt: skip
         overrides = _overrides(model, data_yaml, save_dir, **train_args)
         trainer = DetectorTrainer(net, overrides, threads=threads, resume_state=resume_state, data=spec)
@@ -405,9 +174,9 @@ MIN_TEACHER_MAP50 = 0.01  # below this the teacher finds about nothing on the da
 def score_teacher(teacher: Teacher, spec: DataSpec, imgsz: int, device: Any = None) -> dict[str, float]:
     """The teacher's COCO mAP on an evenly spaced sample of the val split, on the data's classes (through its class
     map), at the training image size: a teacher that scores about nothing is worth a warning before hours of KD."""
-    from detkd.engine.trainer import torch_device_name
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TeacherPredictor
+    from detkd.utils.device import torch_device_name
 
     dev = torch_device_name(device) if device not in (None, "") else ("cuda:0" if torch.cuda.is_available() else "cpu")
     size = max(32, -(-int(imgsz) // 32) * 32)
@@ -445,6 +214,7 @@ class Distiller:
         DetkdError: bad data, weights or configs, or a teacher/student pair that cannot be paired.
     """
 
+    @offline_call
     @logged
     def __init__(
         self,
@@ -468,7 +238,7 @@ class Distiller:
             self.kd = load_kd_config(kd, overrides)
         if teacher is not None and teacher_cache is None:
             refuse_untrained(teacher, allow_random_teacher)  # before the data scan, which may take minutes
-        self.data = _checked_data(data, bad_samples, unlabeled)
+        self.data = checked_data(data, bad_samples, unlabeled)
         self.student_spec = str(student)
         self.callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self.teacher_cache = str(teacher_cache) if teacher_cache is not None else None
@@ -481,7 +251,8 @@ class Distiller:
             if class_map:
                 raise DetkdError("a class map is applied when the cache is built (detkd cache --class-map)")
             self.teacher_spec = str(teacher_cache)
-            built = self.teacher = self._cached_teacher(Path(teacher_cache))
+            built: Teacher = self._cached_teacher(Path(teacher_cache))
+            self.teacher = built
         elif teacher is None:
             raise DetkdError("a teacher is needed: a teacher file, or teacher_cache= (--teacher-cache)")
         else:
@@ -519,8 +290,8 @@ class Distiller:
         samples = [s for split in ("train", UNLABELED) if split in self.data.reports
                    for s in self.data.reports[split].samples]  # fmt: skip
         keys = image_digests([s.image for s in samples])
-        self.digests = {str(s.image): k for s, k in zip(samples, keys)}
-        missing = [s.image for s, k in zip(samples, keys) if k not in cache.entries]
+        self.digests = {str(s.image): k for s, k in zip(samples, keys, strict=True)}
+        missing = [s.image for s, k in zip(samples, keys, strict=True) if k not in cache.entries]
         if missing:
             raise InputFileError(
                 folder, f"{len(missing)} of {len(samples)} training images are not in the cache (e.g. {missing[0]}); "
@@ -560,6 +331,7 @@ class Distiller:
             composite = build_composite(self.kd, student, self.teacher, self.data.nc)
         return student, composite
 
+    @offline_call
     @logged
     def train(
         self,
@@ -598,12 +370,12 @@ class Distiller:
             teacher_score = self._check_teacher(imgsz, train_args.get("device"))
         self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
         resuming = resume_state is not None
-        with _run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
-            _check_room(save_dir, self.student)
-            data_yaml = _write_data(self.data, save_dir, resuming)
+        with prepared_run_folder(project, name, exist_ok, train_args.get("device"), resuming=resuming) as save_dir:
+            check_room(save_dir, self.student)
+            data_yaml = write_data(self.data, save_dir, resuming)
             if not resuming and distributed.is_main():
                 dump_kd_config(self.kd, save_dir / "kd.yaml")
-                _write_meta(save_dir, {
+                write_meta(save_dir, {
                     "kind": "distill",
                     "teacher": self.teacher.describe(),
                     "teacher_spec": self.teacher_spec,
@@ -669,109 +441,3 @@ def _check_event(event: str) -> None:
         close = difflib.get_close_matches(event, list(default_callbacks), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"callback event '{event}' does not exist{hint}; valid: {', '.join(default_callbacks)}")
-
-
-RESUMABLE_CHANGES = ("device", "workers", "threads")  # what may differ when a run is resumed
-
-
-@logged
-def resume(path: str | Path, **changes: Any) -> TrainResult:
-    """Continue a killed ``distill`` or ``train`` run from its last complete epoch, in its own folder.
-
-    The teacher is rebuilt from its file, the student, adapters, optimizer, schedules and random streams are restored
-    from ``weights/resume.pt``; the data and KD config are the run's own (``data.yaml``, ``kd.yaml``). Only
-    ``device``, ``workers`` and ``threads`` may be changed. Resuming a finished run does nothing and says so.
-    """
-    unknown = sorted(set(changes) - set(RESUMABLE_CHANGES))
-    if unknown:
-        raise DetkdError(f"resume: {unknown} cannot change on resume (only {', '.join(RESUMABLE_CHANGES)} can)")
-    folder = run_folder(path)
-    meta = _run_meta(folder, path)
-    if meta.get("finished"):
-        LOGGER.info("%s: the run finished all its epochs; nothing to resume", folder)
-        return _finished(folder)
-    if meta["kind"] == "distill":  # a replaced teacher is refused before anything else is read
-        cache = meta.get("teacher_cache")
-        files = [Path(cache) / "cache.json"] if cache else input_files(meta["teacher_spec"], meta.get("class_map"))
-        _check_same_inputs(meta.get("inputs") or {}, files, folder)
-    state = _resume_state(find_resume_file(folder))
-    if int(state["epoch"]) + 1 >= int(state["epochs"]):
-        LOGGER.info("%s: all %d epochs were trained; nothing to resume", folder, state["epochs"])
-        return _finished(folder)
-    args = {**meta["train_args"], **{k: v for k, v in changes.items() if k != "threads" and v is not None}}
-    threads = changes.get("threads") or meta.get("threads")
-    where: dict[str, Any] = {"project": folder.parent, "name": folder.name, "threads": threads, "resume_state": state}
-    data = folder / "data.yaml"
-    LOGGER.info("resuming %s run %s after epoch %d", meta.get("kind"), folder, int(state["epoch"]) + 1)
-    if meta.get("kind") == "distill":
-        teacher = meta["teacher_spec"]
-        cache = meta.get("teacher_cache")
-        if cache:
-            distiller = Distiller(None, meta["student"], data, folder / "kd.yaml", teacher_cache=cache)
-            return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
-        if not str(teacher).endswith((".yaml", ".yml")) and ":" not in str(teacher) and not Path(teacher).exists():
-            raise DetkdError(f"resume: the teacher {teacher} is gone (detkd rebuilds the teacher from its file)")
-        distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"),
-                              allow_random_teacher=meta.get("allow_random_teacher") is True)  # fmt: skip
-        return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
-    return train_detector(meta["model"], data, **where, **args)
-
-
-_META_KEYS = {"train": ("model",), "distill": ("teacher_spec", "student")}  # strings a run's meta must name
-
-
-def _run_meta(folder: Path, given: str | Path) -> dict[str, Any]:
-    """A run folder's ``detkd_run.json``, checked: it comes from a folder that may not be the user's own."""
-    meta_path = folder / RUN_META
-    if not meta_path.is_file():
-        raise DetkdError(f"{given}: not a detkd run folder ({RUN_META} missing)")
-    try:
-        meta = json.loads(read_text(meta_path, "run description", max_bytes=1 << 22))
-    except ValueError as e:
-        raise InputFileError(meta_path, f"is not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("kind") not in _META_KEYS:
-        raise InputFileError(meta_path, "is not a detkd run description (expected 'kind': train or distill)")
-    for key in _META_KEYS[meta["kind"]]:
-        if not isinstance(meta.get(key), str) or not meta[key]:
-            raise InputFileError(meta_path, f"'{key}' must name a file or model (got {meta.get(key)!r})")
-    for key in ("class_map", "on_nonfinite", "teacher_cache"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            raise InputFileError(meta_path, f"'{key}' must be a string (got {meta[key]!r})")
-    train_args = meta.get("train_args", {})
-    if not isinstance(train_args, dict):
-        raise InputFileError(meta_path, f"'train_args' must be a mapping (got {type(train_args).__name__})")
-    threads = meta.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
-        raise InputFileError(meta_path, f"'threads' must be an integer (got {threads!r})")
-    try:
-        check_train_args(train_args)
-    except DetkdError as e:
-        raise InputFileError(meta_path, f"train_args: {e}") from e
-    return {**meta, "train_args": train_args}
-
-
-def _resume_state(path: Path) -> dict[str, Any]:
-    """``resume.pt``, loaded safely and checked to hold what a resume reads (the rest is checked as it is restored)."""
-    state = load_checkpoint(path)
-    if state.get("format") not in (1, RESUME_FORMAT):
-        raise InputFileError(path, f"is not a detkd resume state (format {state.get('format')!r})")
-    ints = {k: state.get(k) for k in ("epoch", "epochs", "updates")}
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in ints.values()):
-        raise InputFileError(path, f"epoch, epochs and updates must be integers (got {ints})")
-    if not -1 <= int(state["epoch"]) < int(state["epochs"]):
-        raise InputFileError(path, f"epoch {state['epoch']} is outside the run's {state['epochs']} epochs")
-    for key in ("model", "ema", "optimizer", "rng", "stopper"):
-        if not isinstance(state.get(key), dict):
-            raise InputFileError(path, f"'{key}' must be a mapping (got {type(state.get(key)).__name__})")
-    for key in ("model", "ema"):
-        if not all(isinstance(v, torch.Tensor) for v in state[key].values()):
-            raise InputFileError(path, f"'{key}' must hold tensors only (a state dict)")
-    if state["format"] == 1:
-        LOGGER.warning("%s: written by an older detkd without the partial gradient accumulation: the resumed run "
-                       "continues statistically, not exactly, like the uninterrupted one", path)  # fmt: skip
-    return state
-
-
-def _finished(folder: Path) -> TrainResult:
-    wdir = folder / "weights"
-    return TrainResult(folder, wdir / "best.pt", wdir / "last.pt", folder / "results.csv", 0.0)

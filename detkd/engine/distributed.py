@@ -8,13 +8,15 @@ and method modules) have their gradients averaged here, the same way DDP average
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def world_size() -> int:
@@ -149,3 +151,20 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+@contextlib.contextmanager
+def ddp_without_device_ids() -> Iterator[None]:
+    """Ultralytics wraps DDP with ``device_ids=[device.index]``, which torch refuses for CPU modules; on CPU (gloo)
+    the wrap is made without device ids. Scoped to the trainer's setup."""
+    original = nn.parallel.DistributedDataParallel
+
+    class CPUDistributedDataParallel(original):  # type: ignore[misc, valid-type]
+        def __init__(self, module: nn.Module, *args: Any, device_ids: Any = None, **kwargs: Any) -> None:
+            super().__init__(module, *args, **kwargs)
+
+    nn.parallel.DistributedDataParallel = CPUDistributedDataParallel  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        nn.parallel.DistributedDataParallel = original  # type: ignore[misc]

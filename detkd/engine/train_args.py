@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 from typing import Any
 
-import torch
-
-from detkd._offline import ensure_offline
+from detkd._offline import offline_env
 from detkd.errors import ConfigError
+from detkd.utils.args import check_device, check_imgsz, check_int
 
-ensure_offline()
-
-from ultralytics.cfg import check_cfg  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG_DICT  # noqa: E402
+with offline_env():  # Ultralytics reads its offline switches when first imported
+    from ultralytics.cfg import check_cfg
+    from ultralytics.utils import DEFAULT_CFG_DICT
 
 MAX_SEED = 2**32 - 1
-MAX_IMGSZ = 8192
 
 # Arguments detkd sets itself (the run folder, the model, the data it checked).
 SET_BY_DETKD = {
@@ -51,29 +47,6 @@ _RANGES: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low inclu
 }
 
 
-def _int(name: str, value: Any, low: int, what: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} {value!r}: must be an integer >= {low}{what}")
-
-
-def check_device(device: Any) -> None:
-    """``cpu``, ``mps``, a CUDA index (``0``), several (``0,1``), ``cuda`` or ``cuda:N`` that this machine has."""
-    if device is None:
-        return
-    text = str(device).strip().lower().replace("cuda:", "")
-    if text in ("cpu", "mps"):
-        return
-    indices = text.split(",") if text != "cuda" else ["0"]
-    if not all(i.strip().isdigit() for i in indices):
-        raise ConfigError(f"--device {device!r}: expected cpu, a GPU index (0), several (0,1), or cuda:N")
-    count = torch.cuda.device_count()
-    missing = [i.strip() for i in indices if int(i) >= count]
-    if missing:
-        have = f"GPUs 0..{count - 1}" if count else "no CUDA GPU"
-        raise ConfigError(f"--device {device}: no CUDA device {', '.join(missing)} on this machine ({have}); "
-                          "use --device cpu")  # fmt: skip
-
-
 def check_train_args(args: dict[str, Any], *, option_names: bool = False) -> dict[str, Any]:
     """``args`` unchanged when every key is an Ultralytics training argument detkd lets through and every value is
     valid. ``option_names``: the keys came from ``--train-arg``, so keys with an option of their own are refused."""
@@ -96,13 +69,13 @@ def check_train_args(args: dict[str, Any], *, option_names: bool = False) -> dic
                 bounds = f"{'[' if inclusive else '('}{low:g}, {high:g}]"
                 raise ConfigError(f"training argument {key}={value!r}: must be a number in {bounds}")
     if "epochs" in args:
-        _int("--epochs", args["epochs"], 1)
+        check_int("--epochs", args["epochs"], 1)
     if "imgsz" in args:
         check_imgsz(args["imgsz"])
     if "workers" in args and args["workers"] is not None:
-        _int("--workers", args["workers"], 0)
+        check_int("--workers", args["workers"], 0)
     if "seed" in args:
-        _int("--seed", args["seed"], 0)
+        check_int("--seed", args["seed"], 0)
         if args["seed"] > MAX_SEED:
             raise ConfigError(f"--seed {args['seed']}: must be at most {MAX_SEED} (NumPy's seed range)")
     batch = args.get("batch")
@@ -117,18 +90,3 @@ def check_train_args(args: dict[str, Any], *, option_names: bool = False) -> dic
     except (TypeError, ValueError) as e:
         raise ConfigError(" ".join(str(e).split())) from e
     return args
-
-
-def check_threads(threads: int | None) -> None:
-    if threads is not None:
-        _int("--threads", threads, 1)
-        most = max(64, 4 * (os.cpu_count() or 1))
-        if threads > most:
-            raise ConfigError(f"--threads {threads}: this machine has {os.cpu_count()} cores (at most {most})")
-
-
-def check_imgsz(imgsz: Any) -> None:
-    """A training or inference size in pixels: a positive integer up to :data:`MAX_IMGSZ`."""
-    _int("--imgsz", imgsz, 1, " (a size in pixels, rounded up to a multiple of the model's stride)")
-    if imgsz > MAX_IMGSZ:
-        raise ConfigError(f"--imgsz {imgsz}: at most {MAX_IMGSZ} pixels")

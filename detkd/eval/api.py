@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from detkd._offline import offline_call
 from detkd.eval.coco import EvalResult
 from detkd.logs import logged
 
@@ -27,6 +28,7 @@ def trained_imgsz(model: Any, default: int = 640) -> int:
     return int(value) if isinstance(value, (int, float)) and value > 0 else default
 
 
+@offline_call
 @logged
 def evaluate_model(
     model: str | Path,
@@ -73,15 +75,15 @@ def evaluate_model(
 
     from detkd.data.checks import split_report
     from detkd.data.dataset import load_data_spec
-    from detkd.engine.checkpointing import check_writable
-    from detkd.engine.train_args import check_device, check_imgsz, check_threads
-    from detkd.engine.trainer import set_cpu_threads, torch_device_name
     from detkd.errors import ConfigError
     from detkd.eval.coco import evaluate
     from detkd.eval.predict import TorchPredictor, data_class_map, on_data_classes
     from detkd.eval.report import write_eval_report
     from detkd.students import ultralytics_yolo as uy
     from detkd.teachers import load_eval_model
+    from detkd.utils.args import check_device, check_imgsz, check_threads
+    from detkd.utils.device import set_cpu_threads, torch_device_name
+    from detkd.utils.files import check_writable
 
     check_device(device)
     check_threads(threads)

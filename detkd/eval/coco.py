@@ -86,7 +86,7 @@ def coco_metrics(
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    metrics = {k: (float(v) if v >= 0 else None) for k, v in zip(STAT_NAMES, ev.stats)}
+    metrics = {k: (float(v) if v >= 0 else None) for k, v in zip(STAT_NAMES, ev.stats, strict=True)}
     precision = ev.eval["precision"]  # (T, R, K, area, maxDets)
     per_class: dict[str, float | None] = {}
     for k, cat in enumerate(cat_ids):

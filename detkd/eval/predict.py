@@ -21,8 +21,8 @@ from torchvision.ops import nms
 
 from detkd.classmap import ClassMap, resolve_class_map
 from detkd.errors import InputFileError
-from detkd.export.standalone import PAD_VALUE, LetterboxMeta, letterbox, preprocess
-from detkd.export.standalone import postprocess as bundle_postprocess
+from detkd.infer.decode import postprocess as bundle_postprocess
+from detkd.infer.letterboxing import PAD_VALUE, LetterboxMeta, letterbox, preprocess
 
 __all__ = [
     "ClassMappedPredictor",
@@ -241,7 +241,7 @@ def postprocess(
     clip: bool = True,
 ) -> list[np.ndarray]:
     """NMS (class-aware, multi-label) and mapping back to original pixels: the bundle's own postprocessing
-    (:func:`detkd.export.standalone.postprocess`) with torchvision's NMS and the evaluation threshold.
+    (:func:`detkd.infer.decode.postprocess`) with torchvision's NMS and the evaluation threshold.
 
     Returns:
         One (n, 6) array per image: x1, y1, x2, y2, score, class.

@@ -2,18 +2,18 @@
 
 A bundle folder holds the exported model (a file or a folder), ``labels.json``, ``metadata.json`` (input size,
 letterbox and normalisation, class names, thresholds, measured mAP and latency, detkd version, teacher and KD
-recipe), ``infer.py`` (a copy of ``detkd/export/standalone.py``) and a ``README.md`` saying how to run it.
+recipe), ``infer.py`` (one self-contained script written from :mod:`detkd.infer`, see :mod:`detkd.infer.script`)
+and a ``README.md`` saying how to run it.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from detkd.export import standalone
 from detkd.export.targets import Target
+from detkd.infer.script import standalone_script
 
 PREPROCESSING = {
     "color": "RGB",
@@ -53,7 +53,7 @@ def recipe_of(weights: Path) -> dict[str, Any] | None:
 
 
 def runtime_metadata(target: Target, model_path: Path, imgsz: int, end2end: bool, names: dict[int, str]) -> dict:
-    """What ``standalone.load_bundle`` needs to run the model (written first, completed after the checks)."""
+    """What ``detkd.infer.load_bundle`` needs to run the model (written first, completed after the checks)."""
     return {
         "format": target.name,
         "precision": target.precision,
@@ -105,5 +105,5 @@ def write_bundle(bundle: Path, target: Target, meta: dict[str, Any]) -> None:
     names = meta["classes"]
     (bundle / "labels.json").write_text(json.dumps([names[str(i)] for i in range(len(names))], indent=2))
     (bundle / "metadata.json").write_text(json.dumps(meta, indent=2))
-    shutil.copyfile(standalone.__file__, bundle / "infer.py")
+    (bundle / "infer.py").write_text(standalone_script())
     (bundle / "README.md").write_text(_readme(target, meta))

@@ -15,7 +15,8 @@ import numpy as np
 from detkd.errors import ConfigError
 from detkd.eval.predict import Predictor, read_image
 from detkd.eval.yolo_metrics import box_iou
-from detkd.export.standalone import postprocess, preprocess
+from detkd.infer.decode import postprocess
+from detkd.infer.letterboxing import LetterboxMeta, preprocess
 
 # Raw-output tolerances (class probabilities; box coordinates in input pixels) per precision. FP32 conversions must
 # be numerically the model; FP16 and INT8 are judged by mAP, their raw differences are reported, not gated.
@@ -53,7 +54,7 @@ def _end2end_diff(a: np.ndarray, b: np.ndarray, top: int = 50) -> tuple[float, f
     the reference's ``top`` best rows is compared with the candidate row of the same class closest to it.
     """
     box_d = score_d = 0.0
-    for ra, rb in zip(a.astype(np.float64), b.astype(np.float64)):
+    for ra, rb in zip(a.astype(np.float64), b.astype(np.float64), strict=True):
         for row in ra[np.argsort(-ra[:, 4])[:top]]:
             same = rb[rb[:, 5] == row[5]]
             if len(same) == 0:
@@ -64,11 +65,9 @@ def _end2end_diff(a: np.ndarray, b: np.ndarray, top: int = 50) -> tuple[float, f
     return box_d, score_d
 
 
-def load_inputs(images: Sequence[Path] | np.ndarray, imgsz: int) -> tuple[np.ndarray, list[Any]]:
+def load_inputs(images: Sequence[Path] | np.ndarray, imgsz: int) -> tuple[np.ndarray, list[LetterboxMeta]]:
     """A preprocessed batch from image files, or a given (B, 3, S, S) batch as is (identity letterbox)."""
     if isinstance(images, np.ndarray):
-        from detkd.export.standalone import LetterboxMeta
-
         return images, [LetterboxMeta(1.0, 0, 0, imgsz, imgsz)] * len(images)
     return preprocess([read_image(p) for p in images], imgsz)
 
@@ -98,7 +97,7 @@ def raw_parity(
     cand_dets = postprocess(b, metas, end2end=candidate.end2end, conf=conf, iou=iou)
     total = matched = 0
     ious: list[float] = []
-    for r, c in zip(ref_dets, cand_dets):
+    for r, c in zip(ref_dets, cand_dets, strict=True):
         r = r[:TOP_K]
         total += len(r)
         if len(r) == 0 or len(c) == 0:

@@ -17,12 +17,10 @@ from typing import Any
 
 from torch import nn
 
-from detkd._offline import ensure_offline, offline_guards
+from detkd._offline import offline_guards
 from detkd.data.checked_dataset import checked_labels
 from detkd.errors import DetkdError
 from detkd.export.targets import Target
-
-ensure_offline()
 
 LOGGER = logging.getLogger(__name__)
 

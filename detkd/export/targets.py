@@ -26,7 +26,7 @@ class Target:
     name: str  # what users type: onnx, openvino-int8, ...
     ultralytics_format: str  # Exporter's format= argument
     precision: str  # fp32 | fp16 | int8
-    runtime: str  # key of detkd.export.standalone.RUNTIMES
+    runtime: str  # key of detkd.infer.runtimes.RUNTIMES
     hardware: str  # who it is for, in a few words
     packages: dict[str, str]  # import name -> pip requirement, needed to export *and* run
     needs_gpu: bool = False

@@ -245,7 +245,7 @@ class KDComposite(nn.Module):
     ) -> Tensor:
         """The mean over head branches; with two (end-to-end heads), each is also named: ``kd/cls/one2one``."""
         if len(branches) > 1:
-            unweighted.update({f"{term}/{name}": loss for (name, _, _), loss in zip(branches, losses)})
+            unweighted.update({f"{term}/{name}": loss for (name, _, _), loss in zip(branches, losses, strict=True)})
         return losses.mean()
 
     def _logit(self, inp: KDInputs, branches: list[tuple[str, HeadOutputs, HeadOutputs]]) -> Tensor:

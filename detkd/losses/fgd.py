@@ -50,7 +50,8 @@ class GlobalRelation(nn.Module):
         b, c, h, w = x.shape
         weights = self.key(x).view(b, 1, h * w).softmax(dim=-1)  # (B, 1, HW)
         context = torch.bmm(x.view(b, c, h * w), weights.transpose(1, 2)).view(b, c, 1, 1)
-        return x + self.transform(context)
+        transformed: Tensor = self.transform(context)
+        return x + transformed
 
 
 def fgd_loss(

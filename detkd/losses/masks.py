@@ -43,7 +43,7 @@ def gt_box_masks(
     """
     out = []
     idx = batch_idx.long()
-    for (h, w), s in zip(grid_shapes, strides):
+    for (h, w), s in zip(grid_shapes, strides, strict=True):
         mask = boxes_xyxy.new_zeros(batch_size, h * w)
         if boxes_xyxy.numel():
             box, pos = _cells_in_boxes(boxes_xyxy, h, w, s).nonzero(as_tuple=True)
@@ -67,7 +67,7 @@ def fgd_weights(
     """
     out = []
     idx = batch_idx.long()
-    for (h, w), s in zip(grid_shapes, strides):
+    for (h, w), s in zip(grid_shapes, strides, strict=True):
         fg = boxes_xyxy.new_zeros(batch_size, h * w)
         if boxes_xyxy.numel():
             inside = _cells_in_boxes(boxes_xyxy, h, w, s)
@@ -130,17 +130,17 @@ def fine_grained_masks(
         raise ValueError(f"fine_grained_masks: thresh must be in [0, 1], got {thresh}")
     masks = [boxes_xyxy.new_zeros(batch_size, h * w) for h, w in grid_shapes]
     if not boxes_xyxy.numel():
-        return [m.view(batch_size, 1, h, w) for m, (h, w) in zip(masks, grid_shapes)]
+        return [m.view(batch_size, 1, h, w) for m, (h, w) in zip(masks, grid_shapes, strict=True)]
     ious = []
-    for (h, w), s in zip(grid_shapes, strides):
+    for (h, w), s in zip(grid_shapes, strides, strict=True):
         priors = _prior_boxes(h, w, s, anchor_scale, tuple(anchor_ratios), boxes_xyxy)
         ious.append(_pairwise_iou(boxes_xyxy, priors.view(-1, 4)).view(len(boxes_xyxy), h * w, -1).amax(dim=-1))
     best = torch.cat(ious, dim=1).amax(dim=1, keepdim=True)  # (N, 1): over all priors of all levels
     idx = batch_idx.long()
-    for mask, iou in zip(masks, ious):
+    for mask, iou in zip(masks, ious, strict=True):
         box, pos = ((iou > thresh * best) & (best > 0)).nonzero(as_tuple=True)
         mask[idx[box], pos] = 1.0
-    return [m.view(batch_size, 1, h, w) for m, (h, w) in zip(masks, grid_shapes)]
+    return [m.view(batch_size, 1, h, w) for m, (h, w) in zip(masks, grid_shapes, strict=True)]
 
 
 def split_levels(per_anchor: Tensor, grid_shapes: list[tuple[int, int]]) -> list[Tensor]:
@@ -152,5 +152,5 @@ def split_levels(per_anchor: Tensor, grid_shapes: list[tuple[int, int]]) -> list
     sizes = [h * w for h, w in grid_shapes]
     if per_anchor.shape[-1] != sum(sizes):
         raise ValueError(f"split_levels: {per_anchor.shape[-1]} anchors but the grids hold {sum(sizes)}")
-    parts = per_anchor.split(sizes, dim=-1)
-    return [p.reshape(p.shape[0], 1, h, w) for p, (h, w) in zip(parts, grid_shapes)]
+    parts = torch.split(per_anchor, sizes, dim=-1)
+    return [p.reshape(p.shape[0], 1, h, w) for p, (h, w) in zip(parts, grid_shapes, strict=True)]

@@ -20,7 +20,8 @@ class MGDGenerator(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
 
 def random_keep_mask(student: Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> Tensor:
@@ -56,5 +57,5 @@ def mgd_loss(student: Tensor, teacher: Tensor, *, generator: nn.Module, keep: Te
         )
     check_finite("mgd_loss", student=student, teacher=teacher)
     s, t = upcast(student), upcast(teacher.detach())
-    generated = generator(s * keep.to(s.dtype))
+    generated: Tensor = generator(s * keep.to(s.dtype))
     return (generated.to(s.dtype) - t).pow(2).mean()

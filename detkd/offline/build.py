@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from detkd._offline import offline_call
 from detkd.errors import DetkdError, InputFileError
 from detkd.logs import logged
 from detkd.offline.cache import (
@@ -37,8 +38,8 @@ from detkd.offline.cache import (
     write_manifest,
     write_shard,
 )
-from detkd.offline.soft import dense_field, dense_to_detections
 from detkd.progress import progress_bar
+from detkd.teachers.soft import dense_field, dense_to_detections
 
 LOGGER = logging.getLogger(__name__)
 PAD_VALUE = 114
@@ -105,7 +106,8 @@ def cache_key(
     pair_dir: Path | None,
     max_cells: int = 0,
 ) -> dict[str, Any]:
-    from detkd.engine.distiller import fingerprints, input_files
+    from detkd.teachers.inputs import input_files
+    from detkd.utils.files import fingerprints
 
     return {
         "cache_version": CACHE_VERSION,
@@ -160,7 +162,7 @@ def build_cache(
     """Cache ``teacher``'s soft boxes (and, for a dense head, its score field: up to ``max_cells`` anchors per image
     at ``conf`` or above) for ``images`` in ``out`` (created, or resumed when it holds a cache of the same key; a
     cache of another key is refused with the fields that differ)."""
-    from detkd.data.checks import image_formats
+    from detkd.data.dataset import image_formats
 
     if not images:
         raise DetkdError("detkd cache: no images to cache")
@@ -200,7 +202,7 @@ def build_cache(
     digests = image_digests(images)
     todo: list[tuple[Path, str]] = []
     seen = set(done)
-    for p, d in zip(images, digests):
+    for p, d in zip(images, digests, strict=True):
         if d not in seen:
             seen.add(d)
             todo.append((p, d))
@@ -233,7 +235,9 @@ def build_cache(
                         manifest["field"] = head.box_valid is None and max_cells > 0
                 dets = dense_to_detections(head, conf=conf, max_det=max_det, iou=iou)
                 fields = dense_field(head, conf=conf, max_cells=max_cells) if manifest["field"] else None
-                for j, (lb, student, (boxes, probs, dist, stride)) in enumerate(zip(boxed, student_imgs, dets)):
+                for j, (lb, student, (boxes, probs, dist, stride)) in enumerate(
+                    zip(boxed, student_imgs, dets, strict=True)
+                ):
                     sh, sw = student.shape[:2]
                     fx, fy = sw / lb.size[0], sh / lb.size[1]  # teacher image -> student image (a pair)
                     pad = torch.tensor([lb.pad[0], lb.pad[1]] * 2, dtype=torch.float32)
@@ -312,8 +316,7 @@ def _cells_in_original(
 
 def _listed_images(sources: Sequence[str | Path]) -> list[Path]:
     """The images of folders or image lists given on the command line (``--images``)."""
-    from detkd.data.checks import image_formats, source_images
-    from detkd.data.dataset import _split_files
+    from detkd.data.dataset import _split_files, image_formats, source_images
 
     formats = image_formats()
     out: list[Path] = []
@@ -328,6 +331,7 @@ def _listed_images(sources: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+@offline_call
 @logged
 def cache_teacher(
     teacher: str | Path,
@@ -351,10 +355,11 @@ def cache_teacher(
     """Build (or resume) a teacher cache: ``teacher`` (any family detkd distils from, seen through ``class_map``)
     over the data's train and unlabeled images and any more ``images``; classes are the data's (or, without
     ``data``, the teacher's own)."""
-    from detkd.engine.distiller import _checked_data, seeded
-    from detkd.engine.trainer import set_cpu_threads, torch_device_name
+    from detkd.data.checks import checked_data
     from detkd.teachers import build_teacher, refuse_untrained
     from detkd.teachers.mapped import paired_classes
+    from detkd.utils.device import set_cpu_threads, torch_device_name
+    from detkd.utils.rng import seeded
 
     refuse_untrained(teacher, allow_random_teacher)  # before the image scan
     if data is None and not images and not unlabeled:
@@ -363,7 +368,7 @@ def cache_teacher(
         raise DetkdError(f"detkd cache: --imgsz {imgsz} must be a multiple of 32 (the training size)")
     paths: list[Path] = []
     if data is not None:
-        spec = _checked_data(data, "skip", list(unlabeled) or None)
+        spec = checked_data(data, "skip", list(unlabeled) or None)
         names = dict(spec.names)
         for split in ("train", "unlabeled"):
             if split in spec.reports:

@@ -11,7 +11,7 @@ arrays; no pickle, nothing in it runs): per image ``keys`` (n, 32) uint8, the SH
 ``sizes`` (n, 2) int32 width and height and ``offsets`` (n + 1) int64 into the per-box arrays; per box ``boxes``
 (m, 4) float32 xyxy pixels of the original image, ``probs`` (m, C) float16 class probabilities, and for DFL
 teachers ``dist`` (m, 4, R) float16 per-side bin probabilities with ``spacing`` (m,) float32, the predicting
-anchor's stride in original pixels. A dense teacher's score field (:mod:`detkd.offline.soft`) is per image
+anchor's stride in original pixels. A dense teacher's score field (:mod:`detkd.teachers.soft`) is per image
 ``cell_offsets`` (n + 1) int64 into ``cells`` (k, 3) float32, an anchor's point and stride in original pixels,
 ``cell_probs`` (k, C) float16 and the anchor's own box: ``cell_dist`` (k, 4, R) float16 per-side bin
 probabilities for DFL teachers, else ``cell_ltrb`` (k, 4) float32 distances in strides. A teacher that gives
@@ -29,7 +29,6 @@ dataset still matches).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -42,6 +41,7 @@ import numpy as np
 
 from detkd._io import read_text
 from detkd.errors import DetkdError, InputFileError
+from detkd.utils.files import file_digest
 
 CACHE_FORMAT = "detkd-teacher-cache"
 CACHE_VERSION = 3  # 2: the score field (cells); 3: each cell's own box
@@ -68,15 +68,6 @@ _ARRAYS: dict[str, tuple[str, tuple[Any, ...]]] = {
 _DFL_ONLY = ("dist", "spacing", "cell_dist")
 ID_BASE = 1 << 32  # a soft box's id: shard * ID_BASE + row (exact in float64)
 CELL_BASE = 1 << 31  # ... and a cell's: shard * ID_BASE + CELL_BASE + row
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex): the key of an image in a cache."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def image_digests(paths: Iterable[Path], threads: int = 4) -> list[str]:
@@ -292,7 +283,7 @@ class TeacherCache:
 
     @property
     def has_field(self) -> bool:
-        """True when the teacher left a score field (a dense head; see :mod:`detkd.offline.soft`)."""
+        """True when the teacher left a score field (a dense head; see :mod:`detkd.teachers.soft`)."""
         return bool(self.manifest.get("field"))
 
     def describe(self) -> str:

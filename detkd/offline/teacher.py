@@ -1,7 +1,7 @@
 """A teacher read from a cache: its soft boxes and score field, moved by the batch's augmentation, as dense targets.
 
 Class targets come from the teacher's score field where the cache holds one (a dense head's anchors, painted onto
-the student's grid, :func:`~detkd.offline.soft.paint_field`), else from its soft boxes by the rule of
+the student's grid, :func:`~detkd.teachers.soft.paint_field`), else from its soft boxes by the rule of
 ``kd.targets``. Box targets come from the soft box covering the anchor, or with ``kd.targets.cell_boxes`` from the
 field's cells (each anchor's own box) where a cell reaches.
 
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from detkd.errors import ConfigError
 from detkd.offline.cache import TeacherCache, is_cell
-from detkd.offline.soft import ScoreField, SoftBoxes, paint_field, paint_field_boxes, paint_pairs, soft_to_dense
+from detkd.teachers.soft import ScoreField, SoftBoxes, paint_field, paint_field_boxes, paint_pairs, soft_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
 
 FEATURE_OFF = "kd.feature.weight=0"

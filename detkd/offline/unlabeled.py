@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detkd.offline.soft import SoftBoxes, dense_to_detections
+from detkd.teachers.soft import SoftBoxes, dense_to_detections
 from detkd.types import HeadOutputs
 
 

@@ -23,12 +23,11 @@ from typing import Any
 from torch import nn
 
 from detkd._io import read_yaml
-from detkd._offline import ensure_offline
+from detkd._offline import offline_env
 from detkd.errors import InputFileError
 
-ensure_offline()
-
-import ultralytics.nn.tasks as ul_tasks  # noqa: E402
+with offline_env():  # Ultralytics reads its offline switches when first imported
+    import ultralytics.nn.tasks as ul_tasks
 
 MAX_INT = 16384  # channels, kernel sizes, classes: far above any real detector's
 # parse_model turns a string argument naming one of its local variables into that object (the architecture dict,

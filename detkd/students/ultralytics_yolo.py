@@ -20,18 +20,17 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from detkd._offline import ensure_offline
+from detkd._offline import offline_env
 from detkd.checkpoints import ModuleRecord, UnsafeCheckpointError, load_checkpoint, model_record
 from detkd.errors import DetkdError, InputFileError
 from detkd.students.model_spec import check_model_dict, load_model_yaml
 from detkd.types import FeatureSpec, HeadOutputs
 
-ensure_offline()
-
-from ultralytics.nn.modules.head import Detect, v10Detect  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel  # noqa: E402
-from ultralytics.utils.loss import E2ELoss, v8DetectionLoss  # noqa: E402
-from ultralytics.utils.tal import make_anchors  # noqa: E402
+with offline_env():  # Ultralytics reads its offline switches when first imported
+    from ultralytics.nn.modules.head import Detect, v10Detect
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
+    from ultralytics.utils.tal import make_anchors
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def feature_specs(model: nn.Module) -> list[FeatureSpec]:
     strides = [int(s) for s in head.stride.tolist()]
     if any(s <= 0 for s in strides):
         raise DetkdError("model strides are not initialised (build the model before pairing)")
-    return [FeatureSpec(c, s) for c, s in zip(channels, strides)]
+    return [FeatureSpec(c, s) for c, s in zip(channels, strides, strict=True)]
 
 
 def reg_max(model: nn.Module) -> int:

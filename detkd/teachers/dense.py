@@ -28,7 +28,7 @@ def detections_to_dense(
     >>> out.boxes_xyxy()[0, :, 0].tolist()
     [0.0, 0.0, 16.0, 16.0]
     """
-    from detkd.offline.soft import SoftBoxes, soft_to_dense
+    from detkd.teachers.soft import SoftBoxes, soft_to_dense
 
     device = detections[0]["boxes"].device if detections else torch.device("cpu")
     boxes, idx, probs = [], [], []

@@ -18,6 +18,7 @@ decoded distances (``reg_max = 1``), so box KD uses ``iou``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ class EnsembleTeacher(FrozenTeacher):
 
     def describe(self) -> str:
         members: list[Any] = list(self.members)
-        parts = [f"{w:g} x {m.describe()}" for w, m in zip(self.weights, members)]
+        parts = [f"{w:g} x {m.describe()}" for w, m in zip(self.weights, members, strict=True)]
         return (
             f"{self.source} (ensemble, fuse={self.fuse}, features from member {self.features_from}: "
             + "; ".join(parts)
@@ -196,13 +197,14 @@ class EnsembleTeacher(FrozenTeacher):
 def load_ensemble_teacher(
     spec: str | Path,
     *,
+    build: Callable[..., Any],
     nc: int | None = None,
     names: dict[int, str] | None = None,
     allow_random: bool = False,
     **_: Any,
 ) -> EnsembleTeacher:
-    """Build every member (mapped to ``names``, the student's classes) and the fused teacher."""
-    from detkd.teachers import build_teacher
+    """Build every member with ``build`` (the registry's ``build_teacher``; mapped to ``names``, the student's
+    classes) and the fused teacher."""
     from detkd.teachers.mapped import paired_classes
 
     path = Path(spec)
@@ -212,6 +214,6 @@ def load_ensemble_teacher(
         raise ValueError("an ensemble teacher needs the student's class names")
     built = []
     for m in members:
-        teacher = build_teacher(m.teacher, nc=nc, names=names, allow_random=allow_random)
+        teacher = build(m.teacher, nc=nc, names=names, allow_random=allow_random)
         built.append(paired_classes(teacher, names, m.class_map, required=True))
     return EnsembleTeacher(built, [m.weight for m in members], fuse, features_from, str(spec))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detkd._offline import ensure_offline
+from detkd._offline import offline_env
 from detkd.checkpoints import load_checkpoint, model_record
 from detkd.errors import DetkdError
 from detkd.students import ultralytics_yolo as uy
@@ -25,10 +25,9 @@ from detkd.teachers.base import FrozenTeacher
 from detkd.teachers.dense import detections_to_dense
 from detkd.types import FeatureSpec, TeacherOutputs
 
-ensure_offline()
-
-from ultralytics.nn.modules.head import RTDETRDecoder  # noqa: E402
-from ultralytics.nn.tasks import RTDETRDetectionModel  # noqa: E402
+with offline_env():  # Ultralytics reads its offline switches when first imported
+    from ultralytics.nn.modules.head import RTDETRDecoder
+    from ultralytics.nn.tasks import RTDETRDetectionModel
 
 MIN_SCORE = 0.05  # queries below this confidence claim no positions (RT-DETR keeps 300 queries per image)
 
@@ -82,7 +81,7 @@ class RTDETRTeacher(FrozenTeacher):
         with torch.no_grad():  # strides and channels of the decoder's inputs, measured once
             feats, _ = self._run(torch.zeros(1, 3, 64, 64))
         self.strides = tuple(64 // int(f.shape[-1]) for f in feats)
-        self.specs = [FeatureSpec(int(f.shape[1]), s) for f, s in zip(feats, self.strides)]
+        self.specs = [FeatureSpec(int(f.shape[1]), s) for f, s in zip(feats, self.strides, strict=True)]
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._captured = list(args[0])

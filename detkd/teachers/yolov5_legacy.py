@@ -22,16 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detkd._offline import ensure_offline
+from detkd._offline import offline_env
 from detkd.checkpoints import load_checkpoint, model_record
 from detkd.errors import DetkdError, InputFileError
 from detkd.students.model_spec import check_model_dict
 from detkd.teachers.base import FrozenTeacher
 from detkd.types import FeatureSpec, HeadOutputs, TeacherOutputs
 
-ensure_offline()
-
-from ultralytics.nn.tasks import parse_model  # noqa: E402
+with offline_env():  # Ultralytics reads its offline switches when first imported
+    from ultralytics.nn.tasks import parse_model
 
 # Classes the YOLOv5 repository pickles into its checkpoints (v5.0 to v7.0 detection models).
 LEGACY_CLASSES = (
@@ -106,7 +105,7 @@ class AnchorHead(nn.Module):
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         """Raw outputs per level, (B, na, H, W, 5 + nc): x, y, w, h, objectness, class logits."""
         out = []
-        for f, conv in zip(feats, self.m):
+        for f, conv in zip(feats, self.m, strict=True):
             b, _, h, w = f.shape
             out.append(conv(f).view(b, self.na, 5 + self.nc, h, w).permute(0, 1, 3, 4, 2))
         return out
@@ -147,7 +146,7 @@ class LegacyYOLOv5(nn.Module):
         self.head = head
         self.names = dict(names)
         self.nc = head.nc
-        self.specs = [FeatureSpec(int(c), int(s)) for c, s in zip(head.channels, head.strides)]
+        self.specs = [FeatureSpec(int(c), int(s)) for c, s in zip(head.channels, head.strides, strict=True)]
 
     def neck(self, x: Tensor) -> list[Tensor]:
         """The maps that feed the head (P3-P5), routing layer inputs by each layer's ``f`` as the YAML says."""
@@ -267,7 +266,7 @@ def dense_targets(head: AnchorHead, raw: list[Tensor], *, eps: float = 1e-6) -> 
     """
     boxes, scores = head.decode(raw)
     cls_levels, box_levels, points, strides = [], [], [], []
-    for i, (bx, sc) in enumerate(zip(boxes, scores)):
+    for i, (bx, sc) in enumerate(zip(boxes, scores, strict=True)):
         b, _, h, w, nc = sc.shape
         best = sc.amax(dim=-1).argmax(dim=1, keepdim=True)  # (B, 1, H, W)
         pick_s = sc.gather(1, best.unsqueeze(-1).expand(b, 1, h, w, nc)).squeeze(1)  # (B, H, W, nc)

@@ -303,7 +303,8 @@ def test_every_row_of_the_bad_input_table_names_a_test_that_exists():
 
 
 def test_a_resumed_run_keeps_its_first_data_report(tmp_path):
-    from detkd.engine.distiller import _checked_data, _write_data
+    from detkd.data.checks import checked_data as _checked_data
+    from detkd.engine.run_folder import write_data as _write_data
 
     data = _dataset(tmp_path / "ds")
     _add(tmp_path / "ds", "bad.png").write_bytes(b"x")

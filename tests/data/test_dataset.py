@@ -3,7 +3,8 @@ import shutil
 import pytest
 
 from detkd.data.checks import check_label_file, validate_split
-from detkd.data.dataset import label_path_for, load_data_spec
+from detkd.data.dataset import load_data_spec
+from detkd.data.split_lists import label_path_for
 from detkd.errors import InputFileError
 
 

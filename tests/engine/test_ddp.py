@@ -165,18 +165,19 @@ def test_two_nodes_rendezvous_like_the_docs_and_train_as_one_node_with_two_ranks
 def test_a_node_without_a_shared_filesystem_writes_its_own_data_yaml(tmp_path, tiny_data, monkeypatch):
     """The first rank of node 2 does not see node 1's run folder: it writes the same data.yaml for its own ranks;
     on a shared filesystem it leaves rank 0's file alone."""
-    from detkd.engine import distiller
+    from detkd.data.checks import checked_data
+    from detkd.engine import distiller, run_folder
 
-    spec = distiller._checked_data(tiny_data)
+    spec = checked_data(tiny_data)
     monkeypatch.setattr(distiller.distributed, "is_main", lambda: False)
     monkeypatch.setattr(distiller.distributed, "is_local_main", lambda: True)
-    path = distiller._write_data(spec, tmp_path / "node2", resuming=False)
+    path = run_folder.write_data(spec, tmp_path / "node2", resuming=False)
     assert path == tmp_path / "node2" / "data.yaml" and "resolved by detkd" in path.read_text()
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "data.yaml").write_text("rank 0's")
-    distiller._write_data(spec, shared, resuming=False)
+    run_folder.write_data(spec, shared, resuming=False)
     assert (shared / "data.yaml").read_text() == "rank 0's"
     monkeypatch.setattr(distiller.distributed, "is_local_main", lambda: False)  # other ranks of the node: no writes
-    distiller._write_data(spec, tmp_path / "other", resuming=False)
+    run_folder.write_data(spec, tmp_path / "other", resuming=False)
     assert not (tmp_path / "other").exists()

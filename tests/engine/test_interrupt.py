@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from detkd.cli import _interrupted
-from detkd.engine.distiller import _run_folder
+from detkd.engine.run_folder import prepared_run_folder as _run_folder
 from detkd.errors import RunInterrupted
 
 

@@ -7,8 +7,7 @@ import pytest
 from PIL import Image
 
 from detkd._offline import local_font, offline_guards
-from detkd.engine.kd_plot import plot_kd_terms, read_terms
-from detkd.engine.trainer import write_epoch_row
+from detkd.engine.kd_terms import plot_kd_terms, read_terms, write_epoch_row
 
 
 def _terms_csv(tmp_path: Path) -> Path:

@@ -217,7 +217,7 @@ def test_non_finite_loss_skip_drops_the_step_and_finishes(tiny_data, tmp_path, m
 
 
 def test_out_of_memory_says_which_setting_to_lower(tiny_data, tmp_path, monkeypatch):
-    from detkd.engine import trainer as trainer_mod
+    from detkd.engine import kd_trainer as trainer_mod
     from detkd.engine.distiller import Distiller
 
     real = trainer_mod.KDTrainer.preprocess_batch
@@ -235,7 +235,7 @@ def test_out_of_memory_says_which_setting_to_lower(tiny_data, tmp_path, monkeypa
 
 
 def test_resume_refuses_changes_that_would_alter_the_run(tmp_path):
-    from detkd.engine.distiller import resume
+    from detkd.engine.resume import resume
 
     with pytest.raises(DetkdError, match=r"\['epochs'\] cannot change on resume"):
         resume(tmp_path, epochs=10)

@@ -1,7 +1,7 @@
 import pytest
 
 from detkd.engine.distiller import Distiller
-from detkd.engine.trainer import KDTrainer
+from detkd.engine.kd_trainer import KDTrainer
 
 
 @pytest.mark.parametrize(("feature_weight", "expect_adapters"), [(1.0, True), (0.0, False)])
@@ -23,8 +23,8 @@ def test_adapters_join_the_optimizer_only_for_feature_kd(tiny_data, tmp_path, fe
 def test_students_start_from_the_seed_not_from_the_rng_history(tiny_data):
     import torch
 
-    from detkd.engine.distiller import seeded
     from detkd.students import ultralytics_yolo as uy
+    from detkd.utils.rng import seeded
 
     d = Distiller("yolov8s.yaml", "yolov8n.yaml", tiny_data)
     torch.rand(1000)  # whatever ran before must not change the initial weights
@@ -100,7 +100,7 @@ def test_kd_terms_csv_logs_every_named_term_per_epoch(tiny_data, tmp_path):
 
 
 def test_epoch_rows_are_replaced_from_a_resumed_epoch_on(tmp_path, caplog):
-    from detkd.engine.trainer import write_epoch_row
+    from detkd.engine.kd_terms import write_epoch_row
 
     path = tmp_path / "kd_terms.csv"
     for epoch in (1, 2, 3):

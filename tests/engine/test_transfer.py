@@ -78,8 +78,9 @@ def _train(setup: dict[str, Any], overrides: list[str]) -> Any:
 
     from detkd.config import load_kd_config
     from detkd.engine.criterion import KDCriterion
-    from detkd.engine.distiller import build_composite, seeded
+    from detkd.engine.distiller import build_composite
     from detkd.students import ultralytics_yolo as uy
+    from detkd.utils.rng import seeded
 
     teacher, names = setup["teacher"], setup["names"]
     with seeded(0):

@@ -82,7 +82,7 @@ class _OraclePredictor:
 
     def __init__(self, spec, imgsz):
         from detkd.data.checks import check_label_file
-        from detkd.data.dataset import label_path_for
+        from detkd.data.split_lists import label_path_for
 
         self.rows = [check_label_file(label_path_for(p), spec.nc).rows for p in list_images(spec, "val")]
         self.imgsz, self.i = imgsz, 0

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
+from detkd import infer as standalone
 from detkd.errors import ConfigError
 from detkd.eval.predict import postprocess as detkd_postprocess
-from detkd.export import standalone
 from detkd.export.checks import Parity, gate, parse_budget
 from detkd.export.targets import TARGETS, FormatUnavailableError, check_available, parse_targets
 

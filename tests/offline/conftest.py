@@ -89,7 +89,7 @@ def training_dataset(data_yaml: Path, cache: Path | None, **hyp: Any) -> Any:
 
     from detkd.data.checked_dataset import checked_labels
     from detkd.offline.cache import TeacherCache
-    from detkd.offline.dataset import SoftLabelSource
+    from detkd.offline.source import SoftLabelSource
 
     spec = load_data_spec(data_yaml)
     samples = split_report(spec, "train").samples

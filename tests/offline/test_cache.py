@@ -13,15 +13,15 @@ from torch.utils.data import DataLoader
 
 from detkd.data.checks import split_report
 from detkd.data.dataset import load_data_spec
+from detkd.data.soft_labels import split_soft
 from detkd.errors import DetkdError, InputFileError
 from detkd.losses.box import generalized_iou
 from detkd.losses.logit import sigmoid_kd
 from detkd.offline.build import build_cache
 from detkd.offline.cache import MANIFEST, TeacherCache
-from detkd.offline.dataset import split_soft
-from detkd.offline.soft import soft_to_dense
 from detkd.offline.teacher import CachedTeacher
 from detkd.teachers import build_teacher
+from detkd.teachers.soft import soft_to_dense
 from tests.offline.conftest import training_dataset
 
 
@@ -233,7 +233,7 @@ def test_format_and_smoke_reports_render():
 def test_a_distance_head_caches_each_anchor_box_too(shapes_data, tmp_path):
     """A YOLO26 head (``reg_max`` 1: distances, no bins) keeps its anchors' own distances (``cell_ltrb``); with
     augmentation off they come back as the live head's at every anchor above the threshold."""
-    from detkd.engine.distiller import seeded
+    from detkd.utils.rng import seeded
 
     spec = load_data_spec(shapes_data)
     with seeded(0):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from detkd.data.soft_labels import split_soft
 from detkd.offline.cache import TeacherCache
-from detkd.offline.dataset import split_soft
-from detkd.offline.soft import soft_to_dense
 from detkd.offline.teacher import CachedTeacher
+from detkd.teachers.soft import soft_to_dense
 from detkd.types import FeatureSpec
 from tests.offline.conftest import BINS, training_dataset
 
@@ -121,7 +121,7 @@ def test_a_flip_moves_each_side_distribution_to_the_mirrored_side(shapes_data, s
 
 def test_dense_targets_give_back_the_predicting_anchor_distribution():
     """In the teacher's own frame, at the anchor that predicted a box, the re-binned target is its distribution."""
-    from detkd.offline.soft import SoftBoxes
+    from detkd.teachers.soft import SoftBoxes
 
     dist = torch.zeros(1, 4, BINS)
     dist[0, :, 3], dist[0, :, 4] = 0.25, 0.75  # mean 3.75 bins on every side
@@ -136,7 +136,7 @@ def test_dense_targets_give_back_the_predicting_anchor_distribution():
 
 
 def test_the_level_prior_prefers_the_level_the_teacher_predicted_from():
-    from detkd.offline.soft import SoftBoxes
+    from detkd.teachers.soft import SoftBoxes
 
     box = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
     soft = SoftBoxes(box, torch.tensor([0]), torch.tensor([[0.8]]), None, torch.tensor([[16.0, 16.0]]))
@@ -157,7 +157,7 @@ def test_score_cells_travel_with_their_objects_and_keep_their_stride(shapes_data
     import random
 
     from detkd.offline.cache import is_cell
-    from detkd.offline.soft import paint_field
+    from detkd.teachers.soft import paint_field
 
     random.seed(1)
     np.random.seed(1)

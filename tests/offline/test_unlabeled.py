@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detkd.offline.dataset import MixedBatches
-from detkd.offline.soft import SoftBoxes
+from detkd.data.soft_labels import MixedBatches
 from detkd.offline.unlabeled import add_hard_labels, labelled_only, pseudo_from_soft
 from detkd.students import ultralytics_yolo as uy
+from detkd.teachers.soft import SoftBoxes
 
 
 def _student():

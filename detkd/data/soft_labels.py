@@ -14,58 +14,37 @@ tell; the flips of the pipeline are Ultralytics' own ``RandomFlip`` with its dec
 pool of the first one (labelled with labelled, unlabeled with unlabeled), so every training image is wholly one or
 the other and the detection loss can leave unlabeled ones out (:mod:`detkd.offline.unlabeled`). The share of
 unlabeled images per batch is fixed by :class:`MixedBatches`.
+
+The boxes come from a :class:`SoftBoxSource` (a teacher cache: :class:`detkd.offline.source.SoftLabelSource`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from detkd._offline import ensure_offline
+from detkd._offline import offline_env
 from detkd.errors import DetkdError
-from detkd.offline.cache import TeacherCache
 
-ensure_offline()
-
-from ultralytics.data.augment import RandomFlip  # noqa: E402
+with offline_env():  # Ultralytics reads its offline switches when first imported
+    from ultralytics.data.augment import RandomFlip
 
 FLIP_KEYS = {"horizontal": "detkd_fliplr", "vertical": "detkd_flipud"}
 
 
-class SoftLabelSource:
-    """The cache's soft boxes for each training image (looked up by the image's content key).
-
-    Args:
-        cache: the opened cache.
-        digests: absolute training path (as Ultralytics reads it) -> content key of the user's image.
-    """
-
-    def __init__(self, cache: TeacherCache, digests: Mapping[str, str]) -> None:
-        self.cache = cache
-        self.digests = dict(digests)
+class SoftBoxSource(Protocol):
+    """Where an image's soft boxes come from (a teacher cache: :class:`detkd.offline.source.SoftLabelSource`)."""
 
     def for_image(self, im_file: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(normalised xywh (m, 4) float32, ids (m,) float64) of the image's soft boxes; ``shape`` is (h, w)."""
-        digest = self.digests.get(str(Path(im_file).absolute()))
-        found = self.cache.image(digest) if digest is not None else None
-        if found is None:
-            raise DetkdError(f"{im_file}: not in the teacher cache {self.cache.folder}")
-        boxes, ids, _ = found
-        h, w = shape
-        xywh = np.stack(
-            ((boxes[:, 0] + boxes[:, 2]) / 2 / w, (boxes[:, 1] + boxes[:, 3]) / 2 / h,
-             (boxes[:, 2] - boxes[:, 0]) / w, (boxes[:, 3] - boxes[:, 1]) / h), axis=1,
-        ).astype(np.float32)  # fmt: skip
-        keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
-        return xywh[keep], ids[keep]
+        ...
 
 
-def add_soft_boxes(label: dict[str, Any], source: SoftLabelSource) -> dict[str, Any]:
+def add_soft_boxes(label: dict[str, Any], source: SoftBoxSource) -> dict[str, Any]:
     """Append an image's soft boxes to its label rows (class ``-(1 + id)``, float64)."""
     xywh, ids = source.for_image(label["im_file"], label["ori_shape"] if "ori_shape" in label else label["shape"])
     cls = np.asarray(label["cls"], dtype=np.float64).reshape(-1, 1)
@@ -167,7 +146,7 @@ class MixedBatches(torch.utils.data.Sampler[list[int]]):
     """
 
     def __init__(self, labelled: Sequence[int], unlabeled: Sequence[int], batch: int, fraction: float, seed: int):
-        from detkd.engine.checkpointing import EpochShuffle
+        from detkd.utils.rng import EpochShuffle
 
         if not labelled:
             raise DetkdError("training needs at least one labelled image besides the unlabeled ones")

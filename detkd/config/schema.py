@@ -1,128 +1,34 @@
-"""KD configuration: frozen dataclasses loaded from YAML, with ``--set section.key=value`` overrides.
-
-Every family (``feature``, ``logit``, ``box``) names its ``method`` and has a ``weight``, a ``schedule`` and one
-sub-section per method for that method's own options; ``balance`` scales the KD terms against the detection loss.
-Unknown keys, wrong types and out-of-range values are errors that name the key and suggest the closest valid one.
-``detkd losses`` prints every method with its options and defaults (from :mod:`detkd.catalog`).
-
->>> cfg = load_kd_config(None, ["kd.logit.weight=2", "feature.method=cwd", "feature.cwd.temperature=4"])
->>> cfg.logit.weight, cfg.feature.method, cfg.feature.cwd.temperature
-(2.0, 'cwd', 4.0)
->>> load_kd_config(None, ["kd.logit.wieght=2"])
-Traceback (most recent call last):
-...
-detkd.errors.ConfigError: kd.logit: unknown key 'wieght' (did you mean 'weight'?); ...
-"""
+"""The KD recipe's schema: one frozen dataclass per section (``feature``, ``logit``, ``box`` with one sub-section
+per method, ``balance``, ``unlabeled``, ``targets``), each field checked when the section is built."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from detkd.config.checks import check_choice, check_positive, check_range
+from detkd.config.schedule import ScheduleConfig
+from detkd.errors import ConfigError
 
-from detkd._io import read_yaml
-from detkd.errors import ConfigError, InputFileError
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so the dumped YAML is plain."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
 
 FEATURE_METHODS = ("mse", "fine_grained", "fgd", "cwd", "mgd", "pkd")
 LOGIT_METHODS = ("bce", "kl")
 BOX_METHODS = ("auto", "ld", "iou", "bounded_l2")
 FEATURE_POSITIONS = ("all", "gt", "teacher", "assigner")
 HEAD_POSITIONS = ("all", "teacher", "assigner")
-SCHEDULE_KINDS = ("constant", "linear", "cosine")
 BALANCE_MODES = ("none", "loss", "grad")
 BCE_WEIGHTINGS = ("none", "bckd", "quality")
 IOU_KINDS = ("giou", "iou")
-
-
-def _check_range(section: str, name: str, value: float, lo: float, hi: float | None = None) -> None:
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ConfigError(f"{section}.{name}: {value} must be {bound}")
-
-
-def _check_positive(section: str, name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{section}.{name}: {value} must be > 0")
-
-
-def _check_choice(section: str, name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{section}.{name}: '{value}' is not one of {', '.join(choices)}")
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """How a KD term's weight changes over training (progress counted in epochs, per step).
-
-    Attributes:
-        kind: ``constant``, ``linear`` or ``cosine`` decay from 1 after the warm-up to ``final`` at the end of
-            training (or at ``stop_epoch``).
-        warmup_epochs: epochs over which the weight ramps linearly from 0 to 1.
-        stop_epoch: epoch (0-based) from which the term is off; negative counts from the end, so ``-10`` with
-            Ultralytics' ``close_mosaic=10`` stops KD when mosaic closes. None keeps it on to the end.
-        final: factor reached at the end of a ``linear``/``cosine`` decay.
-    """
-
-    kind: str = "constant"
-    warmup_epochs: float = 0.0
-    stop_epoch: int | None = None
-    final: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_choice("schedule", "kind", self.kind, SCHEDULE_KINDS)
-        _check_range("schedule", "warmup_epochs", self.warmup_epochs, 0.0)
-        _check_range("schedule", "final", self.final, 0.0, 1.0)
-
-    def describe(self) -> str:
-        parts = [self.kind]
-        if self.warmup_epochs:
-            parts.append(f"warmup={self.warmup_epochs:g}")
-        if self.stop_epoch is not None:
-            parts.append(f"stop={self.stop_epoch}")
-        if self.kind != "constant":
-            parts.append(f"final={self.final:g}")
-        return " ".join(parts)
-
-    def stop(self, epochs: int) -> int:
-        """The epoch from which the term is off in a run of ``epochs`` (``epochs`` when it never stops).
-
-        >>> ScheduleConfig(stop_epoch=-10).stop(8), ScheduleConfig(stop_epoch=-10).stop(30), ScheduleConfig().stop(5)
-        (-2, 20, 5)
-        """
-        return (
-            epochs
-            if self.stop_epoch is None
-            else (self.stop_epoch if self.stop_epoch >= 0 else epochs + self.stop_epoch)
-        )
-
-    def factor(self, progress: float, epochs: int) -> float:
-        """The weight factor at ``progress`` epochs into a run of ``epochs`` (fractions count steps).
-
-        >>> s = ScheduleConfig(kind="linear", warmup_epochs=2, stop_epoch=-2)
-        >>> [round(s.factor(p, 10), 3) for p in (0, 1, 2, 5, 8, 9)]
-        [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
-        """
-        stop = float(self.stop(epochs))
-        if progress >= stop:
-            return 0.0
-        ramp = min(1.0, progress / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
-        if self.kind == "constant":
-            return ramp
-        x = min(max((progress - self.warmup_epochs) / max(stop - self.warmup_epochs, 1e-9), 0.0), 1.0)
-        decay = (
-            1.0 - (1.0 - self.final) * x
-            if self.kind == "linear"
-            else self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * x))
-        )
-        return ramp * decay
 
 
 # ---- feature methods -------------------------------------------------------------------------------------------
@@ -138,7 +44,7 @@ class MSEOptions:
     positions: str = "gt"
 
     def __post_init__(self) -> None:
-        _check_choice("kd.feature.mse", "positions", self.positions, FEATURE_POSITIONS)
+        check_choice("kd.feature.mse", "positions", self.positions, FEATURE_POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -155,8 +61,8 @@ class FineGrainedOptions:
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     def __post_init__(self) -> None:
-        _check_range("kd.feature.fine_grained", "thresh", self.thresh, 0.0, 1.0)
-        _check_positive("kd.feature.fine_grained", "anchor_scale", self.anchor_scale)
+        check_range("kd.feature.fine_grained", "thresh", self.thresh, 0.0, 1.0)
+        check_positive("kd.feature.fine_grained", "anchor_scale", self.anchor_scale)
         if not self.anchor_ratios or any(r <= 0 for r in self.anchor_ratios):
             raise ConfigError(f"kd.feature.fine_grained.anchor_ratios: {list(self.anchor_ratios)} must be > 0")
 
@@ -182,9 +88,9 @@ class FGDOptions:
     lambda_global: float = 2.5e-7
 
     def __post_init__(self) -> None:
-        _check_positive("kd.feature.fgd", "temperature", self.temperature)
+        check_positive("kd.feature.fgd", "temperature", self.temperature)
         for name in ("alpha_fg", "beta_bg", "gamma_attention", "lambda_global"):
-            _check_range("kd.feature.fgd", name, getattr(self, name), 0.0)
+            check_range("kd.feature.fgd", name, getattr(self, name), 0.0)
 
 
 @dataclass(frozen=True)
@@ -196,7 +102,7 @@ class CWDOptions:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_positive("kd.feature.cwd", "temperature", self.temperature)
+        check_positive("kd.feature.cwd", "temperature", self.temperature)
 
 
 @dataclass(frozen=True)
@@ -208,7 +114,7 @@ class MGDOptions:
     mask_ratio: float = 0.65
 
     def __post_init__(self) -> None:
-        _check_range("kd.feature.mgd", "mask_ratio", self.mask_ratio, 0.0, 0.99)
+        check_range("kd.feature.mgd", "mask_ratio", self.mask_ratio, 0.0, 0.99)
 
 
 @dataclass(frozen=True)
@@ -220,7 +126,7 @@ class PKDOptions:
     positions: str = "all"
 
     def __post_init__(self) -> None:
-        _check_choice("kd.feature.pkd", "positions", self.positions, FEATURE_POSITIONS)
+        check_choice("kd.feature.pkd", "positions", self.positions, FEATURE_POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -244,8 +150,8 @@ class FeatureKDConfig:
     pkd: PKDOptions = field(default_factory=PKDOptions)
 
     def __post_init__(self) -> None:
-        _check_choice("kd.feature", "method", self.method, FEATURE_METHODS)
-        _check_range("kd.feature", "weight", self.weight, 0.0)
+        check_choice("kd.feature", "method", self.method, FEATURE_METHODS)
+        check_range("kd.feature", "weight", self.weight, 0.0)
 
     @property
     def options(self) -> Any:
@@ -268,8 +174,8 @@ class BCEOptions:
     gamma: float = 2.0
 
     def __post_init__(self) -> None:
-        _check_choice("kd.logit.bce", "weighting", self.weighting, BCE_WEIGHTINGS)
-        _check_range("kd.logit.bce", "gamma", self.gamma, 0.0)
+        check_choice("kd.logit.bce", "weighting", self.weighting, BCE_WEIGHTINGS)
+        check_range("kd.logit.bce", "gamma", self.gamma, 0.0)
 
 
 @dataclass(frozen=True)
@@ -298,12 +204,12 @@ class LogitKDConfig:
     bce: BCEOptions = field(default_factory=BCEOptions)
 
     def __post_init__(self) -> None:
-        _check_choice("kd.logit", "method", self.method, LOGIT_METHODS)
-        _check_range("kd.logit", "weight", self.weight, 0.0)
-        _check_range("kd.logit", "alpha", self.alpha, 0.0, 1.0)
-        _check_positive("kd.logit", "temperature", self.temperature)
-        _check_choice("kd.logit", "positions", self.positions, HEAD_POSITIONS)
-        _check_range("kd.logit", "teacher_conf", self.teacher_conf, 0.0, 1.0)
+        check_choice("kd.logit", "method", self.method, LOGIT_METHODS)
+        check_range("kd.logit", "weight", self.weight, 0.0)
+        check_range("kd.logit", "alpha", self.alpha, 0.0, 1.0)
+        check_positive("kd.logit", "temperature", self.temperature)
+        check_choice("kd.logit", "positions", self.positions, HEAD_POSITIONS)
+        check_range("kd.logit", "teacher_conf", self.teacher_conf, 0.0, 1.0)
 
     @property
     def options(self) -> Any:
@@ -322,7 +228,7 @@ class LDOptions:
     temperature: float = 2.0
 
     def __post_init__(self) -> None:
-        _check_positive("kd.box.ld", "temperature", self.temperature)
+        check_positive("kd.box.ld", "temperature", self.temperature)
 
 
 @dataclass(frozen=True)
@@ -336,8 +242,8 @@ class IoUOptions:
     l1_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_choice("kd.box.iou", "kind", self.kind, IOU_KINDS)
-        _check_range("kd.box.iou", "l1_weight", self.l1_weight, 0.0)
+        check_choice("kd.box.iou", "kind", self.kind, IOU_KINDS)
+        check_range("kd.box.iou", "l1_weight", self.l1_weight, 0.0)
 
 
 @dataclass(frozen=True)
@@ -350,7 +256,7 @@ class BoundedL2Options:
     margin: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_range("kd.box.bounded_l2", "margin", self.margin, 0.0)
+        check_range("kd.box.bounded_l2", "margin", self.margin, 0.0)
 
 
 @dataclass(frozen=True)
@@ -377,10 +283,10 @@ class BoxKDConfig:
     bounded_l2: BoundedL2Options = field(default_factory=BoundedL2Options)
 
     def __post_init__(self) -> None:
-        _check_choice("kd.box", "method", self.method, BOX_METHODS)
-        _check_range("kd.box", "weight", self.weight, 0.0)
-        _check_choice("kd.box", "positions", self.positions, HEAD_POSITIONS)
-        _check_range("kd.box", "teacher_conf", self.teacher_conf, 0.0, 1.0)
+        check_choice("kd.box", "method", self.method, BOX_METHODS)
+        check_range("kd.box", "weight", self.weight, 0.0)
+        check_choice("kd.box", "positions", self.positions, HEAD_POSITIONS)
+        check_range("kd.box", "teacher_conf", self.teacher_conf, 0.0, 1.0)
         if self.method == "bounded_l2" and self.positions != "assigner":
             raise ConfigError(
                 f"kd.box.positions: bounded_l2 compares to ground truth, so it needs 'assigner', not '{self.positions}'"
@@ -418,12 +324,12 @@ class BalanceConfig:
     max_scale: float = 1000.0
 
     def __post_init__(self) -> None:
-        _check_choice("kd.balance", "mode", self.mode, BALANCE_MODES)
-        _check_positive("kd.balance", "ratio", self.ratio)
-        _check_range("kd.balance", "momentum", self.momentum, 0.0, 0.999)
+        check_choice("kd.balance", "mode", self.mode, BALANCE_MODES)
+        check_positive("kd.balance", "ratio", self.ratio)
+        check_range("kd.balance", "momentum", self.momentum, 0.0, 0.999)
         if self.interval < 1:
             raise ConfigError(f"kd.balance.interval: {self.interval} must be >= 1")
-        _check_positive("kd.balance", "max_scale", self.max_scale)
+        check_positive("kd.balance", "max_scale", self.max_scale)
 
 
 # ---- unlabeled images ------------------------------------------------------------------------------------------
@@ -451,10 +357,10 @@ class UnlabeledConfig:
     pseudo_class_conf: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_range("kd.unlabeled", "fraction", self.fraction, 0.0, 0.95)
-        _check_range("kd.unlabeled", "pseudo_conf", self.pseudo_conf, 0.001, 1.0)
+        check_range("kd.unlabeled", "fraction", self.fraction, 0.0, 0.95)
+        check_range("kd.unlabeled", "pseudo_conf", self.pseudo_conf, 0.001, 1.0)
         for v in self.pseudo_class_conf:
-            _check_range("kd.unlabeled", "pseudo_class_conf", v, 0.001, 1.0)
+            check_range("kd.unlabeled", "pseudo_class_conf", v, 0.001, 1.0)
 
 
 # ---- targets from soft boxes -----------------------------------------------------------------------------------
@@ -465,7 +371,7 @@ TARGET_RANKS = ("weighted", "score")
 
 @dataclass(frozen=True)
 class SoftTargetsConfig:
-    """How a teacher cache's soft boxes become dense per-anchor targets (see :mod:`detkd.offline.soft`): the class
+    """How a teacher cache's soft boxes become dense per-anchor targets (see :mod:`detkd.teachers.soft`): the class
     targets of a cache without a score field (a detections-only teacher, or ``--max-cells 0``), and the box targets
     (unless ``cell_boxes``).
 
@@ -489,9 +395,9 @@ class SoftTargetsConfig:
     cell_boxes: bool = False
 
     def __post_init__(self) -> None:
-        _check_range("kd.targets", "centre_sigma", self.centre_sigma, 0.0, 100.0)
-        _check_choice("kd.targets", "rank", self.rank, TARGET_RANKS)
-        _check_range("kd.targets", "level_tau", self.level_tau, 0.0, 10.0)
+        check_range("kd.targets", "centre_sigma", self.centre_sigma, 0.0, 100.0)
+        check_choice("kd.targets", "rank", self.rank, TARGET_RANKS)
+        check_range("kd.targets", "level_tau", self.level_tau, 0.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -545,154 +451,3 @@ class KDConfig:
                     f"the epochs or set kd.{family}.schedule.stop_epoch (null keeps it on to the end)"
                 )
         return out
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, so the dumped YAML is plain."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _coerce(section: str, name: str, value: Any, kind: Any) -> Any:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (types.UnionType, typing.Union) and type(None) in args:  # Optional[X]
-        inner = next(a for a in args if a is not type(None))
-        return None if value is None else _coerce(section, name, value, inner)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{section}.{name}: expected a list, got {value!r}")
-        return tuple(_coerce(section, name, v, args[0]) for v in value)
-    if kind is float:
-        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{section}.{name}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{section}.{name}: {value!r} must be a finite number")
-        return float(value)
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{section}.{name}: expected an integer, got {value!r}")
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{section}.{name}: expected a string, got {value!r}")
-        return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{section}.{name}: expected true or false, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config field type {kind!r}")  # a detkd bug, not user input
-
-
-def _build(cls: type, data: Any, section: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(
-                f"{section}: unknown key '{key}'{_suggest(str(key), names)}; valid keys: {', '.join(names)}"
-            )
-        kind = hints[key]
-        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-            kwargs[key] = _build(kind, value, f"{section}.{key}")
-        else:
-            kwargs[key] = _coerce(section, key, value, kind)
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:  # nested sections (e.g. schedule) name themselves without their parent
-        if str(e).startswith("kd."):
-            raise
-        raise ConfigError(f"{section.rsplit('.', 1)[0]}.{e}") from e
-
-
-def kd_config_from_dict(data: dict[str, Any]) -> KDConfig:
-    """Build a config from a mapping; a top-level ``kd:`` key is optional."""
-    if set(data) == {"kd"}:
-        data = data["kd"] or {}
-    return typing.cast(KDConfig, _build(KDConfig, data, "kd"))
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kd.logit.weight=2")
-    key, raw = item.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if parts and parts[0] == "kd":
-        parts = parts[1:]
-    if len(parts) < 2:
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kd.logit.weight=2")
-    return parts, yaml.safe_load(raw)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Merge ``section.key=value`` strings (values parsed as YAML scalars) into a nested mapping (copied)."""
-    merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for item in overrides:
-        parts, value = _parse_override(item)
-        node = merged
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: kd.{p} is not a section")
-            node[p] = child = dict(child)
-            node = child
-        node[parts[-1]] = value
-    return merged
-
-
-PRESET_PREFIX = "preset:"
-
-
-def presets() -> dict[str, Path]:
-    """The named recipes shipped with detkd (``--kd preset:NAME``): name -> YAML file."""
-    folder = Path(__file__).resolve().parent / "presets"
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
-
-
-def preset_path(spec: str) -> Path:
-    """The YAML of ``preset:NAME``; a one-line error naming the presets when there is no such one."""
-    name = spec[len(PRESET_PREFIX) :]
-    known = presets()
-    if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"--kd {spec}: no such preset{hint}; presets: {', '.join(known)}")
-    return known[name]
-
-
-def load_kd_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KDConfig:
-    """Load a KD config from a YAML file, a shipped preset (``preset:NAME``, see :func:`presets`) or the defaults
-    (``path`` None), and apply overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = preset_path(str(path)) if str(path).startswith(PRESET_PREFIX) else Path(path)
-        loaded = read_yaml(p, "KD config")
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise InputFileError(p, "a KD config must be a mapping of sections (feature, logit, box, balance)")
-        data = loaded.get("kd", loaded) if set(loaded) == {"kd"} else loaded
-        data = data or {}
-    try:
-        return kd_config_from_dict(apply_overrides(data, overrides or []))
-    except ConfigError as e:
-        if path is not None:
-            raise ConfigError(f"{path}: {e}") from e
-        raise
-
-
-def dump_kd_config(cfg: KDConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump({"kd": cfg.to_dict()}, sort_keys=False), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""``kd_terms.png``: the KD terms of a run per epoch, drawn from its ``kd_terms.csv`` beside ``results.png``.
+"""The KD terms of a run per epoch: ``kd_terms.csv`` (written each epoch, rows of a resumed epoch replaced) and
+``kd_terms.png`` drawn from it beside ``results.png``.
 
 Two panels: the weighted terms as they enter the loss (``kd/feat``, ``kd/cls``, ``kd/box``, ... the columns
 ``results.csv`` also holds), and every unweighted term before weights and schedules (per pyramid level and
@@ -9,12 +10,37 @@ branch), which shows whether a term that a schedule switched off was still movin
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
+
+from detkd.utils.files import replace_text
 
 LOGGER = logging.getLogger(__name__)
 KD_TERMS_PNG = "kd_terms.png"
+KD_TERMS_CSV = "kd_terms.csv"
+
+
+def write_epoch_row(path: Path, epoch: int, values: Mapping[str, float]) -> None:
+    """Write ``values`` as the row of ``epoch`` (1-based) in the CSV at ``path``, dropping rows of this epoch and
+    later (left by a run killed after logging them, then resumed); columns are the union over rows. The file is
+    replaced atomically; a failure to write it is a warning, never the end of the run."""
+    rows: list[dict[str, str]] = []
+    try:
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("epoch", "").isdigit() and int(r["epoch"]) < epoch]
+        rows.append({"epoch": str(epoch), **{k: f"{v:.6g}" for k, v in values.items()}})
+        columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"}, key=lambda k: (k.count("/"), k))]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        replace_text(path, text.getvalue())
+    except OSError as e:
+        LOGGER.warning("%s: could not write the KD terms of epoch %d (%s)", path, epoch, e)
 
 
 def read_terms(csv_path: Path) -> tuple[list[int], dict[str, list[float]]]:
