@@ -76,7 +76,7 @@ def test_exponent_notation_is_a_number():
 
 
 def test_bounded_l2_needs_ground_truth_positions():
-    with pytest.raises(ConfigError, match="bounded_l2 compares to ground truth.*'teacher'"):
+    with pytest.raises(ConfigError, match="bounded_l2 works only with 'assigner', not 'teacher'"):
         load_kd_config(None, ["box.method=bounded_l2", "box.positions=teacher"])
 
 

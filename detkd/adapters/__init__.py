@@ -107,6 +107,7 @@ class FeatureAdapters(nn.Module):
     """One learned 1x1 convolution per student level, to the channels of its paired teacher level (FitNets' regressor).
 
     The adapters are trained with the student and dropped after training: they never enter the exported model.
+    With ``learned=False`` the maps pass unchanged (methods that compare relations need no adapter).
 
     >>> import torch
     >>> ad = FeatureAdapters([FeatureSpec(16, 8)], [FeatureSpec(64, 8)])
@@ -114,13 +115,14 @@ class FeatureAdapters(nn.Module):
     torch.Size([2, 64, 4, 4])
     """
 
-    def __init__(self, student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec]) -> None:
+    def __init__(self, student: Sequence[FeatureSpec], teacher: Sequence[FeatureSpec], *, learned: bool = True) -> None:
         super().__init__()
         self.pairs = pair_levels(student, teacher)
         self.student_specs = list(student)
         self.teacher_specs = [teacher[j] for j in self.pairs]  # the teacher level each student level imitates
         self.layers = nn.ModuleList(
-            nn.Conv2d(s.channels, t.channels, kernel_size=1) for s, t in zip(student, self.teacher_specs, strict=True)
+            nn.Conv2d(s.channels, t.channels, kernel_size=1) if learned else nn.Identity()
+            for s, t in zip(student, self.teacher_specs, strict=True)
         )
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:

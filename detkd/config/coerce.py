@@ -11,8 +11,9 @@ import types
 import typing
 from typing import Any
 
-from detkd.config.schema import KDConfig
+from detkd.config.schema import KDConfig, MethodFamily
 from detkd.errors import ConfigError
+from detkd.methods import methods
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -57,9 +58,17 @@ def _build(cls: type, data: Any, section: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{section}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "method_options"]
     kwargs: dict[str, Any] = {}
+    option_classes = {}
+    if issubclass(cls, MethodFamily):  # each registered method's options sit under its name
+        option_classes = {m.name: m.options for m in methods(cls.FAMILY) if m.options is not None}
+        names += list(option_classes)
+        kwargs["method_options"] = {}
     for key, value in data.items():
+        if key in option_classes:
+            kwargs["method_options"][key] = _build(option_classes[key], value, f"{section}.{key}")
+            continue
         if key not in names:
             raise ConfigError(
                 f"{section}: unknown key '{key}'{_suggest(str(key), names)}; valid keys: {', '.join(names)}"

@@ -4,12 +4,14 @@ per method, ``balance``, ``unlabeled``, ``targets``), each field checked when th
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from detkd.config.checks import check_choice, check_positive, check_range
 from detkd.config.schedule import ScheduleConfig
 from detkd.errors import ConfigError
+from detkd.methods import filled_options, get_method, method_names
 
 
 def _plain(value: Any) -> Any:
@@ -21,14 +23,53 @@ def _plain(value: Any) -> Any:
     return value
 
 
-FEATURE_METHODS = ("mse", "fine_grained", "fgd", "cwd", "mgd", "pkd")
-LOGIT_METHODS = ("bce", "kl")
-BOX_METHODS = ("auto", "ld", "iou", "bounded_l2")
 FEATURE_POSITIONS = ("all", "gt", "teacher", "assigner")
 HEAD_POSITIONS = ("all", "teacher", "assigner")
 BALANCE_MODES = ("none", "loss", "grad")
 BCE_WEIGHTINGS = ("none", "bckd", "quality")
 IOU_KINDS = ("giou", "iou")
+
+
+class MethodFamily:
+    """What the three family sections share: a ``method`` chosen from the registry (:mod:`detkd.methods`) and the
+    options of every registered method (``method_options``; read as attributes: ``cfg.feature.cwd.temperature``).
+    """
+
+    FAMILY: ClassVar[str]
+    EXTRA_METHODS: ClassVar[tuple[str, ...]] = ()
+    method: str
+    method_options: dict[str, Any]
+
+    def _check_method(self) -> None:
+        check_choice(f"kd.{self.FAMILY}", "method", self.method, (*self.EXTRA_METHODS, *method_names(self.FAMILY)))
+        object.__setattr__(self, "method_options", filled_options(self.FAMILY, self.method_options))
+        if self.method in self.EXTRA_METHODS:
+            return
+        only = get_method(self.FAMILY, self.method).positions_only
+        positions = getattr(self, "positions", None)
+        if only is not None and positions != only:
+            raise ConfigError(f"kd.{self.FAMILY}.positions: {self.method} works only with '{only}', not '{positions}'")
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("method_options")
+        if options is not None and name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def options(self) -> Any:
+        """The selected method's options (None when it has none)."""
+        return self.method_options.get(self.method)
+
+    def section_dict(self) -> dict[str, Any]:
+        """Plain data, with each method's options under its name (``kd.yaml``'s layout)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name != "method_options":
+                value = getattr(self, f.name)
+                out[f.name] = dataclasses.asdict(value) if isinstance(value, ScheduleConfig) else value
+        out.update({name: dataclasses.asdict(o) for name, o in self.method_options.items()})
+        return typing.cast(dict[str, Any], _plain(out))
 
 
 # ---- feature methods -------------------------------------------------------------------------------------------
@@ -129,34 +170,60 @@ class PKDOptions:
         check_choice("kd.feature.pkd", "positions", self.positions, FEATURE_POSITIONS)
 
 
+RELATION_BOXES = ("gt", "teacher")
+RELATION_DISTANCES = ("distance", "cosine")
+
+
 @dataclass(frozen=True)
-class FeatureKDConfig:
+class RelationOptions:
+    """Attributes:
+    boxes: the instances relations are drawn between: ``gt`` (the batch's ground-truth boxes) or ``teacher`` (the
+        teacher's detections above ``teacher_conf`` after NMS; also works on unlabeled images).
+    distance: the pairwise relation: ``distance`` (Euclidean, normalised by its mean) or ``cosine``.
+    level_weight: weight of the relation between pyramid levels (0: instance relations only).
+    max_instances: most instances per image that enter the relation.
+    pool: RoIAlign output side: each instance is embedded as C * pool^2 values per level.
+    teacher_conf: class probability a teacher detection needs (``boxes: teacher``).
+    """
+
+    boxes: str = "gt"
+    distance: str = "distance"
+    level_weight: float = 1.0
+    max_instances: int = 64
+    pool: int = 1
+    teacher_conf: float = 0.3
+
+    def __post_init__(self) -> None:
+        check_choice("kd.feature.relation", "boxes", self.boxes, RELATION_BOXES)
+        check_choice("kd.feature.relation", "distance", self.distance, RELATION_DISTANCES)
+        check_range("kd.feature.relation", "level_weight", self.level_weight, 0.0)
+        if self.max_instances < 2:
+            raise ConfigError(f"kd.feature.relation.max_instances: {self.max_instances} must be >= 2 (a relation)")
+        if not 1 <= self.pool <= 7:
+            raise ConfigError(f"kd.feature.relation.pool: {self.pool} must be in [1, 7]")
+        check_range("kd.feature.relation", "teacher_conf", self.teacher_conf, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class FeatureKDConfig(MethodFamily):
     """Feature-pyramid imitation on the neck maps that feed the Detect head (P3-P5), through learned adapters.
 
     Attributes:
-        method: one of ``mse``, ``fine_grained``, ``fgd``, ``cwd``, ``mgd``, ``pkd`` (see ``detkd losses``).
+        method: a registered feature method (``detkd losses`` lists them: ``mse``, ``fine_grained``, ``fgd``,
+            ``cwd``, ``mgd``, ``pkd``, ``relation`` ...).
         weight: multiplier of the feature term; 0 disables it.
         schedule: how the weight changes over training.
     """
 
+    FAMILY: ClassVar[str] = "feature"
     method: str = "mse"
     weight: float = 1.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    mse: MSEOptions = field(default_factory=MSEOptions)
-    fine_grained: FineGrainedOptions = field(default_factory=FineGrainedOptions)
-    fgd: FGDOptions = field(default_factory=FGDOptions)
-    cwd: CWDOptions = field(default_factory=CWDOptions)
-    mgd: MGDOptions = field(default_factory=MGDOptions)
-    pkd: PKDOptions = field(default_factory=PKDOptions)
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("kd.feature", "method", self.method, FEATURE_METHODS)
+        self._check_method()
         check_range("kd.feature", "weight", self.weight, 0.0)
-
-    @property
-    def options(self) -> Any:
-        """The selected method's options."""
-        return getattr(self, self.method)
 
 
 # ---- logit methods ---------------------------------------------------------------------------------------------
@@ -165,13 +232,14 @@ class FeatureKDConfig:
 @dataclass(frozen=True)
 class BCEOptions:
     """Attributes:
-    weighting: per-class weight of the binary KD: ``none``, ``bckd`` (|p_t - p_s|^gamma, detached; BCKD) or
-        ``quality`` (the teacher's max class probability at the anchor).
-    gamma: exponent of the ``bckd`` weight.
+    weighting: per-class weight of the binary KD: ``none``, ``bckd`` (BCKD as its code does it: binary cross-entropy
+        to the teacher's score times |p_t - p_s|^gamma, the weight not detached) or ``quality`` (the teacher's max
+        class probability at the anchor).
+    gamma: exponent of the ``bckd`` weight (beta in the BCKD paper, which uses 1).
     """
 
     weighting: str = "none"
-    gamma: float = 2.0
+    gamma: float = 1.0
 
     def __post_init__(self) -> None:
         check_choice("kd.logit.bce", "weighting", self.weighting, BCE_WEIGHTINGS)
@@ -179,7 +247,7 @@ class BCEOptions:
 
 
 @dataclass(frozen=True)
-class LogitKDConfig:
+class LogitKDConfig(MethodFamily):
     """Logit KD on the class head: ``L_cls = a * L_det_cls + (1 - a) * T^2 * L_KD``.
 
     Attributes:
@@ -194,6 +262,7 @@ class LogitKDConfig:
             weight whenever the KD factor is 0).
     """
 
+    FAMILY: ClassVar[str] = "logit"
     method: str = "bce"
     weight: float = 1.0
     alpha: float = 0.3
@@ -201,19 +270,15 @@ class LogitKDConfig:
     positions: str = "all"
     teacher_conf: float = 0.3
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    bce: BCEOptions = field(default_factory=BCEOptions)
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("kd.logit", "method", self.method, LOGIT_METHODS)
+        self._check_method()
         check_range("kd.logit", "weight", self.weight, 0.0)
         check_range("kd.logit", "alpha", self.alpha, 0.0, 1.0)
         check_positive("kd.logit", "temperature", self.temperature)
         check_choice("kd.logit", "positions", self.positions, HEAD_POSITIONS)
         check_range("kd.logit", "teacher_conf", self.teacher_conf, 0.0, 1.0)
-
-    @property
-    def options(self) -> Any:
-        return self.bce if self.method == "bce" else None
 
 
 # ---- box methods -----------------------------------------------------------------------------------------------
@@ -260,7 +325,7 @@ class BoundedL2Options:
 
 
 @dataclass(frozen=True)
-class BoxKDConfig:
+class BoxKDConfig(MethodFamily):
     """Box-regression distillation.
 
     Attributes:
@@ -273,28 +338,20 @@ class BoxKDConfig:
         schedule: how the weight changes over training.
     """
 
+    FAMILY: ClassVar[str] = "box"
+    EXTRA_METHODS: ClassVar[tuple[str, ...]] = ("auto",)
     method: str = "auto"
     weight: float = 1.0
     positions: str = "assigner"
     teacher_conf: float = 0.3
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    ld: LDOptions = field(default_factory=LDOptions)
-    iou: IoUOptions = field(default_factory=IoUOptions)
-    bounded_l2: BoundedL2Options = field(default_factory=BoundedL2Options)
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("kd.box", "method", self.method, BOX_METHODS)
-        check_range("kd.box", "weight", self.weight, 0.0)
         check_choice("kd.box", "positions", self.positions, HEAD_POSITIONS)
+        self._check_method()
+        check_range("kd.box", "weight", self.weight, 0.0)
         check_range("kd.box", "teacher_conf", self.teacher_conf, 0.0, 1.0)
-        if self.method == "bounded_l2" and self.positions != "assigner":
-            raise ConfigError(
-                f"kd.box.positions: bounded_l2 compares to ground truth, so it needs 'assigner', not '{self.positions}'"
-            )
-
-    @property
-    def options(self) -> Any:
-        return getattr(self, self.method) if self.method != "auto" else None
 
 
 # ---- balance ---------------------------------------------------------------------------------------------------
@@ -413,7 +470,11 @@ class KDConfig:
     targets: SoftTargetsConfig = field(default_factory=SoftTargetsConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        out = {}
+        for f in dataclasses.fields(self):
+            sec = getattr(self, f.name)
+            out[f.name] = sec.section_dict() if isinstance(sec, MethodFamily) else _plain(dataclasses.asdict(sec))
+        return out
 
     def describe(self) -> str:
         """One clause per family with the selected method's options, for logs and reports."""

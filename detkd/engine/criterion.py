@@ -249,7 +249,7 @@ class KDCriterion:
         grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
         heads = {name: uy.head_outputs(raw, self.head) for name, raw in branches.items()}
         box_targets = {}
-        if comp.is_on("kd/box") and comp.box_method == "bounded_l2":
+        if comp.is_on("kd/box") and comp.methods["kd/box"].box_targets:
             box_targets = {
                 n: positions.ltrb_targets(det.target_boxes[n], h.anchor_points, h.stride_tensor)
                 for n, h in heads.items()
@@ -261,6 +261,7 @@ class KDCriterion:
             feature_masks=positions.feature_masks(cfg.feature, batch, teacher_out, grids, det.fg_masks)
             if comp.is_on("kd/feat")
             else None,
+            instances=positions.gt_boxes_xyxy(batch) if comp.is_on("kd/feat") else None,
             logit_masks=positions.head_masks(cfg.logit.positions, cfg.logit.teacher_conf, teacher_out, det.fg_masks)
             if comp.is_on("kd/cls")
             else {},

@@ -41,6 +41,7 @@ from detkd.engine.trainer import DetectorTrainer
 from detkd.errors import ConfigError, DetkdError, InputFileError
 from detkd.logs import logged
 from detkd.losses.composite import KDComposite
+from detkd.methods import get_method
 from detkd.offline.cache import TeacherCache, image_digests
 from detkd.offline.teacher import CachedTeacher
 from detkd.students import ultralytics_yolo as uy
@@ -55,7 +56,6 @@ from detkd.utils.files import file_digest, fingerprints
 from detkd.utils.rng import seeded
 
 LOGGER = logging.getLogger(__name__)
-SCALE_SENSITIVE = ("mse", "fine_grained", "fgd", "mgd")  # feature methods that match raw values
 
 # detkd's defaults for Ultralytics training arguments (any can be overridden by the caller); plots on as in
 # Ultralytics (results.png, confusion matrix, PR curves, batch previews) plus detkd's kd_terms.png.
@@ -269,7 +269,11 @@ class Distiller:
         LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_method)
         LOGGER.info("feature levels: %s", self.composite.pairing)
         source, method = _feature_source(built), self.kd.feature.method
-        if self.composite.use_feature and method in SCALE_SENSITIVE and not isinstance(source, UltralyticsTeacher):
+        if (
+            self.composite.use_feature
+            and get_method("feature", method).scale_sensitive
+            and not isinstance(source, UltralyticsTeacher)
+        ):
             LOGGER.warning(
                 "feature KD '%s' compares raw map values, and a teacher of another family (%s) has maps of another "
                 "scale; the magnitude-invariant 'pkd' usually suits it better (--set kd.feature.method=pkd)",

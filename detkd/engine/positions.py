@@ -14,6 +14,7 @@ from torch import Tensor
 
 from detkd.config import FeatureKDConfig
 from detkd.losses.masks import fgd_weights, fine_grained_masks, gt_box_masks, split_levels
+from detkd.methods import get_method
 from detkd.types import TeacherOutputs
 
 
@@ -39,17 +40,20 @@ def feature_masks(
     grids: list[tuple[int, int]],
     fg_masks: dict[str, Tensor],
 ) -> list[Tensor] | None:
-    """Per-level masks for the configured feature method (None: every position)."""
+    """Per-level masks for the configured feature method (None: every position), as its registry entry says
+    (:attr:`detkd.methods.Method.masks`)."""
     strides = [s.stride for s in teacher.specs]
     batch_size = int(batch["img"].shape[0])
-    method = cfg.method
-    if method in ("cwd", "mgd"):
+    kind = get_method("feature", cfg.method).masks
+    if callable(kind):
+        return kind(cfg.options, batch, teacher, grids, fg_masks)
+    if kind == "none":
         return None
-    if method == "fgd":
+    if kind == "fgd":
         boxes, idx = gt_boxes_xyxy(batch)
         return [torch.stack(pair, dim=1) for pair in fgd_weights(boxes, idx, batch_size, grids, strides)]
-    if method == "fine_grained":
-        o = cfg.fine_grained
+    if kind == "fine_grained":
+        o = cfg.options
         boxes, idx = gt_boxes_xyxy(batch)
         return fine_grained_masks(
             boxes,
@@ -61,7 +65,7 @@ def feature_masks(
             anchor_scale=o.anchor_scale,
             anchor_ratios=tuple(o.anchor_ratios),
         )
-    positions = cfg.options.positions  # mse, pkd
+    positions = cfg.options.positions  # masks: positions (mse, pkd)
     if positions == "all":
         return None
     if positions == "teacher":

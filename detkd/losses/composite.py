@@ -2,12 +2,13 @@
 
 For a batch it computes, for each family that is on,
 
-* ``kd/feat`` = mean over levels of the feature method (``mse``, ``fine_grained``, ``fgd``, ``cwd``, ``mgd``,
-  ``pkd``) on the adapted student map and the teacher map (per level: ``kd/feat/p3`` ...);
-* ``kd/cls``  = the logit method (``bce`` or ``kl``; ``T^2`` inside) averaged over the head's branches;
-* ``kd/box``  = the box method (``ld``, ``iou``, ``bounded_l2``) averaged over the branches;
+* ``kd/feat`` = the feature method on the (adapted) student maps and the teacher maps: for most methods the mean
+  over levels (per level: ``kd/feat/p3`` ...);
+* ``kd/cls``  = the logit method (``T^2`` inside) averaged over the head's branches;
+* ``kd/box``  = the box method averaged over the branches;
 
-and weights them: ``kd/feat`` by ``w_f * s_f(t)``, ``kd/cls`` by ``w_l * (1 - alpha) * s_l(t)``, ``kd/box`` by
+each method taken from the registry (:mod:`detkd.methods`; ``detkd losses`` lists them), and weights them:
+``kd/feat`` by ``w_f * s_f(t)``, ``kd/cls`` by ``w_l * (1 - alpha) * s_l(t)``, ``kd/box`` by
 ``w_b * s_b(t)``, where ``s(t)`` is each family's schedule at training progress ``t``. The detector's own class loss
 is scaled by ``det_cls_scale = 1 - (1 - alpha) * s_l(t)``, so the class objective is
 ``alpha * L_det_cls + (1 - alpha) * T^2 * L_KD`` while logit KD is fully on, and back to ``L_det_cls`` when it is
@@ -18,6 +19,7 @@ off. With balancing on, each static weight is replaced by the factor that keeps 
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,11 +30,7 @@ from detkd.adapters import FeatureAdapters, check_pairing, describe_pairing, lev
 from detkd.config import KDConfig
 from detkd.errors import PairingError
 from detkd.losses.balance import KDBalancer
-from detkd.losses.box import bounded_l2_loss, box_iou_l1_loss, ld_loss
-from detkd.losses.feature import channel_wise_kd, masked_mse, pearson_kd
-from detkd.losses.fgd import GlobalRelation, fgd_loss
-from detkd.losses.logit import sigmoid_kd, softmax_kd
-from detkd.losses.mgd import MGDGenerator, mgd_loss, random_keep_mask
+from detkd.methods import get_method
 from detkd.types import FeatureSpec, HeadOutputs, TeacherOutputs
 
 TERMS = ("kd/feat", "kd/cls", "kd/box")
@@ -49,6 +47,8 @@ class KDInputs:
         teacher: the teacher's outputs for the same images.
         feature_masks: per level, the feature method's position weights: (B, 1, H, W) for ``mse``/``pkd``/
             ``fine_grained``, (B, 2, H, W) foreground/background weights for ``fgd``; None imitates everywhere.
+        instances: the batch's ground-truth boxes, (N, 4) xyxy input pixels and their (N,) image indices (for
+            methods that work on instances, e.g. ``relation``); None when not given.
         logit_masks: per branch (B, A) anchors for logit KD; a missing branch means all anchors.
         box_masks: per branch (B, A) anchors for box KD (required when box KD is on, except ``positions: all``).
         box_targets: per branch (B, 4, A) ground-truth ltrb distances in grid units (``bounded_l2``).
@@ -59,6 +59,7 @@ class KDInputs:
     student_heads: dict[str, HeadOutputs]
     teacher: TeacherOutputs
     feature_masks: list[Tensor] | None = None
+    instances: tuple[Tensor, Tensor] | None = None
     logit_masks: dict[str, Tensor] = field(default_factory=dict)
     box_masks: dict[str, Tensor] = field(default_factory=dict)
     box_targets: dict[str, Tensor] = field(default_factory=dict)
@@ -84,6 +85,13 @@ def _naming(term: str) -> Iterator[None]:
         if type(e) is not ValueError:  # detkd's own errors already say what they are
             raise
         raise ValueError(f"{term}: {e}") from e
+
+
+def _legacy_keys(module: nn.Module, state: dict[str, Tensor], prefix: str, *args: object) -> None:
+    """Checkpoints from before the method registry kept MGD's generators and FGD's relation blocks on the composite
+    itself (``generators.0...``); they now live on the feature method (``feature_method.generators.0...``)."""
+    for key in [k for k in state if k.startswith((f"{prefix}generators.", f"{prefix}relations."))]:
+        state[f"{prefix}feature_method.{key[len(prefix) :]}"] = state.pop(key)
 
 
 def resolve_box_method(method: str, student_reg_max: int, teacher_reg_max: int) -> str:
@@ -140,16 +148,22 @@ class KDComposite(nn.Module):
                 "give a class map (--class-map map.yaml) or set kd.logit.weight=0 (feature and box KD still work)"
             )
         self.box_method = resolve_box_method(cfg.box.method, student_reg_max, teacher_reg_max)
-        method = cfg.feature.method
-        paired = self.adapters.teacher_specs
-        self.generators = nn.ModuleList(
-            MGDGenerator(t.channels) for t in paired if self.use_feature and method == "mgd"
+        self.methods = {
+            "kd/feat": get_method("feature", cfg.feature.method),
+            "kd/cls": get_method("logit", cfg.logit.method),
+            "kd/box": get_method("box", self.box_method),
+        }
+        feature = self.methods["kd/feat"]
+        if not feature.adapted:  # the method compares relations: the raw student maps, no adapter
+            self.adapters = FeatureAdapters(student_specs, teacher_specs, learned=False)
+        self.feature_method = (
+            feature.implementation()(cfg.feature, cfg.feature.options, self.adapters.teacher_specs, student_specs)
+            if self.use_feature
+            else None
         )
-        self.relations = nn.ModuleList(
-            GlobalRelation(t.channels)
-            for t in paired
-            if self.use_feature and method == "fgd" and cfg.feature.fgd.lambda_global > 0
-        )
+        self._logit_loss = self.methods["kd/cls"].implementation() if self.use_logit else None
+        self._box_loss = self.methods["kd/box"].implementation() if self.use_box else None
+        self._register_load_state_dict_pre_hook(_legacy_keys)  # type: ignore[no-untyped-call]
         self.balancer = (
             KDBalancer(
                 cfg.balance.mode,
@@ -196,48 +210,21 @@ class KDComposite(nn.Module):
 
     # ---- families --------------------------------------------------------------------------------------------
 
-    def _feature_level(self, i: int, s: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
-        cfg = self.cfg.feature
-        method = cfg.method
-        if method in ("mse", "fine_grained"):
-            return masked_mse(s, t, mask=mask)
-        if method == "pkd":
-            return pearson_kd(s, t, mask=mask)
-        if method == "cwd":
-            return channel_wise_kd(s, t, temperature=cfg.cwd.temperature)
-        if method == "mgd":
-            keep = random_keep_mask(s, cfg.mgd.mask_ratio)
-            return mgd_loss(s, t, generator=self.generators[i], keep=keep)
-        if mask is None or mask.shape[1] != 2:
-            raise ValueError("fgd needs (B, 2, H, W) foreground/background weights per level")
-        o = cfg.fgd
-        return fgd_loss(
-            s,
-            t,
-            fg_weight=mask[:, 0],
-            bg_weight=mask[:, 1],
-            temperature=o.temperature,
-            alpha_fg=o.alpha_fg,
-            beta_bg=o.beta_bg,
-            gamma_attention=o.gamma_attention,
-            lambda_global=o.lambda_global,
-            relation=self.relations[i] if len(self.relations) else None,
-        )
-
     def _feature(self, inp: KDInputs, unweighted: dict[str, Tensor]) -> Tensor:
+        assert self.feature_method is not None
         adapted = self.adapters(inp.student_features)
-        level_losses = []
+        teachers = []
         for i, s in enumerate(adapted):
             t = resample_to(inp.teacher.features[self.adapters.pairs[i]], (int(s.shape[-2]), int(s.shape[-1])))
-            if s.shape != t.shape:
+            if self.methods["kd/feat"].adapted and s.shape != t.shape:
                 raise PairingError(
                     f"level {self.level_names[i]}: student map {tuple(s.shape)} vs teacher map {tuple(t.shape)}"
                 )
-            mask = inp.feature_masks[i] if inp.feature_masks is not None else None
-            loss = self._feature_level(i, s, t, mask)
-            unweighted[f"kd/feat/{self.level_names[i]}"] = loss
-            level_losses.append(loss)
-        return torch.stack(level_losses).mean()
+            teachers.append(t)
+        masks = list(inp.feature_masks) if inp.feature_masks is not None else [None] * len(adapted)
+        total, parts = self.feature_method(adapted, teachers, masks, self.level_names, inp)
+        unweighted.update({f"kd/feat/{name}": loss for name, loss in parts.items()})
+        return typing.cast(Tensor, total)
 
     @staticmethod
     def _per_branch(
@@ -250,36 +237,18 @@ class KDComposite(nn.Module):
 
     def _logit(self, inp: KDInputs, branches: list[tuple[str, HeadOutputs, HeadOutputs]]) -> Tensor:
         cfg = self.cfg.logit
-        losses = []
-        for name, sh, th in branches:
-            mask = inp.logit_masks.get(name)
-            normalizer = None
-            if mask is None and cfg.method == "bce":
-                # Normalise like YOLO's class loss (by total target mass): the teacher's confidence mass.
-                normalizer = th.cls_logits.detach().float().sigmoid().amax(dim=1).sum()
-            if cfg.method == "bce":
-                loss = sigmoid_kd(
-                    sh.cls_logits,
-                    th.cls_logits,
-                    temperature=cfg.temperature,
-                    mask=mask,
-                    normalizer=normalizer,
-                    normalizer_floor=1.0,
-                    weighting=cfg.bce.weighting,
-                    gamma=cfg.bce.gamma,
-                    class_weights=th.class_mask,
-                )
-            else:  # the softmax runs over the classes that have a teacher (all, without a class map)
-                s_cls, t_cls = sh.cls_logits, th.cls_logits
-                if th.class_mask is not None:
-                    keep = th.class_mask.bool()
-                    s_cls, t_cls = s_cls[:, keep], t_cls[:, keep]
-                loss = softmax_kd(s_cls, t_cls, temperature=cfg.temperature, mask=mask)
-            losses.append(loss)
-        return torch.stack(losses)
+        assert self._logit_loss is not None
+        return torch.stack(
+            [
+                self._logit_loss(sh, th, mask=inp.logit_masks.get(name), cfg=cfg, options=cfg.options)
+                for name, sh, th in branches
+            ]
+        )
 
     def _box(self, inp: KDInputs, branches: list[tuple[str, HeadOutputs, HeadOutputs]]) -> Tensor:
         cfg = self.cfg.box
+        assert self._box_loss is not None
+        options = cfg.method_options.get(self.box_method)
         losses = []
         for name, sh, th in branches:
             mask = inp.box_masks.get(name)
@@ -287,23 +256,10 @@ class KDComposite(nn.Module):
                 raise ValueError(f"box KD needs positions for branch '{name}'")
             if th.box_valid is not None:  # only where the teacher predicted a box
                 mask = th.box_valid.float() if mask is None else mask.float() * th.box_valid.float()
-            if self.box_method == "ld":
-                loss = ld_loss(sh.box_raw, th.box_raw, reg_max=sh.reg_max, temperature=cfg.ld.temperature, mask=mask)
-            elif self.box_method == "iou":
-                loss = box_iou_l1_loss(
-                    sh.boxes_xyxy(),
-                    th.boxes_xyxy(),
-                    mask=mask,
-                    scale=sh.stride_tensor.view(-1),
-                    l1_weight=cfg.iou.l1_weight,
-                    kind=cfg.iou.kind,
-                )
-            else:
-                target = inp.box_targets.get(name)
-                if target is None:
-                    raise ValueError(f"bounded_l2 box KD needs ground-truth targets for branch '{name}'")
-                loss = bounded_l2_loss(sh.distances(), th.distances(), target, margin=cfg.bounded_l2.margin, mask=mask)
-            losses.append(loss)
+            target = inp.box_targets.get(name)
+            if self.methods["kd/box"].box_targets and target is None:
+                raise ValueError(f"{self.box_method} box KD needs ground-truth targets for branch '{name}'")
+            losses.append(self._box_loss(sh, th, mask=mask, target=target, cfg=cfg, options=options))
         return torch.stack(losses)
 
     # ---- the objective ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from detkd.losses._checks import check_finite, check_same_shape, check_temperature, masked_reduce, softened_kl, upcast
@@ -84,14 +85,23 @@ def channel_wise_kd(student: Tensor, teacher: Tensor, *, temperature: float = 1.
 def standardize_channels(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Zero mean and unit variance per channel, over batch and positions (PKD's normalisation).
 
+    The variance floor is relative: ``eps`` times the map's mean channel variance (plus the dtype's tiniest
+    number, for an all-constant map), so scaling the map by any factor leaves the result unchanged, also for maps
+    whose spread is tiny (an absolute floor would dominate their variance and break PKD's scale invariance); a
+    channel far quieter than the map's others is still damped rather than blown up.
+
     >>> import torch
     >>> y = standardize_channels(torch.arange(8.0).view(1, 2, 2, 2))
     >>> [round(v, 3) for v in y.mean(dim=(0, 2, 3)).tolist()], round(float(y.pow(2).mean()), 3)
     ([0.0, 0.0], 1.0)
+    >>> x = torch.randn(2, 3, 4, 4)
+    >>> bool(torch.allclose(standardize_channels(1e-5 * x), standardize_channels(x), atol=1e-5))
+    True
     """
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
-    return (x - mean) / (var + eps).sqrt()
+    floor = eps * var.mean() + torch.finfo(var.dtype).tiny
+    return (x - mean) / (var + floor).sqrt()
 
 
 def pearson_kd(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:

@@ -33,7 +33,7 @@ def sigmoid_kd(
     normalizer_floor: float = 1e-6,
     reduction: str = "mean",
     weighting: str = "none",
-    gamma: float = 2.0,
+    gamma: float = 1.0,
     class_weights: Tensor | None = None,
 ) -> Tensor:
     """Temperature-softened KD for sigmoid class heads (Hinton et al., 2015, per class as binary distributions).
@@ -47,12 +47,17 @@ def sigmoid_kd(
     with N = ``normalizer`` when given (e.g. the teacher's total confidence mass, as YOLO normalises its class loss
     by the sum of target scores), else the mask's sum (or the number of anchors). Zero when student equals teacher.
 
-    ``weighting`` multiplies each class term by a detached weight:
+    ``weighting`` changes the class term:
 
-    * ``bckd``: ``|p_t - p_s|^gamma`` on the softened probabilities (BCKD, Yang et al., ICCV 2023): classes the
-      student already matches fade out, like a focal term, so the few disagreeing anchors among thousands of
-      easy background ones drive the gradient;
-    * ``quality``: the teacher's max class probability at the anchor, trusting confident teacher positions more.
+    * ``bckd`` (BCKD, Yang et al., ICCV 2023, as its reference code computes it): the term is the binary
+      cross-entropy to the teacher's softened score times ``|p_t - p_s|^gamma`` (gamma is the paper's beta, 1 by
+      default), the weight *not* detached, so it is a focal-style loss whose gradient also pushes through the
+      weight: classes the student already matches fade out and the few disagreeing anchors among thousands of
+      easy background ones drive the gradient. (BCE and the binary KL differ by the teacher's entropy, a constant
+      that matters here because it is multiplied by a weight that depends on the student.) Zero when student
+      equals teacher;
+    * ``quality``: the teacher's max class probability at the anchor (detached), trusting confident teacher
+      positions more.
 
     Args:
         student_logits: raw student class logits.
@@ -63,7 +68,7 @@ def sigmoid_kd(
         normalizer_floor: the divisor is at least this (YOLO's class loss uses 1 for its target-score mass).
         reduction: ``"mean"`` or ``"sum"``.
         weighting: ``none``, ``bckd`` or ``quality``.
-        gamma: exponent of the ``bckd`` weight.
+        gamma: exponent of the ``bckd`` weight (BCKD's beta).
         class_weights: optional (C,) per-class weights (0 leaves a class out, e.g. one no teacher class maps to).
 
     Shape:
@@ -86,10 +91,12 @@ def sigmoid_kd(
         raise ValueError(f"sigmoid_kd: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     t = temperature
     s_t, t_t = upcast(student_logits) / t, upcast(teacher_logits.detach()) / t
-    kl = binary_kl(s_t, t_t)  # (B, C, A)
     if weighting == "bckd":
-        kl = kl * (t_t.sigmoid() - s_t.detach().sigmoid()).abs().pow(gamma)
-    elif weighting == "quality":
+        p_t = t_t.sigmoid()
+        kl = F.binary_cross_entropy_with_logits(s_t, p_t, reduction="none") * (p_t - s_t.sigmoid()).abs().pow(gamma)
+    else:
+        kl = binary_kl(s_t, t_t)  # (B, C, A)
+    if weighting == "quality":
         kl = kl * upcast(teacher_logits.detach()).sigmoid().amax(dim=1, keepdim=True)
     if class_weights is not None:
         if class_weights.shape != (kl.shape[1],):

@@ -1,6 +1,6 @@
 """Each KD method trains through the real trainer (Ultralytics' loop, datasets, EMA, checkpoints) on tiny data.
 
-Six short runs cover every method of every family once, with both balancing modes and a schedule.
+Seven short runs cover every method of every family once, with both balancing modes and a schedule.
 """
 
 import pytest
@@ -20,6 +20,7 @@ RUNS = {
                                                     "feature.schedule.kind=cosine", "box.schedule.kind=linear"]),
     "mse_teacher+bce+iou_all": ("yolov8n.yaml", ["feature.mse.positions=teacher", "box.method=iou",
                                                  "box.positions=all"]),
+    "relation+bce+ld": ("yolov8n.yaml", ["feature.method=relation", "box.method=ld"]),
 }  # fmt: skip
 
 
