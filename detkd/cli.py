@@ -115,7 +115,12 @@ def _print_result(result: Any) -> None:
     from detkd.engine import distributed
 
     if distributed.is_main():
-        print(json.dumps({"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}))
+        out = {"save_dir": str(result.save_dir), "best": str(result.best), **result.metrics}
+        if hasattr(result, "stages"):  # a chain: every stage's weights and metrics
+            out["stages"] = [
+                {k: s.get(k) for k in ("name", "weights", "metrics", "wall_time_s")} for s in result.stages
+            ]
+        print(json.dumps(out))
 
 
 _RESUME_KEEPS = {"resume", "device", "workers", "threads", "quiet", "command", "func"}
@@ -132,7 +137,38 @@ def _resumed(ns: argparse.Namespace) -> Any:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise DetkdError(f"--resume continues {ns.resume} exactly as it was started: {flags} cannot be given with it "
                          "(only --device, --workers, --threads can)")  # fmt: skip
+    from detkd.engine.schemes import is_chain, resume_chain
+
+    if is_chain(ns.resume):
+        return resume_chain(ns.resume, device=ns.device, workers=ns.workers, threads=ns.threads)
     return resume(ns.resume, device=ns.device, workers=ns.workers, threads=ns.threads)
+
+
+def _cmd_chain(ns: argparse.Namespace) -> int:
+    from detkd.engine.schemes import distill_chain
+
+    if ns.teacher_cache is not None or ns.unlabeled:
+        raise DetkdError("--assistant/--generations train every stage from a live teacher (no --teacher-cache, "
+                         "--unlabeled)")  # fmt: skip
+    _required(ns, *(("teacher",) if ns.assistant else ()), "student", "data")
+    result = distill_chain(
+        ns.teacher,
+        ns.student,
+        ns.data,
+        ns.kd,
+        assistants=ns.assistant,
+        generations=ns.generations,
+        overrides=ns.set,
+        class_map=ns.class_map,
+        allow_random_teacher=ns.allow_random_teacher,
+        project=ns.project,
+        name=ns.name,
+        exist_ok=ns.exist_ok,
+        threads=ns.threads,
+        **_train_args(ns),
+    )
+    _print_result(result)
+    return 0
 
 
 def _cmd_distill(ns: argparse.Namespace) -> int:
@@ -141,9 +177,11 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
     if ns.resume:
         _print_result(_resumed(ns))
         return 0
+    if ns.assistant or ns.generations:
+        return _cmd_chain(ns)
     if ns.teacher_cache is not None and ns.teacher is not None:
         raise DetkdError("distill: give --teacher or --teacher-cache, not both (the cache records its teacher)")
-    _required(ns, *(("teacher",) if ns.teacher_cache is None else ()), "student", "data")
+    _required(ns, *(("teacher",) if ns.teacher_cache is None and not ns.peer else ()), "student", "data")
     distiller = Distiller(
         ns.teacher,
         ns.student,
@@ -155,6 +193,7 @@ def _cmd_distill(ns: argparse.Namespace) -> int:
         teacher_cache=ns.teacher_cache,
         unlabeled=ns.unlabeled,
         allow_random_teacher=ns.allow_random_teacher,
+        peers=ns.peer,
     )
     result = distiller.train(
         project=ns.project,
@@ -302,7 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher",
         default=None,
         help="Ultralytics YOLO or RT-DETR .pt (or YAML), a classic YOLOv5 .pt, torchvision:<builder>[:<weights>], "
-        "or an ensemble YAML",
+        "an ensemble YAML, or 'self': the student's own EMA (self-distillation, no external model)",
+    )
+    p.add_argument(
+        "--assistant",
+        action="append",
+        metavar="MODEL",
+        help="a teacher assistant (YAML or .pt), largest first; repeatable: teacher -> assistant(s) -> student in "
+        "one command, each stage a run folder inside --name",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        metavar="MODEL",
+        help="online mutual learning instead of a teacher: this model (YAML or .pt) trains together with the "
+        "student from the start, each learning from the labels and the other (repeatable: more peers)",
+    )
+    p.add_argument(
+        "--generations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="born-again self-distillation: after the student, distil N fresh students of its architecture, each "
+        "from the previous (generation 0 from --teacher, or from the labels without one)",
     )
     p.add_argument("--class-map", default=None, help="YAML mapping teacher classes to the data's (name or index)")
     _add_allow_random(p)

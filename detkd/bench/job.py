@@ -53,6 +53,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Do one job; returns (and the caller writes) its result."""
     from detkd.data.dataset import load_data_spec
     from detkd.engine.distiller import Distiller, train_detector
+    from detkd.engine.run_folder import TrainResult
 
     data = load_data_spec(spec["data"])
     device = str(spec["device"])
@@ -70,15 +71,27 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
             result["resumed"] = True
             out = resume(folder, threads=spec.get("threads"))
+        elif kind == "chain":  # teacher assistants or generations: every stage's training is counted
+            from detkd.engine.schemes import distill_chain, is_chain, resume_chain
+
+            if is_chain(folder):
+                chain = resume_chain(folder, threads=spec.get("threads"))
+            else:
+                chain = distill_chain(spec["teacher"], spec["model"], data, overrides=spec["kd"],
+                                      class_map=spec.get("class_map"), assistants=spec.get("assistants"),
+                                      generations=int(spec.get("generations") or 0), **common,
+                                      **spec["train"])  # fmt: skip
+            result["stages"] = [{k: s.get(k) for k in ("name", "model", "wall_time_s")} for s in chain.stages]
+            out = TrainResult(chain.save_dir, chain.best, chain.best, chain.save_dir / "chain.json", chain.wall_time_s)
         elif kind == "distill":
             res = Distiller(spec.get("teacher"), spec["model"], data, overrides=spec["kd"],
                             class_map=spec.get("class_map"), teacher_cache=spec.get("teacher_cache"),
-                            unlabeled=spec.get("unlabeled"))  # fmt: skip
+                            unlabeled=spec.get("unlabeled"), peers=spec.get("peers"))  # fmt: skip
             out = res.train(**common, **spec["train"])
         else:  # "train": a teacher, a baseline, or Ultralytics' built-in KD (distill_model= in spec["train"])
             out = train_detector(spec["model"], data, **common, **spec["train"])
         train_s = time.time() - started
-        weights = out.best if spec["train"].get("val", True) else out.last
+        weights = out.best if spec["train"].get("val", True) or kind == "chain" else out.last
         result.update(weights=str(weights), results_csv=str(out.results_csv))
     result.update(train_s=round(train_s, 1), **peak_memory_mb(device))
     class_map = spec.get("class_map") if kind == "eval" else None  # a distill job's map is its teacher's

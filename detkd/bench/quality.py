@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from detkd.bench import stats
-from detkd.bench.suites import BUILTIN_KD_ARGS, CACHE_RUNS, FAMILY_ONLY, UNLABELED_RUNS, Suite
-from detkd.errors import DetkdError
+from detkd.bench.suites import BUILTIN_KD_ARGS, CACHE_RUNS, CHAIN_RUNS, FAMILY_ONLY, UNLABELED_RUNS, Suite
+from detkd.errors import ConfigError, DetkdError
 from detkd.progress import progress_bar
+from detkd.teachers.self_teacher import SELF_TEACHER
 
 LOGGER = logging.getLogger(__name__)
 MIN_TEACHER_MAP = 0.01  # a teacher below this mAP50-95 on val teaches nothing: the suite says so
@@ -282,10 +283,23 @@ class QualityBench:
                 elif run == "ultralytics-kd":
                     builtin = {"distill_model": teacher["weights"], **BUILTIN_KD_ARGS}  # loaded by detkd
                     jobs.append(self._job(run, "train", seed, seed, train=builtin, model=student, data=data))
+                elif run in CHAIN_RUNS:
+                    chain: dict[str, Any] = {"generations": 1} if run == "detkd-born-again" else {}
+                    if run == "detkd-ta":
+                        if not s.assistant:
+                            raise ConfigError(f"suite {s.name!r}: detkd-ta needs the suite's assistant model")
+                        chain["assistants"] = [student_yaml(s.assistant, self.work)]
+                    jobs.append(self._job(run, "chain", seed, seed, model=student, kd=[*s.kd, *FAMILY_ONLY[run]],
+                                          data=data, teacher=teacher["weights"], class_map=s.class_map_path(),
+                                          **chain))  # fmt: skip
                 else:
                     kd = [*s.kd, *FAMILY_ONLY[run]]
                     extra: dict[str, Any] = {}
-                    if run in CACHE_RUNS:
+                    if run == "detkd-self":
+                        extra["teacher"] = SELF_TEACHER
+                    elif run == "detkd-mutual":
+                        extra.update(teacher=None, peers=[student_yaml(s.teacher, self.work)])
+                    elif run in CACHE_RUNS:
                         extra["teacher_cache"] = str(cache)
                     else:
                         extra.update(teacher=teacher["weights"], class_map=s.class_map_path())

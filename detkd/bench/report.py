@@ -23,6 +23,11 @@ RUN_LABELS = {
     "detkd-unlabeled-soft": "detkd: cache + unlabeled images (soft)",
     "detkd-unlabeled-hard": "detkd: cache + unlabeled (soft + pseudo-labels)",
     "detkd-crossmodal": "detkd: cache of the other modality's teacher view",
+    "detkd-relation": "detkd: relation KD (feature) + logit + box",
+    "detkd-self": "detkd: self-distillation (own EMA, no teacher)",
+    "detkd-born-again": "detkd: born-again (KD run, then 1 generation)",
+    "detkd-ta": "detkd: teacher -> assistant -> student",
+    "detkd-mutual": "detkd: mutual learning with a teacher-sized peer",
 }
 
 
@@ -91,10 +96,41 @@ def quality_markdown(payload: dict[str, Any], plot: str | None = None, heading: 
         "Gain: paired by seed (same data, init and order per seed). Gap closed: (run - baseline) / (teacher - "
         "baseline) on mAP50-95. The final model of each run is scored (no per-epoch selection on the val split).",
     ]
+    lines += _scheme_lines(summary)
     lines += [f"\n**Warning:** {w}" for w in payload.get("warnings") or []]
     if plot:
         lines += ["", f"![mAP50-95 per run]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def _scheme_lines(summary: dict[str, Any]) -> list[str]:
+    """The schemes against plain KD from the same teacher, with what each costs in training."""
+    rows = [(run, row) for run, row in summary.items() if row.get("vs_kd")]
+    if not rows:
+        return []
+    kd_s = (summary.get("detkd") or {}).get("train_s")
+    out = [
+        "",
+        "| scheme | vs plain KD [95% CI] | seeds better | train s (x plain KD) | gain vs baseline per training hour |",
+        "|---|---|---|---|---|",
+    ]
+    for run, row in rows:
+        vs = row["vs_kd"]
+        ci = f" [{_f(vs['ci_low'], signed=True)}, {_f(vs['ci_high'], signed=True)}]" if vs["std"] else ""
+        ratio = f" ({row['train_s'] / kd_s:.2f}x)" if kd_s and row.get("train_s") else ""
+        per_h = _f(row.get("gain_per_hour"), signed=True)
+        out.append(f"| {RUN_LABELS.get(run, run)} | {_f(vs['mean'], signed=True)}{ci} | "
+                   f"{row['seeds_won_vs_kd']}/{vs['n']} | {_f(row['train_s'], '.0f')}{ratio} | {per_h} |")  # fmt: skip
+    kd = summary.get("detkd") or {}
+    if kd.get("gain_per_hour") is not None:
+        out.append(f"| {RUN_LABELS['detkd']} (reference) | | | {_f(kd_s, '.0f')} | "
+                   f"{_f(kd['gain_per_hour'], signed=True)} |")  # fmt: skip
+    out += [
+        "",
+        "vs plain KD: paired by seed against `detkd` (the recommended recipe from the same teacher, same epochs per "
+        "run). Training time counts every run a scheme trains (born-again and assistant chains train two).",
+    ]
+    return out
 
 
 def plot_quality(payload: dict[str, Any], path: Path) -> None:

@@ -42,6 +42,10 @@ def gap_closed(gain: float | None, teacher: float | None, baseline: float | None
     return gain / (teacher - baseline)
 
 
+# Runs compared with plain KD from the same teacher as well as with the baseline
+SCHEMES_VS_KD = ("detkd-relation", "detkd-self", "detkd-born-again", "detkd-ta", "detkd-mutual")
+
+
 def _values(jobs: dict[tuple[str, int], dict[str, Any]], run: str, seeds: Sequence[int], metric: str) -> list[float]:
     return [float(jobs[(run, s)][metric]) for s in seeds if (run, s) in jobs and jobs[(run, s)].get(metric) is not None]
 
@@ -50,7 +54,9 @@ def summarize(
     results: list[dict[str, Any]], teacher: dict[str, Any], runs: Sequence[str], seeds: Sequence[int]
 ) -> dict[str, Any]:
     """Per run: each metric's mean/std, the gain over the baseline paired by seed (mean, 95% CI, seeds won), the
-    gap closed, training seconds and peak memory."""
+    gap closed, training seconds and peak memory; for the scheme runs (:data:`SCHEMES_VS_KD`), also the gain over
+    plain KD (``detkd``) paired by seed, and each KD run's gain per hour of its own training (a chain counts every
+    stage it trained)."""
     jobs = {(r["run"], int(r["seed"])): r for r in results if r.get("seed") is not None}
     base = {s: jobs[("baseline", s)] for s in seeds if ("baseline", s) in jobs}
     base_mean = statistics.fmean(float(b["mAP50-95"]) for b in base.values()) if base else None
@@ -64,7 +70,14 @@ def summarize(
             row["gain"] = gain
             row["seeds_won"] = sum(d > 0 for d in paired)
             row["gap_closed"] = gap_closed(gain["mean"], teacher.get("mAP50-95"), base_mean)
+        if run in SCHEMES_VS_KD and "detkd" in runs:
+            kd = {s: jobs[("detkd", s)] for s in seeds if ("detkd", s) in jobs}
+            vs = [float(jobs[(run, s)]["mAP50-95"]) - float(kd[s]["mAP50-95"]) for s in kd if (run, s) in jobs]
+            row["vs_kd"] = mean_ci(vs)
+            row["seeds_won_vs_kd"] = sum(d > 0 for d in vs)
         row["train_s"] = mean_ci(_values(jobs, run, seeds, "train_s"))["mean"]
+        if row.get("gain") and row["gain"]["mean"] is not None and row["train_s"]:
+            row["gain_per_hour"] = row["gain"]["mean"] / (row["train_s"] / 3600.0)
         mems = _values(jobs, run, seeds, "peak_rss_mb")
         gpu = _values(jobs, run, seeds, "peak_gpu_mb")
         row["peak_rss_mb"] = max(mems) if mems else None

@@ -31,7 +31,16 @@ OFFLINE_RUNS = (
     "detkd-unlabeled-hard",  # ... and hard pseudo-labels
     "detkd-crossmodal",  # cache built with the teacher seeing the other modality of each scene
 )
-ALL_RUNS = RUNS + OFFLINE_RUNS
+# Runs of the distillation-scheme suites: each against plain KD ("detkd") from the same teacher, same epochs per run
+SCHEME_RUNS = (
+    "detkd-relation",  # the recommended recipe with relation KD as its feature method
+    "detkd-self",  # no external teacher: the student's own EMA teaches it (one run)
+    "detkd-born-again",  # the "detkd" run, then a fresh student distilled from it (two runs)
+    "detkd-ta",  # teacher -> the suite's assistant -> student (two runs)
+    "detkd-mutual",  # the student and a peer of the teacher's architecture train together from scratch (one run)
+)
+CHAIN_RUNS = ("detkd-born-again", "detkd-ta")
+ALL_RUNS = RUNS + OFFLINE_RUNS + SCHEME_RUNS
 CACHE_RUNS = ("detkd-offline", "detkd-offline-box", "detkd-unlabeled-soft", "detkd-unlabeled-hard", "detkd-crossmodal")
 UNLABELED_RUNS = ("detkd-unlabeled-soft", "detkd-unlabeled-hard")
 # Overrides that leave one KD family on (the suite's recipe overrides still apply on top)
@@ -46,6 +55,11 @@ FAMILY_ONLY: Mapping[str, tuple[str, ...]] = {
     "detkd-unlabeled-soft": ("feature.weight=0",),
     "detkd-unlabeled-hard": ("feature.weight=0", "unlabeled.pseudo_labels=true"),
     "detkd-crossmodal": ("feature.weight=0",),
+    "detkd-relation": ("feature.method=relation",),
+    "detkd-self": (),
+    "detkd-born-again": (),
+    "detkd-ta": (),
+    "detkd-mutual": (),
 }
 BUILTIN_KD_ARGS: Mapping[str, Any] = {"dis": 6.0}
 # No per-epoch validation: the final model is scored (no selection on the evaluation split)
@@ -86,6 +100,7 @@ class Suite:
             are their unlabeled images. The teacher trains on every label.
         paired: synthetic scenes in two modalities: the teacher trains on the first, the students on the second
             (``ir``); ``detkd-crossmodal`` caches the teacher's view of each scene's first-modality image.
+        assistant: the teacher assistant of ``detkd-ta`` (a model YAML between the teacher and the student).
     """
 
     name: str
@@ -106,6 +121,7 @@ class Suite:
     runs: tuple[str, ...] = RUNS
     labelled_fraction: float | None = None
     paired: bool = False
+    assistant: str | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -196,6 +212,21 @@ SUITES: dict[str, Suite] = {
             imgsz=320,
             seeds=(0, 1),
             train_args={**FINAL_MODEL, "fraction": 0.25},
+        ),
+        Suite(
+            name="synthetic-schemes",
+            description="synthetic suite: distillation schemes (relation KD, self-distillation, born-again, mutual "
+            "learning) against plain KD from the same YOLOv8s teacher",
+            **SYNTHETIC_BUDGET,
+            runs=("baseline", "detkd", "detkd-relation", "detkd-self", "detkd-born-again", "detkd-mutual"),
+        ),
+        Suite(
+            name="synthetic-gap",
+            description="synthetic suite, a large capacity gap: YOLOv8s -> YOLOv8 at width 0.125, with and without a "
+            "YOLOv8n teacher assistant",
+            **{**SYNTHETIC_BUDGET, "student": "yolov8p.yaml"},
+            assistant="yolov8n.yaml",
+            runs=("baseline", "detkd", "detkd-ta"),
         ),
         Suite(
             name="synthetic-offline",

@@ -15,7 +15,14 @@ detkd.errors.ConfigError: kd.logit: unknown key 'wieght' (did you mean 'weight'?
 """
 
 from detkd.config.coerce import kd_config_from_dict
-from detkd.config.files import PRESET_PREFIX, dump_kd_config, load_kd_config, preset_path, presets
+from detkd.config.files import (
+    PRESET_PREFIX,
+    dump_kd_config,
+    load_kd_config,
+    preset_path,
+    presets,
+    resolve_kd_config,
+)
 from detkd.config.overrides import apply_overrides
 from detkd.config.schedule import SCHEDULE_KINDS, ScheduleConfig
 from detkd.config.schema import (
@@ -79,4 +86,5 @@ __all__ = [
     "load_kd_config",
     "preset_path",
     "presets",
+    "resolve_kd_config",
 ]

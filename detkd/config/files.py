@@ -56,5 +56,17 @@ def load_kd_config(path: str | Path | None = None, overrides: list[str] | None =
         raise
 
 
+def resolve_kd_config(
+    kd: KDConfig | dict[str, Any] | str | Path | None, overrides: list[str] | None = None
+) -> KDConfig:
+    """A recipe given any way the API takes one (a config, plain data, a YAML path or preset, None for the defaults),
+    with ``overrides`` applied."""
+    if isinstance(kd, KDConfig):
+        return kd_config_from_dict(apply_overrides(kd.to_dict(), overrides or []))
+    if isinstance(kd, dict):
+        return kd_config_from_dict(apply_overrides(kd, overrides or []))
+    return load_kd_config(kd, overrides)
+
+
 def dump_kd_config(cfg: KDConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump({"kd": cfg.to_dict()}, sort_keys=False), encoding="utf-8")

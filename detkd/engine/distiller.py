@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from detkd._offline import offline_call
-from detkd.config import KDConfig, apply_overrides, dump_kd_config, kd_config_from_dict, load_kd_config
+from detkd.config import KDConfig, dump_kd_config, resolve_kd_config
 from detkd.data.checks import UNLABELED, checked_data
 from detkd.data.dataset import DataSpec
 from detkd.engine import distributed
 from detkd.engine.kd_trainer import KDTrainer
+from detkd.engine.mutual import MUTUAL_TEACHER, Peer, PeerView, save_and_score_peers
 from detkd.engine.oom import oom_advice, out_of_memory
 from detkd.engine.run_folder import (
     RUN_META,
@@ -48,6 +49,7 @@ from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher, refuse_untrained
 from detkd.teachers.inputs import input_files
 from detkd.teachers.mapped import paired_classes
+from detkd.teachers.self_teacher import SELF_TEACHER, EMATeacher
 from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
 from detkd.types import Teacher
 from detkd.utils.args import check_threads
@@ -229,14 +231,11 @@ class Distiller:
         teacher_cache: str | Path | None = None,
         unlabeled: list[str | Path] | None = None,
         allow_random_teacher: bool = False,
+        peers: list[str | Path] | None = None,
     ) -> None:
-        if isinstance(kd, KDConfig):
-            self.kd = kd_config_from_dict(apply_overrides(kd.to_dict(), overrides or []))
-        elif isinstance(kd, dict):
-            self.kd = kd_config_from_dict(apply_overrides(kd, overrides or []))
-        else:
-            self.kd = load_kd_config(kd, overrides)
-        if teacher is not None and teacher_cache is None:
+        self.kd = resolve_kd_config(kd, overrides)
+        self_teacher = teacher is not None and str(teacher) == SELF_TEACHER
+        if teacher is not None and teacher_cache is None and not self_teacher:
             refuse_untrained(teacher, allow_random_teacher)  # before the data scan, which may take minutes
         self.data = checked_data(data, bad_samples, unlabeled)
         self.student_spec = str(student)
@@ -245,16 +244,34 @@ class Distiller:
         self.digests: dict[str, str] = {}
         self.class_map = str(class_map) if class_map else None
         self.allow_random_teacher = bool(allow_random_teacher)
-        if teacher_cache is not None:
+        self.peer_specs = [str(p) for p in peers or []]
+        self.peers: list[Peer] = []
+        built: Teacher | None = None
+        if self.peer_specs:
+            if teacher is not None or teacher_cache is not None:
+                raise DetkdError("mutual learning (--peer) trains the peers with the student instead of a teacher: "
+                                 "give no --teacher or --teacher-cache")  # fmt: skip
+            if class_map or unlabeled:
+                raise DetkdError("mutual learning (--peer): every peer trains on the data's labels and classes (no "
+                                 "--class-map, no --unlabeled)")  # fmt: skip
+            self.teacher_spec = MUTUAL_TEACHER
+        elif teacher_cache is not None:
             if teacher is not None:
                 raise DetkdError("give a teacher or a teacher cache, not both (the cache records its teacher)")
             if class_map:
                 raise DetkdError("a class map is applied when the cache is built (detkd cache --class-map)")
             self.teacher_spec = str(teacher_cache)
-            built: Teacher = self._cached_teacher(Path(teacher_cache))
-            self.teacher = built
+            built = self._cached_teacher(Path(teacher_cache))
+            self.teacher: Teacher = built
         elif teacher is None:
-            raise DetkdError("a teacher is needed: a teacher file, or teacher_cache= (--teacher-cache)")
+            raise DetkdError("a teacher is needed: a teacher file, 'self' (the student's own EMA), or teacher_cache=")
+        elif self_teacher:
+            if class_map:
+                raise DetkdError("--teacher self is the student itself: it has the data's classes (no --class-map)")
+            self.teacher_spec = SELF_TEACHER
+            with seeded(0):
+                built = EMATeacher(uy.build_student(self.student_spec, self.data.nc, self.data.names))
+            self.teacher = built
         else:
             self.teacher_spec = str(teacher)
             with seeded(0):  # a teacher from YAML (random weights) is the same in every process, e.g. on resume
@@ -268,9 +285,11 @@ class Distiller:
         LOGGER.info("teacher: %s", self.teacher.describe())
         LOGGER.info("KD recipe: %s (box KD mode: %s)", self.kd.describe(), self.composite.box_method)
         LOGGER.info("feature levels: %s", self.composite.pairing)
-        source, method = _feature_source(built), self.kd.feature.method
+        method = self.kd.feature.method
+        source = _feature_source(built) if built is not None else None
         if (
-            self.composite.use_feature
+            source is not None
+            and self.composite.use_feature
             and get_method("feature", method).scale_sensitive
             and not isinstance(source, UltralyticsTeacher)
         ):
@@ -329,10 +348,29 @@ class Distiller:
         return score
 
     def _build_student(self, seed: int) -> tuple[Any, KDComposite]:
-        """The student and the KD objective (adapters) for this pair, initialised from ``seed``."""
+        """The student and the KD objective (adapters) for this pair, initialised from ``seed``; with peers, also
+        the peers (from ``seed + k``), each with its view of the others and its own KD objective."""
+        nc, names = self.data.nc, self.data.names
+        if not self.peer_specs:
+            with seeded(seed):
+                student = uy.build_student(self.student_spec, nc, names)
+                return student, build_composite(self.kd, student, self.teacher, nc)
         with seeded(seed):
-            student = uy.build_student(self.student_spec, self.data.nc, self.data.names)
-            composite = build_composite(self.kd, student, self.teacher, self.data.nc)
+            student = uy.build_student(self.student_spec, nc, names)
+        if self.peer_specs:
+            models = [student]
+            for k, spec in enumerate(self.peer_specs, start=1):
+                with seeded(seed + k):
+                    models.append(uy.build_student(spec, nc, names))
+            self.teacher = PeerView(models[1:], names)
+            self.peers = []
+            for k, spec in enumerate(self.peer_specs, start=1):
+                view = PeerView([m for j, m in enumerate(models) if j != k], names)
+                with seeded(seed + 100 + k):
+                    comp = build_composite(self.kd, models[k], view, nc)
+                self.peers.append(Peer(f"{k}-{Path(spec).name.rsplit('.', 1)[0]}", spec, models[k], view, comp))
+        with seeded(seed):
+            composite = build_composite(self.kd, student, self.teacher, nc)
         return student, composite
 
     @offline_call
@@ -370,7 +408,8 @@ class Distiller:
                 f"{self.teacher_cache}: the cache was built at {self.teacher.cache.imgsz} px and this run trains at "
                 f"{imgsz} px; build a cache at --imgsz {imgsz} (the teacher sees another image at another size)"
             )
-        if resume_state is None and distributed.is_main() and not isinstance(self.teacher, CachedTeacher):
+        own = (CachedTeacher, EMATeacher, PeerView)  # nothing trained to score before the run
+        if resume_state is None and distributed.is_main() and not isinstance(self.teacher, own):
             teacher_score = self._check_teacher(imgsz, train_args.get("device"))
         self.student, self.composite = self._build_student(int(train_args.get("seed") or 0))
         resuming = resume_state is not None
@@ -383,6 +422,7 @@ class Distiller:
                     "kind": "distill",
                     "teacher": self.teacher.describe(),
                     "teacher_spec": self.teacher_spec,
+                    "peers": self.peer_specs,
                     "teacher_cache": self.teacher_cache,
                     "class_map": self.class_map,
                     "allow_random_teacher": self.allow_random_teacher,
@@ -409,11 +449,20 @@ class Distiller:
                 on_nonfinite=on_nonfinite,
                 data=self.data,
                 digests=self.digests,
+                peers=self.peers,
             )
             for event, fns in self.callbacks.items():
                 for fn in fns:
                     trainer.add_callback(event, fn)
-            return _run(trainer, save_dir, started, self.data)
+            result = _run(trainer, save_dir, started, self.data)
+            if self.peers and distributed.is_main():
+                group = save_and_score_peers(
+                    trainer, self.peers, result.last, self.data, imgsz, train_args.get("device")
+                )
+                meta = json.loads((save_dir / RUN_META).read_text())
+                write_meta(save_dir, {**meta, "mutual": group})
+                result.metrics.update({f"mutual/{r['name']}/mAP50-95": r["mAP50-95"] for r in group["models"]})
+            return result
 
     def add_callback(self, event: str, fn: Callable[[Any], None]) -> None:
         """Call ``fn(trainer)`` on an Ultralytics training event (``on_train_epoch_end``, ``on_fit_epoch_end``,
@@ -432,6 +481,8 @@ class Distiller:
         """The files this run distils from (fingerprinted in the run, checked on resume)."""
         if self.teacher_cache is not None:
             return [Path(self.teacher_cache) / "cache.json"]
+        if self.peer_specs:  # peers initialised from weights start from those files
+            return [Path(p) for p in self.peer_specs if p.endswith(".pt")]
         return input_files(self.teacher_spec, self.class_map)
 
 

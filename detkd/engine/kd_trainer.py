@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from ultralytics.utils.torch_utils import ModelEMA
 
 from detkd._offline import offline_env
 from detkd.data.dataset import DataSpec
@@ -28,16 +29,26 @@ from detkd.data.soft_labels import MixedBatches, split_soft
 from detkd.engine import distributed
 from detkd.engine.criterion import KD_ITEM_NAMES, KDCriterion, NonFiniteLossError, ratio_item_names
 from detkd.engine.kd_terms import KD_TERMS_CSV, write_epoch_row
+from detkd.engine.mutual import MutualCriterion, Peer, PeerView
 from detkd.engine.trainer import DetectorTrainer
 from detkd.errors import DetkdError
 from detkd.losses.composite import KDComposite
 from detkd.offline.source import SoftLabelSource
 from detkd.offline.teacher import CachedTeacher
+from detkd.teachers.self_teacher import EMATeacher
 from detkd.types import Teacher
 from detkd.utils.rng import epoch_shuffle
 
 with offline_env():  # Ultralytics reads its offline switches when first imported
     from ultralytics.utils.torch_utils import unwrap_model
+
+
+def _add_groups(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], decay: float) -> None:
+    """Extra parameters in two groups like Ultralytics': kernels with weight decay, biases and norm scales without."""
+    weights = [p for p in params if p.dim() > 1]
+    others = [p for p in params if p.dim() <= 1]
+    optimizer.add_param_group({"params": weights, "weight_decay": decay, "param_group": "weight"})
+    optimizer.add_param_group({"params": others, "weight_decay": 0.0, "param_group": "bias"})
 
 
 LOGGER = logging.getLogger(__name__)
@@ -68,9 +79,11 @@ class KDTrainer(DetectorTrainer):
         *,
         data: DataSpec | None = None,
         digests: Mapping[str, str] | None = None,
+        peers: Sequence[Peer] = (),
     ) -> None:
         self.teacher = teacher
         self.composite = composite
+        self.peers = list(peers)
         self.on_nonfinite = on_nonfinite
         self.criterion: KDCriterion | None = None
         self.digests = dict(digests or {})
@@ -80,6 +93,9 @@ class KDTrainer(DetectorTrainer):
         super().setup_model()
         self.teacher.to(self.device)
         self.composite.to(self.device)
+        for p in self.peers:
+            p.to(self.device)
+            p.ema = ModelEMA(p.model)  # before a resume restores it
         return None
 
     def build_optimizer(
@@ -92,13 +108,15 @@ class KDTrainer(DetectorTrainer):
         iterations: float = 1e5,
     ) -> torch.optim.Optimizer:
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        for peer in self.peers:  # mutual learning: every peer learns with the student, in the same groups' kinds
+            params = list(peer.model.parameters())
+            _add_groups(optimizer, params, decay)
+            LOGGER.info("peer %s: %d parameters added to the optimizer", peer.name, sum(p.numel() for p in params))
+        composites = [self.composite, *(p.composite for p in self.peers)]
         if not self.composite.use_feature:  # adapters and method modules only serve feature imitation
             return optimizer
-        params = list(self.composite.parameters())
-        weights = [p for p in params if p.dim() > 1]  # conv kernels decay; biases and norm scales do not
-        others = [p for p in params if p.dim() <= 1]
-        optimizer.add_param_group({"params": weights, "weight_decay": decay, "param_group": "weight"})
-        optimizer.add_param_group({"params": others, "weight_decay": 0.0, "param_group": "bias"})
+        params = [p for c in composites for p in c.parameters()]
+        _add_groups(optimizer, params, decay)
         LOGGER.info(
             "KD modules (adapters + %s): %d parameters added to the optimizer",
             self.composite.cfg.feature.method,
@@ -112,6 +130,11 @@ class KDTrainer(DetectorTrainer):
         assert criterion is not None  # set by build_criterion
         if self.world_size > 1 and self._resume_state is None:
             distributed.broadcast_parameters(self.composite)  # every rank's adapters start from rank 0's
+            for p in self.peers:  # and every rank's peers (and their EMAs from them)
+                distributed.broadcast_parameters(p)
+                p.ema = ModelEMA(p.model)
+        if isinstance(self.teacher, EMATeacher):  # self-distillation: the teacher is the EMA Ultralytics keeps
+            self.teacher.bind(lambda: self._ema_model())
         # detkd's own hooks run first: Ultralytics' loggers and the user's callbacks then see the epoch's pooled
         # losses and its KD terms
         self.callbacks["on_train_epoch_start"].insert(
@@ -163,6 +186,12 @@ class KDTrainer(DetectorTrainer):
     def build_criterion(self) -> KDCriterion:
         student: Any = unwrap_model(self.model)
         unlabeled = frozenset(os.path.abspath(str(s.train_path)) for s in self.unlabeled_samples())
+        if self.peers:
+            assert isinstance(self.teacher, PeerView)
+            student.criterion = self.criterion = MutualCriterion(
+                student, self.teacher, self.composite, self.peers, on_nonfinite=self.on_nonfinite
+            )
+            return self.criterion
         student.criterion = self.criterion = KDCriterion(
             student, self.teacher, self.composite, on_nonfinite=self.on_nonfinite, unlabeled=unlabeled
         )
@@ -174,13 +203,29 @@ class KDTrainer(DetectorTrainer):
         skip = crit is not None and crit.take_skip()
         if self.world_size > 1:
             skip = distributed.any_rank(skip, self.device)  # every rank drops the same step
+        optimizer: Any = self.optimizer
         if skip:
-            optimizer: Any = self.optimizer
             optimizer.zero_grad()
             return
         if self.world_size > 1:
             distributed.average_gradients(self.composite.parameters())
-        super().apply_optimizer_step()
+            for p in self.peers:
+                distributed.average_gradients(p.parameters())
+        if not self.peers:
+            super().apply_optimizer_step()
+            return
+        # Ultralytics' step (unscale, clip at 10, step, zero, EMA), with every peer clipped and averaged alike
+        self.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        for p in self.peers:
+            torch.nn.utils.clip_grad_norm_(p.model.parameters(), max_norm=10.0)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.model)
+        for p in self.peers:
+            p.ema.update(p.model)
 
     def reduce_epoch_losses(self) -> None:
         """Under DDP: log this rank's epoch means of the KD terms, then average every loss item over ranks. An epoch
@@ -224,12 +269,23 @@ class KDTrainer(DetectorTrainer):
         if distributed.is_main() and (means or counts):
             write_epoch_row(self.save_dir / KD_TERMS_CSV, self.epoch + 1, self.kd_terms)
 
+    def _ema_model(self) -> nn.Module:
+        assert self.ema is not None, "the EMA exists from _setup_train on"
+        return self.ema.ema
+
     def kd_state(self) -> dict[str, Any]:
         balancer = self.composite.balancer
-        return {
+        state: dict[str, Any] = {
             "modules": self.composite.state_dict(),
             "balancer": balancer.state_dict() if balancer is not None else None,
         }
+        if self.peers:
+            state["peers"] = [
+                {"name": p.name, "model": p.model.state_dict(), "ema": p.ema.ema.state_dict(),
+                 "updates": int(p.ema.updates), "modules": p.composite.state_dict()}
+                for p in self.peers
+            ]  # fmt: skip
+        return state
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         kd = state.get("kd") or {}
@@ -238,6 +294,17 @@ class KDTrainer(DetectorTrainer):
         self.composite.load_state_dict(kd["modules"])
         if self.composite.balancer is not None and kd.get("balancer"):
             self.composite.balancer.load_state_dict(kd["balancer"])
+        saved = kd.get("peers") or []
+        if len(saved) != len(self.peers) or any(
+            s.get("name") != p.name for s, p in zip(saved, self.peers, strict=True)
+        ):
+            raise DetkdError(f"resume: the saved state has peers {[s.get('name') for s in saved]}, this run "
+                             f"{[p.name for p in self.peers]}")  # fmt: skip
+        for s, p in zip(saved, self.peers, strict=True):
+            p.model.load_state_dict(s["model"])
+            p.ema.ema.load_state_dict(s["ema"])
+            p.ema.updates = int(s["updates"])
+            p.composite.load_state_dict(s["modules"])
         super()._restore(state)
 
     def label_loss_items(self, loss_items: dict | None = None, prefix: str = "train") -> Any:

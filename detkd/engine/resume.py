@@ -25,6 +25,7 @@ from detkd.engine.train_args import check_train_args
 from detkd.errors import DetkdError, InputFileError
 from detkd.logs import logged
 from detkd.teachers.inputs import input_files
+from detkd.teachers.self_teacher import SELF_TEACHER
 from detkd.utils.files import fingerprints
 
 LOGGER = logging.getLogger(__name__)
@@ -63,9 +64,12 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
     if meta.get("finished"):
         LOGGER.info("%s: the run finished all its epochs; nothing to resume", folder)
         return finished_result(folder)
+    peers = meta.get("peers") or []
     if meta["kind"] == "distill":  # a replaced teacher is refused before anything else is read
         cache = meta.get("teacher_cache")
         files = [Path(cache) / "cache.json"] if cache else input_files(meta["teacher_spec"], meta.get("class_map"))
+        if peers:
+            files = [Path(p) for p in peers if str(p).endswith(".pt")]
         check_same_inputs(meta.get("inputs") or {}, files, folder)
     state = resume_state(find_resume_file(folder))
     if int(state["epoch"]) + 1 >= int(state["epochs"]):
@@ -79,10 +83,14 @@ def resume(path: str | Path, **changes: Any) -> TrainResult:
     if meta.get("kind") == "distill":
         teacher = meta["teacher_spec"]
         cache = meta.get("teacher_cache")
+        if peers:
+            distiller = Distiller(None, meta["student"], data, folder / "kd.yaml", peers=peers)
+            return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
         if cache:
             distiller = Distiller(None, meta["student"], data, folder / "kd.yaml", teacher_cache=cache)
             return distiller.train(on_nonfinite=meta.get("on_nonfinite", "stop"), **where, **args)
-        if not str(teacher).endswith((".yaml", ".yml")) and ":" not in str(teacher) and not Path(teacher).exists():
+        builtin = str(teacher).endswith((".yaml", ".yml")) or ":" in str(teacher) or str(teacher) == SELF_TEACHER
+        if not builtin and not Path(teacher).exists():
             raise DetkdError(f"resume: the teacher {teacher} is gone (detkd rebuilds the teacher from its file)")
         distiller = Distiller(teacher, meta["student"], data, folder / "kd.yaml", class_map=meta.get("class_map"),
                               allow_random_teacher=meta.get("allow_random_teacher") is True)  # fmt: skip
@@ -110,6 +118,9 @@ def run_meta(folder: Path, given: str | Path) -> dict[str, Any]:
     for key in ("class_map", "on_nonfinite", "teacher_cache"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise InputFileError(meta_path, f"'{key}' must be a string (got {meta[key]!r})")
+    peers = meta.get("peers")
+    if peers is not None and (not isinstance(peers, list) or not all(isinstance(p, str) and p for p in peers)):
+        raise InputFileError(meta_path, f"'peers' must be a list of model files (got {peers!r})")
     train_args = meta.get("train_args", {})
     if not isinstance(train_args, dict):
         raise InputFileError(meta_path, f"'train_args' must be a mapping (got {type(train_args).__name__})")

@@ -1,0 +1,61 @@
+"""The student's own EMA as its teacher: online self-distillation with no external model (``--teacher self``).
+
+Ultralytics keeps an exponential moving average of the student's weights (the model it validates and saves); it is
+smoother and usually better than the raw weights of the step. With ``--teacher self`` that EMA is the teacher of
+every step: the same architecture (so every KD family pairs level for level), frozen for the step, updated after
+each optimizer step by Ultralytics itself. Nothing else is loaded; resume restores the EMA with the run, so the
+resumed run has the teacher the uninterrupted one had.
+
+Early in a run the EMA is close to the student (Ultralytics ramps its decay up over the first updates), so the KD
+terms start near zero and grow as the two drift apart; a warm-up on the KD schedule is not needed for stability.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from detkd.students import ultralytics_yolo as uy
+from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
+from detkd.types import TeacherOutputs
+
+SELF_TEACHER = "self"  # --teacher self: the student's own EMA
+
+
+class EMATeacher(UltralyticsTeacher):
+    """A teacher that runs whatever model :meth:`bind` points it to: the trainer's EMA of the student.
+
+    Until bound (before training starts: pairing checks, the run record) it runs a frozen copy of the student as
+    built, which has the student's levels, classes and head.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__(copy.deepcopy(student), source="self (the student's EMA)")
+        self._source_model: Callable[[], nn.Module] | None = None
+
+    def bind(self, source: Callable[[], nn.Module]) -> None:
+        """Run ``source()`` from now on (called once per step, so a replaced EMA object is followed)."""
+        self._source_model = source
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> TeacherOutputs:
+        model = self._source_model() if self._source_model is not None else self.model
+        was_training = model.training
+        model.eval()  # the EMA is kept in eval mode; make sure of it (BatchNorm running statistics)
+        try:
+            preds = model(images)
+        finally:
+            model.train(was_training)
+        branches = uy.split_branches(preds)
+        head = uy.detect_head(model)
+        return TeacherOutputs(
+            features=uy.neck_features(preds),
+            specs=self.specs,
+            heads={name: uy.head_outputs(raw, head) for name, raw in branches.items()},
+        )
+
+    def describe(self) -> str:
+        return f"self: the student's own EMA ({uy.count_parameters(self.model) / 1e6:.2f} M params, no external model)"
