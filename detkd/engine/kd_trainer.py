@@ -246,6 +246,8 @@ class KDTrainer(DetectorTrainer):
         if self.world_size <= 1 or not self.tloss:
             return
         local = {k: float(v) for k, v in self.tloss.items()}
+        for p in self.peers:  # every rank must hold the same peer (rank 0's start, averaged gradients): checkable
+            local[f"peer/{p.name}/param_sum"] = float(sum(t.detach().double().sum() for t in p.model.parameters()))
         r = distributed.rank()
         LOGGER.info("rank %d epoch %d KD terms: %s", r, self.epoch + 1,
                     ", ".join(f"{k}={local[k]:.4g}" for k in KD_ITEM_NAMES if k in local))  # fmt: skip

@@ -181,3 +181,21 @@ def test_a_node_without_a_shared_filesystem_writes_its_own_data_yaml(tmp_path, t
     monkeypatch.setattr(distiller.distributed, "is_local_main", lambda: False)  # other ranks of the node: no writes
     run_folder.write_data(spec, tmp_path / "other", resuming=False)
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_mutual_learning_under_two_ranks_keeps_every_peer_identical(tiny_data, tmp_path):
+    args = [a for a in COMMON if a not in ("--teacher", "yolov8s.yaml")]
+    cmd = ["-m", "detkd", "distill", "--peer", "yolov8s.yaml", *args, "--data", str(tiny_data), "--threads", "1",
+           "--project", str(tmp_path), "--name", "dml"]  # fmt: skip
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *cmd],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    run = tmp_path / "dml"
+    per_rank = _per_rank(run)
+    key = "peer/1-yolov8s/param_sum"
+    for a, b in zip(*per_rank, strict=True):  # rank 0's peer at the start, gradients averaged every step
+        assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-6)
+    assert per_rank[0][0][key] != per_rank[0][1][key]  # and it learned
+    assert (run / "weights" / "peers" / "1-yolov8s.pt").is_file()
+    assert json.loads((run / "detkd_run.json").read_text())["mutual"]["best"]
