@@ -147,9 +147,9 @@ def _resumed(ns: argparse.Namespace) -> Any:
 def _cmd_chain(ns: argparse.Namespace) -> int:
     from detkd.engine.schemes import distill_chain
 
-    if ns.teacher_cache is not None or ns.unlabeled:
+    if ns.teacher_cache is not None or ns.unlabeled or ns.peer:
         raise DetkdError("--assistant/--generations train every stage from a live teacher (no --teacher-cache, "
-                         "--unlabeled)")  # fmt: skip
+                         "--unlabeled or --peer)")  # fmt: skip
     _required(ns, *(("teacher",) if ns.assistant else ()), "student", "data")
     result = distill_chain(
         ns.teacher,

@@ -126,3 +126,31 @@ def test_ultralytics_resume_argument_points_to_detkd_resume(capsys, tiny_data, t
     assert rc == 2 and "pass --resume RUN_DIR to detkd" in err[-1]
     rc, err = _run(capsys, "distill", "--resume", str(tmp_path / "nowhere"))
     assert rc == 2 and "not a detkd run folder" in err[-1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--peer", "yolov8s.yaml"], "mutual learning (--peer) trains the peers with the student instead of a teacher"),
+        (["--generations", "1", "--peer", "yolov8s.yaml"], "no --teacher-cache, --unlabeled or --peer"),
+        (["--generations", "-1"], "--generations -1: must be >= 0"),
+        (["--teacher", "self", "--class-map", "m.yaml"], "--teacher self is the student itself"),
+    ],
+)
+def test_scheme_options_that_do_not_combine(capsys, tiny_data, tmp_path, extra, message):
+    args = _distill(tiny_data, tmp_path, *extra)
+    if "--teacher" in extra:  # replace the default teacher
+        i = args.index("--teacher")
+        del args[i : i + 2]
+    rc, err = _run(capsys, *args)
+    assert rc == 2 and len(err) >= 1 and message in err[-1] and err[-1].startswith("detkd: error: ")
+
+
+def test_a_tampered_chain_record_is_one_line_naming_it(capsys, tmp_path):
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    (chain / "chain.json").write_text('{"kind": "chain", "stages": [{"name": "../escape", "model": "yolov8n.yaml"}]}')
+    rc, err = _run(capsys, "distill", "--resume", str(chain))
+    assert rc == 2 and err[-1] == (
+        f"detkd: error: {chain / 'chain.json'}: stage name '../escape' must be a plain folder name"
+    )

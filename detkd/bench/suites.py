@@ -214,6 +214,19 @@ SUITES: dict[str, Suite] = {
             train_args={**FINAL_MODEL, "fraction": 0.25},
         ),
         Suite(
+            name="hit-uav-cpu-schemes",
+            description="hit-uav-cpu's data, models and budget: the distillation schemes against plain KD",
+            data="assets:hit_uav/hit_uav.yaml",
+            teacher="yolov8s.yaml",  # the same teacher as hit-uav-cpu (same cache key)
+            student="yolov8n.yaml",
+            epochs=10,
+            teacher_epochs=15,
+            imgsz=320,
+            seeds=(0, 1),
+            train_args={**FINAL_MODEL, "fraction": 0.25},
+            runs=("baseline", "detkd", "detkd-relation", "detkd-self", "detkd-born-again", "detkd-mutual"),
+        ),
+        Suite(
             name="synthetic-schemes",
             description="synthetic suite: distillation schemes (relation KD, self-distillation, born-again, mutual "
             "learning) against plain KD from the same YOLOv8s teacher",

@@ -203,6 +203,8 @@ def distill_chain(
     from ultralytics.utils.files import increment_path
 
     chain = [str(a) for a in assistants or []]
+    if generations < 0:
+        raise DetkdError(f"--generations {generations}: must be >= 0")
     if not chain and generations <= 0:
         raise DetkdError("a chain needs --assistant MODEL (repeatable) or --generations N (N >= 1)")
     if teacher is None and chain:

@@ -174,3 +174,39 @@ def test_student_train_args_reach_the_students_only(tiny_data: Path, tmp_path: P
     teachers = [b._job("teacher", "train", None, 0, model=suite.teacher) for b in benches]
     assert teachers[0]["train"] == teachers[1]["train"] and "nbs" not in teachers[1]["train"]
     assert benches[0].teacher_key("fp") == benches[1].teacher_key("fp")
+
+
+def test_schemes_are_compared_with_plain_kd_and_per_training_hour(tmp_path: Path) -> None:
+    jobs = [_job("baseline", 0, 0.10), _job("baseline", 1, 0.20), _job("detkd", 0, 0.13), _job("detkd", 1, 0.21),
+            _job("detkd-born-again", 0, 0.15, train_s=7200.0), _job("detkd-born-again", 1, 0.20, train_s=7200.0)]  # fmt: skip
+    runs = ("baseline", "detkd", "detkd-born-again")
+    summary = stats.summarize(jobs, {"mAP50-95": 0.35}, runs, (0, 1))
+    row = summary["detkd-born-again"]
+    assert row["vs_kd"]["mean"] == pytest.approx(0.005) and row["seeds_won_vs_kd"] == 1  # +0.02 and -0.01
+    assert row["gain_per_hour"] == pytest.approx(0.025 / 2.0)  # gain over the baseline per hour of its training
+    assert "vs_kd" not in summary["detkd"]
+    payload = {**_payload(tmp_path), "runs": list(runs), "summary": summary}
+    md = report.quality_markdown(payload)
+    line = [x for x in md.splitlines() if x.startswith("| detkd: born-again")][-1]  # the schemes table
+    assert "+0.0050" in line and "1/2" in line and "7200 (" in line and "+0.0125" in line
+
+
+def test_scheme_runs_plan_their_jobs(tiny_data: Path, tmp_path: Path) -> None:
+    from detkd.bench.quality import Plan, QualityBench
+
+    suite = get_suite("synthetic-gap").with_overrides(data=str(tiny_data))
+    runs = ("detkd-relation", "detkd-self", "detkd-born-again", "detkd-ta", "detkd-mutual")
+    bench = QualityBench(Plan(suite, runs, (0,), "cpu", tmp_path / "w", tmp_path))
+    bench._data_yaml, bench._student_data = tiny_data, tiny_data
+    jobs = {j["run"]: j for j in bench.student_jobs({"weights": "/t/teacher.pt"})}
+    assert "feature.method=relation" in jobs["detkd-relation"]["kd"]
+    assert jobs["detkd-self"]["teacher"] == "self" and jobs["detkd-self"]["kind"] == "distill"
+    assert jobs["detkd-born-again"]["kind"] == "chain" and jobs["detkd-born-again"]["generations"] == 1
+    ta = jobs["detkd-ta"]
+    assert ta["kind"] == "chain" and ta["teacher"] == "/t/teacher.pt" and ta["assistants"][0].endswith("yolov8n.yaml")
+    assert jobs["detkd-mutual"]["teacher"] is None and jobs["detkd-mutual"]["peers"][0].endswith("yolov8s.yaml")
+    no_assistant = QualityBench(Plan(get_suite("smoke").with_overrides(data=str(tiny_data)), ("detkd-ta",), (0,),
+                                     "cpu", tmp_path / "w2", tmp_path))  # fmt: skip
+    no_assistant._data_yaml, no_assistant._student_data = tiny_data, tiny_data
+    with pytest.raises(ConfigError, match="detkd-ta needs the suite's assistant"):
+        no_assistant.student_jobs({"weights": "/t/teacher.pt"})
