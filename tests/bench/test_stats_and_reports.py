@@ -177,8 +177,8 @@ def test_student_train_args_reach_the_students_only(tiny_data: Path, tmp_path: P
 
 
 def test_schemes_are_compared_with_plain_kd_and_per_training_hour(tmp_path: Path) -> None:
-    jobs = [_job("baseline", 0, 0.10), _job("baseline", 1, 0.20), _job("detkd", 0, 0.13), _job("detkd", 1, 0.21),
-            _job("detkd-born-again", 0, 0.15, train_s=7200.0), _job("detkd-born-again", 1, 0.20, train_s=7200.0)]  # fmt: skip
+    jobs = [_job("baseline", 0, 0.10), _job("baseline", 1, 0.20), _job("detkd", 0, 0.13), _job("detkd", 1, 0.21)]
+    jobs += [_job("detkd-born-again", s, m, train_s=7200.0) for s, m in ((0, 0.15), (1, 0.20))]
     runs = ("baseline", "detkd", "detkd-born-again")
     summary = stats.summarize(jobs, {"mAP50-95": 0.35}, runs, (0, 1))
     row = summary["detkd-born-again"]
