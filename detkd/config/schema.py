@@ -209,8 +209,7 @@ class FeatureKDConfig(MethodFamily):
     """Feature-pyramid imitation on the neck maps that feed the Detect head (P3-P5), through learned adapters.
 
     Attributes:
-        method: a registered feature method (``detkd losses`` lists them: ``mse``, ``fine_grained``, ``fgd``,
-            ``cwd``, ``mgd``, ``pkd``, ``relation`` ...).
+        method: a registered feature method (the method table lists them).
         weight: multiplier of the feature term; 0 disables it.
         schedule: how the weight changes over training.
     """
@@ -251,7 +250,7 @@ class LogitKDConfig(MethodFamily):
     """Logit KD on the class head: ``L_cls = a * L_det_cls + (1 - a) * T^2 * L_KD``.
 
     Attributes:
-        method: ``bce`` (sigmoid-aware binary KD per class) or ``kl`` (softmax KL over classes).
+        method: a registered logit method (the method table lists them).
         weight: extra multiplier of the KD part; 0 disables logit KD (and ``alpha`` is then ignored).
         alpha: share of the detector's own class loss, in [0, 1].
         temperature: softening temperature T > 0 applied to both student and teacher logits.
@@ -329,8 +328,8 @@ class BoxKDConfig(MethodFamily):
     """Box-regression distillation.
 
     Attributes:
-        method: ``auto`` (``ld`` when both heads have the same DFL bins, else ``iou``), ``ld``, ``iou`` or
-            ``bounded_l2``.
+        method: ``auto`` (``ld`` when both heads have the same DFL bins, else ``iou``) or a registered box method
+            (the method table lists them).
         weight: multiplier of the box term; 0 disables it.
         positions: ``assigner`` (the student's assigner foreground), ``teacher`` (teacher max class probability >=
             ``teacher_conf``) or ``all``; ``bounded_l2`` needs ground truth, so only ``assigner``.
