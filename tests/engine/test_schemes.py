@@ -170,3 +170,32 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(scheme, tiny_data, tmp_
         )
         worst = max(float((pa[k].float() - pb[k].float()).abs().max()) for k in pa if pa[k].is_floating_point())
         assert worst < 1e-6, f"the resumed peer differs by {worst}"
+
+
+@pytest.mark.slow
+def test_three_models_learn_from_the_other_two_fused(tiny_data, tmp_path):
+    d = Distiller(None, "yolov8n.yaml", tiny_data, peers=["yolov8n.yaml", "yolov8s.yaml"])
+    assert d.composite.box_method == "iou"  # the fused others give decoded distances (no DFL bins)
+    assert [p.name for p in d.peers] == ["1-yolov8n", "2-yolov8s"]
+    res = d.train(project=tmp_path, name="dml3", **TINY)
+    header = (res.save_dir / "kd_terms.csv").read_text().splitlines()[0]
+    assert "peer/1-yolov8n/loss" in header and "peer/2-yolov8s/loss" in header
+    models = json.loads((res.save_dir / "detkd_run.json").read_text())["mutual"]["models"]
+    assert [m["name"] for m in models] == ["student", "1-yolov8n", "2-yolov8s"]
+
+
+def test_combine_fuses_the_others_and_keeps_the_first_ones_features():
+    from detkd.engine.mutual import combine
+    from detkd.types import FeatureSpec, HeadOutputs, TeacherOutputs
+
+    def out(p: float, d: float, feat: float) -> TeacherOutputs:
+        head = HeadOutputs(torch.logit(torch.full((1, 1, 2), p)), torch.full((1, 4, 2), d), 1, torch.zeros(2, 2),
+                           torch.ones(2, 1))  # fmt: skip
+        return TeacherOutputs([torch.full((1, 2, 1, 2), feat)], [FeatureSpec(2, 8)], {"one2many": head})
+
+    one = out(0.8, 1.0, 5.0)
+    assert combine([one]) is one
+    fused = combine([one, out(0.2, 3.0, 7.0)])
+    assert torch.allclose(fused.heads["one2many"].cls_logits.sigmoid(), torch.full((1, 1, 2), 0.5))
+    assert torch.allclose(fused.heads["one2many"].box_raw, torch.full((1, 4, 2), 2.0))
+    assert fused.features[0].max() == 5.0 and fused.heads["one2many"].reg_max == 1
