@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, help="student model YAML (e.g. yolov8n.yaml) or .pt")
     p.add_argument("--kd", default=None,
                    help="KD config YAML, or a shipped recipe: preset:offline, preset:unlabeled, preset:cross-family, "
-                   "preset:logit-only (default: detkd's recipe)")  # fmt: skip
+                   "preset:logit-only, preset:online (default: detkd's recipe; preset:online with --teacher self "
+                   "or --peer)")  # fmt: skip
     p.add_argument(
         "--set",
         action="append",

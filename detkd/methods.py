@@ -108,7 +108,9 @@ class Method:
 
 
 # keys of a family section that are not method names
-_RESERVED = frozenset({"method", "weight", "schedule", "alpha", "temperature", "positions", "teacher_conf", "auto"})
+_RESERVED = frozenset(
+    {"method", "mode", "weight", "schedule", "alpha", "temperature", "positions", "teacher_conf", "auto"}
+)
 _REGISTRY: dict[str, dict[str, Method]] = {f: {} for f in FAMILIES}
 
 

@@ -56,10 +56,10 @@ FAMILY_ONLY: Mapping[str, tuple[str, ...]] = {
     "detkd-unlabeled-hard": ("feature.weight=0", "unlabeled.pseudo_labels=true"),
     "detkd-crossmodal": ("feature.weight=0",),
     "detkd-relation": ("feature.method=relation",),
-    "detkd-self": (),
+    "detkd-self": ("feature.weight=0", "logit.mode=add"),  # preset:online, as --teacher self uses by default
     "detkd-born-again": (),
     "detkd-ta": (),
-    "detkd-mutual": (),
+    "detkd-mutual": ("feature.weight=0", "logit.mode=add"),  # preset:online, as --peer uses by default
 }
 BUILTIN_KD_ARGS: Mapping[str, Any] = {"dis": 6.0}
 # No per-epoch validation: the final model is scored (no selection on the evaluation split)

@@ -26,6 +26,7 @@ def _plain(value: Any) -> Any:
 FEATURE_POSITIONS = ("all", "gt", "teacher", "assigner")
 HEAD_POSITIONS = ("all", "teacher", "assigner")
 BALANCE_MODES = ("none", "loss", "grad")
+LOGIT_MODES = ("blend", "add")
 BCE_WEIGHTINGS = ("none", "bckd", "quality")
 IOU_KINDS = ("giou", "iou")
 
@@ -247,7 +248,8 @@ class BCEOptions:
 
 @dataclass(frozen=True)
 class LogitKDConfig(MethodFamily):
-    """Logit KD on the class head: ``L_cls = a * L_det_cls + (1 - a) * T^2 * L_KD``.
+    """Logit KD on the class head: ``L_cls = a * L_det_cls + (1 - a) * T^2 * L_KD`` (``mode: blend``), or
+    ``L_cls = L_det_cls + w * T^2 * L_KD`` (``mode: add``).
 
     Attributes:
         method: a registered logit method (the method table lists them).
@@ -257,6 +259,10 @@ class LogitKDConfig(MethodFamily):
         positions: anchors that are distilled: ``all`` (normalised by the teacher's confidence mass), ``teacher``
             (teacher max probability >= ``teacher_conf``) or ``assigner`` (the student's assigner foreground).
         teacher_conf: threshold for ``positions: teacher``.
+        mode: ``blend`` (Hinton's: the KD term replaces the share ``1 - alpha`` of the detector's class loss) or
+            ``add`` (the detector's class loss stays whole and ``weight * KD`` is added; ``alpha`` is ignored): for
+            a teacher no better than the student, such as its own EMA (``--teacher self``), whose imitation must
+            not take the labels' place.
         schedule: how the KD weight changes; ``alpha`` follows it (the detector's class loss is back at full
             weight whenever the KD factor is 0).
     """
@@ -268,11 +274,13 @@ class LogitKDConfig(MethodFamily):
     temperature: float = 1.0
     positions: str = "all"
     teacher_conf: float = 0.3
+    mode: str = "blend"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check_method()
+        check_choice("kd.logit", "mode", self.mode, LOGIT_MODES)
         check_range("kd.logit", "weight", self.weight, 0.0)
         check_range("kd.logit", "alpha", self.alpha, 0.0, 1.0)
         check_positive("kd.logit", "temperature", self.temperature)

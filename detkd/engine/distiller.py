@@ -49,7 +49,7 @@ from detkd.students import ultralytics_yolo as uy
 from detkd.teachers import build_teacher, refuse_untrained
 from detkd.teachers.inputs import input_files
 from detkd.teachers.mapped import paired_classes
-from detkd.teachers.self_teacher import SELF_TEACHER, EMATeacher
+from detkd.teachers.self_teacher import ONLINE_PRESET, SELF_TEACHER, EMATeacher
 from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
 from detkd.types import Teacher
 from detkd.utils.args import check_threads
@@ -233,8 +233,12 @@ class Distiller:
         allow_random_teacher: bool = False,
         peers: list[str | Path] | None = None,
     ) -> None:
-        self.kd = resolve_kd_config(kd, overrides)
         self_teacher = teacher is not None and str(teacher) == SELF_TEACHER
+        if (self_teacher or peers) and kd is None:  # a teacher that learns in the run: KD adds to the labels' loss
+            kd = ONLINE_PRESET
+            LOGGER.info("%s: the KD recipe is %s (give --kd to choose another)",
+                        "--teacher self" if self_teacher else "--peer", ONLINE_PRESET)  # fmt: skip
+        self.kd = resolve_kd_config(kd, overrides)
         if teacher is not None and teacher_cache is None and not self_teacher:
             refuse_untrained(teacher, allow_random_teacher)  # before the data scan, which may take minutes
         self.data = checked_data(data, bad_samples, unlabeled)

@@ -12,8 +12,9 @@ each method taken from the registry (:mod:`detkd.methods`; ``detkd losses`` list
 ``w_b * s_b(t)``, where ``s(t)`` is each family's schedule at training progress ``t``. The detector's own class loss
 is scaled by ``det_cls_scale = 1 - (1 - alpha) * s_l(t)``, so the class objective is
 ``alpha * L_det_cls + (1 - alpha) * T^2 * L_KD`` while logit KD is fully on, and back to ``L_det_cls`` when it is
-off. With balancing on, each static weight is replaced by the factor that keeps the term at
-``ratio * w`` of the detection loss (see :mod:`detkd.losses.balance`).
+off; with ``kd.logit.mode: add`` the class loss stays whole and ``kd/cls`` is weighted ``w_l * s_l(t)``. With
+balancing on, each static weight is replaced by the factor that keeps the term at ``ratio * w`` of the detection
+loss (see :mod:`detkd.losses.balance`).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class KDComposite(nn.Module):
     @property
     def det_cls_scale(self) -> float:
         """Factor for the detector's own class loss: ``1 - (1 - alpha) * s_l(t)`` (1 when logit KD is off)."""
-        if not self.is_on("kd/cls"):
+        if not self.is_on("kd/cls") or self.cfg.logit.mode == "add":
             return 1.0
         return 1.0 - (1.0 - self.cfg.logit.alpha) * self.factors["kd/cls"]
 
@@ -204,7 +205,7 @@ class KDComposite(nn.Module):
         cfg = self.cfg
         return {
             "kd/feat": cfg.feature.weight,
-            "kd/cls": cfg.logit.weight * (1.0 - cfg.logit.alpha),
+            "kd/cls": cfg.logit.weight * (1.0 if cfg.logit.mode == "add" else 1.0 - cfg.logit.alpha),
             "kd/box": cfg.box.weight,
         }[term]
 

@@ -7,7 +7,9 @@ each optimizer step by Ultralytics itself. Nothing else is loaded; resume restor
 resumed run has the teacher the uninterrupted one had.
 
 Early in a run the EMA is close to the student (Ultralytics ramps its decay up over the first updates), so the KD
-terms start near zero and grow as the two drift apart; a warm-up on the KD schedule is not needed for stability.
+terms start near zero and grow as the two drift apart. Its default recipe is ``preset:online``: the EMA is no better
+than the student, so its logit KD is added to the detection loss (``kd.logit.mode: add``) rather than replacing
+part of it, and feature imitation is off.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from detkd.teachers.ultralytics_yolo import UltralyticsTeacher
 from detkd.types import TeacherOutputs
 
 SELF_TEACHER = "self"  # --teacher self: the student's own EMA
+ONLINE_PRESET = "preset:online"  # its default recipe (and mutual learning's): KD added to the detection loss
 
 
 class EMATeacher(UltralyticsTeacher):

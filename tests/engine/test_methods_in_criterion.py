@@ -14,6 +14,7 @@ HEAD_CASES = {
     "bce_quality": ["logit.bce.weighting=quality", "logit.positions=teacher", "logit.teacher_conf=0"],
     "kl_teacher": ["logit.method=kl", "logit.positions=teacher", "logit.teacher_conf=0"],
     "bce_assigner": ["logit.positions=assigner"],
+    "bce_add": ["logit.mode=add", "logit.weight=0.5"],
     "ld": ["box.method=ld"],
     "iou": ["box.method=iou", "box.iou.kind=iou"],
     "bounded_l2": ["box.method=bounded_l2"],
