@@ -91,6 +91,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         else:  # "train": a teacher, a baseline, or Ultralytics' built-in KD (distill_model= in spec["train"])
             out = train_detector(spec["model"], data, **common, **spec["train"])
         train_s = time.time() - started
+        if kind == "chain":  # every stage's training, also of stages a killed job trained before it was resumed
+            train_s = sum(float(s.get("wall_time_s") or 0.0) for s in result["stages"])
         weights = out.best if spec["train"].get("val", True) or kind == "chain" else out.last
         result.update(weights=str(weights), results_csv=str(out.results_csv))
     result.update(train_s=round(train_s, 1), **peak_memory_mb(device))
