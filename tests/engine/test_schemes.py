@@ -17,6 +17,7 @@ from detkd.engine.distiller import Distiller
 from detkd.engine.schemes import distill_chain, plan_stages
 from detkd.errors import DetkdError
 from detkd.students import ultralytics_yolo as uy
+from detkd.teachers.self_teacher import batch_statistics
 from tests.engine.test_resume import _env, _kill_after_next_checkpoint, _student_weights
 
 TINY = {"epochs": 1, "imgsz": 32, "batch": 4, "device": "cpu", "val": False, "plots": False, "workers": 0,
@@ -35,11 +36,12 @@ def test_self_teacher_is_the_students_ema_at_every_step(tiny_data, tmp_path):
     def check(trainer):  # the teacher's outputs are those of Ultralytics' EMA of this step, not the student's
         images = torch.rand(2, 3, 32, 32)
         ema, student = trainer.ema.ema, trainer.model
-        with torch.no_grad():
+        before = {k: v.clone() for k, v in ema.state_dict().items()}
+        with torch.no_grad(), batch_statistics(ema):  # batch statistics, as the training student normalises
             want = uy.head_outputs(uy.split_branches(ema(images))["one2many"], uy.detect_head(ema)).cls_logits
-            student.eval()
+        with torch.no_grad(), batch_statistics(student):
             own = uy.head_outputs(uy.split_branches(student(images))["one2many"], uy.detect_head(student)).cls_logits
-            student.train()
+        assert all(torch.equal(before[k], v) for k, v in ema.state_dict().items())  # the EMA is left as it was
         got = trainer.teacher(images).heads["one2many"].cls_logits
         seen.append((torch.allclose(got, want, atol=1e-6), float((got - own).abs().max()), trainer.ema.updates))
 
