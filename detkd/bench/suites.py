@@ -165,6 +165,19 @@ SYNTHETIC_BUDGET: dict[str, Any] = {
     "imgsz": 160,
 }
 
+# The `hit-uav-cpu` suite's data, models and budget, shared by the suites built on it
+HIT_UAV_CPU_BUDGET: dict[str, Any] = {
+    "data": "assets:hit_uav/hit_uav.yaml",
+    # YOLOv8s, not the GPU suite's v8m (2.8x the FLOPs): its 15 epochs took 1136 s on 2 cores
+    "teacher": "yolov8s.yaml",
+    "student": "yolov8n.yaml",
+    "epochs": 10,
+    "teacher_epochs": 15,
+    "imgsz": 320,
+    "seeds": (0, 1),
+    "train_args": {**FINAL_MODEL, "fraction": 0.25},
+}
+
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
@@ -203,27 +216,12 @@ SUITES: dict[str, Suite] = {
         Suite(
             name="hit-uav-cpu",
             description="HIT-UAV, reduced for CPU: a quarter of train, 320 px, YOLOv8s -> YOLOv8n, 10 epochs",
-            data="assets:hit_uav/hit_uav.yaml",
-            # YOLOv8s, not the GPU suite's v8m (2.8x the FLOPs): its 15 epochs took 1136 s on 2 cores
-            teacher="yolov8s.yaml",
-            student="yolov8n.yaml",
-            epochs=10,
-            teacher_epochs=15,
-            imgsz=320,
-            seeds=(0, 1),
-            train_args={**FINAL_MODEL, "fraction": 0.25},
+            **HIT_UAV_CPU_BUDGET,
         ),
         Suite(
             name="hit-uav-cpu-schemes",
-            description="hit-uav-cpu's data, models and budget: the distillation schemes against plain KD",
-            data="assets:hit_uav/hit_uav.yaml",
-            teacher="yolov8s.yaml",  # the same teacher as hit-uav-cpu (same cache key)
-            student="yolov8n.yaml",
-            epochs=10,
-            teacher_epochs=15,
-            imgsz=320,
-            seeds=(0, 1),
-            train_args={**FINAL_MODEL, "fraction": 0.25},
+            description="hit-uav-cpu's data, models, budget and teacher: the distillation schemes against plain KD",
+            **HIT_UAV_CPU_BUDGET,
             runs=("baseline", "detkd", "detkd-relation", "detkd-self", "detkd-born-again", "detkd-mutual"),
         ),
         Suite(
