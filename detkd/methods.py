@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,10 +155,6 @@ def get_method(family: str, name: str) -> Method:
 
 def _load_builtins() -> None:
     importlib.import_module("detkd.config.builtin_methods")  # registers detkd's own methods once
-
-
-LogitLoss = Callable[..., Any]  # (student_head, teacher_head, *, mask, cfg, options) -> Tensor
-BoxLoss = Callable[..., Any]  # (student_head, teacher_head, *, mask, target, cfg, options) -> Tensor
 
 
 def filled_options(family: str, given: Mapping[str, Any]) -> dict[str, Any]:
